@@ -1,0 +1,3 @@
+"""proxyd: a credential delegation service for grid workload management."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,78 @@
+"""`proxyd`: serve, dev-pki, admin."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from ..config import ConfigError, load_config
+
+
+def _dev_pki(args: argparse.Namespace) -> int:
+    from ..devpki import DevPKI, generate
+
+    existed = DevPKI(args.out.absolute()).config.exists() if hasattr(args.out, "absolute") else False
+    pki = generate(args.out, force=args.force)
+    if existed and not args.force:
+        print(f"development PKI already present in {pki.root} (use --force to replace it)")
+    else:
+        print(f"development PKI written to {pki.root}")
+    print(f"  config:        {pki.config}")
+    print(f"  X509_CERT_DIR: {pki.cert_dir}")
+    print(f"  X509_VOMS_DIR: {pki.voms_dir}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ..serve import serve
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = load_config(args.config)
+    serve(config)
+    return 0
+
+
+def _admin(args: argparse.Namespace) -> int:
+    print("proxyd admin: not implemented yet", file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="proxyd", description="proxyd credential service")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the MyProxy and HTTPS listeners")
+    p.add_argument("--config", "-c", default="/etc/proxyd/proxyd.toml", help="TOML config file")
+    p.add_argument("--debug", action="store_true", help="log at DEBUG level (never secrets)")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("dev-pki", help="write a development PKI and config")
+    p.add_argument("--out", type=Path, default=Path("certs-dev"), help="output directory")
+    p.add_argument("--force", action="store_true", help="replace an existing PKI and its state")
+    p.set_defaults(func=_dev_pki)
+
+    p = sub.add_parser("admin", help="administration (bans, site mask, master key, ...)")
+    p.set_defaults(func=_admin)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"proxyd: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""proxyd configuration: one TOML file parsed into frozen dataclasses.
+
+Every error names the file, the key and what would fix it. Unknown keys are
+errors, not warnings: a misspelt policy key silently ignored is a hole.
+Relative paths are resolved against the directory of the config file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from voms_ext.errors import VomsExtError
+from voms_ext.fqan import parse_fqan
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message says where and why."""
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_LISTEN = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(?P<port>\d{1,5})$")
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host_cert: Path
+    host_key: Path
+    cert_dir: Path
+    voms_dir: Path | None
+    state_dir: Path
+    database: str
+    master_key_file: Path
+
+
+@dataclass(frozen=True)
+class MyProxyConfig:
+    listen: Listen | None = Listen("127.0.0.1", 7512)
+    tls_min_version: str = "1.2"
+    tls_max_version: str = "1.3"
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    listen: Listen | None = Listen("127.0.0.1", 8443)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    max_proxy_lifetime: dt.timedelta = dt.timedelta(hours=12)
+    max_stored_lifetime: dt.timedelta = dt.timedelta(days=7)
+    trusted_retrievers: tuple[str, ...] = ()
+    authorized_retrievers: tuple[str, ...] = ("*",)
+    authorized_renewers: tuple[str, ...] = ()
+    full_delegation_hosts: tuple[str, ...] = ()
+    key_retrievers: tuple[str, ...] = ()
+    pilot_dns: tuple[str, ...] = ()
+    pilot_fqans: tuple[str, ...] = ()
+    banned_dns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VoConfig:
+    """One VO served by proxyd's attribute authority."""
+
+    vo: str
+    uri: str
+    aa_cert: Path
+    aa_key: Path
+    max_lifetime: dt.timedelta = dt.timedelta(hours=24)
+    members: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SealingConfig:
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    argon2_parallelism: int = 1
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    server: ServerConfig
+    myproxy: MyProxyConfig
+    api: ApiConfig
+    policy: PolicyConfig
+    voms: tuple[VoConfig, ...]
+    sealing: SealingConfig
+
+    def vo(self, name: str) -> VoConfig | None:
+        for vo in self.voms:
+            if vo.vo == name:
+                return vo
+        return None
+
+
+class _Section:
+    """Typed access to one TOML table that remembers which keys were read."""
+
+    def __init__(self, source: Path, name: str, data: Mapping[str, Any]) -> None:
+        self.source = source
+        self.name = name
+        self.data = data
+        self.seen: set[str] = set()
+
+    def where(self, key: str) -> str:
+        return f"{self.source}: [{self.name}] {key}"
+
+    def _get(self, key: str, required: bool) -> Any:
+        self.seen.add(key)
+        if key not in self.data:
+            if required:
+                raise ConfigError(f"{self.where(key)} is required but missing")
+            return None
+        return self.data[key]
+
+    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
+        value = self._get(key, required)
+        if value is None:
+            return default
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{self.where(key)} must be a non-empty string, got {value!r}")
+        return value
+
+    def path(self, key: str, default: str | None = None, *, required: bool = False) -> Path | None:
+        value = self.str(key, default, required=required)
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.source.parent / p).resolve()
+
+    def int(self, key: str, default: int, *, minimum: int = 0) -> int:
+        value = self._get(key, False)
+        if value is None:
+            return default
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ConfigError(f"{self.where(key)} must be an integer >= {minimum}, got {value!r}")
+        return value
+
+    def duration(self, key: str, default: dt.timedelta) -> dt.timedelta:
+        value = self._get(key, False)
+        if value is None:
+            return default
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return dt.timedelta(seconds=value)
+        match = _DURATION.match(value) if isinstance(value, str) else None
+        if match is None or int(match.group(1)) == 0:
+            raise ConfigError(
+                f"{self.where(key)} must be a positive duration such as \"12h\", \"30m\", "
+                f"\"7d\" or a number of seconds, got {value!r}"
+            )
+        return dt.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+    def strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        value = self._get(key, False)
+        if value is None:
+            return default
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{self.where(key)} must be a list of non-empty strings, got {value!r}")
+        return tuple(value)
+
+    def listen(self, key: str, default: Listen | None) -> Listen | None:
+        value = self._get(key, False)
+        if value is None:
+            return default
+        if value in ("", "off", False):
+            return None
+        match = _LISTEN.match(value) if isinstance(value, str) else None
+        if match is None or not 0 < int(match.group("port")) < 65536:
+            raise ConfigError(
+                f"{self.where(key)} must be \"HOST:PORT\" (e.g. \"0.0.0.0:7512\") or \"off\", "
+                f"got {value!r}"
+            )
+        return Listen(match.group("host").strip("[]"), int(match.group("port")))
+
+    def table(self, key: str) -> Mapping[str, Any]:
+        value = self._get(key, False)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.where(key)} must be a table")
+        return value
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise ConfigError(
+                f"{self.source}: [{self.name}] has unknown key(s) {', '.join(unknown)}; "
+                f"known keys are {', '.join(sorted(self.seen))}"
+            )
+
+
+def _section(source: Path, doc: Mapping[str, Any], name: str) -> _Section:
+    data = doc.get(name, {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: [{name}] must be a table")
+    return _Section(source, name, data)
+
+
+def _server(source: Path, doc: Mapping[str, Any]) -> ServerConfig:
+    s = _section(source, doc, "server")
+    state_dir = s.path("state_dir", "state")
+    assert state_dir is not None
+    database = s.str("database") or f"sqlite:///{state_dir / 'proxyd.db'}"
+    if database.startswith("sqlite:///") and not database.startswith("sqlite:////"):
+        rel = database.removeprefix("sqlite:///")
+        if rel and not rel.startswith(":memory:"):
+            database = f"sqlite:///{(source.parent / rel).resolve()}"
+    if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", database):
+        raise ConfigError(
+            f"{s.where('database')} must be an sqlite:/// or postgresql:// URL, got {database!r}"
+        )
+    cfg = ServerConfig(
+        host_cert=s.path("host_cert", required=True),  # type: ignore[arg-type]
+        host_key=s.path("host_key", required=True),  # type: ignore[arg-type]
+        cert_dir=s.path("cert_dir", "/etc/grid-security/certificates"),  # type: ignore[arg-type]
+        voms_dir=s.path("voms_dir"),
+        state_dir=state_dir,
+        database=database,
+        master_key_file=s.path("master_key_file", str(state_dir / "master.key")),  # type: ignore[arg-type]
+    )
+    s.finish()
+    return cfg
+
+
+def _policy(source: Path, doc: Mapping[str, Any]) -> PolicyConfig:
+    s = _section(source, doc, "policy")
+    d = PolicyConfig()
+    cfg = PolicyConfig(
+        max_proxy_lifetime=s.duration("max_proxy_lifetime", d.max_proxy_lifetime),
+        max_stored_lifetime=s.duration("max_stored_lifetime", d.max_stored_lifetime),
+        trusted_retrievers=s.strings("trusted_retrievers"),
+        authorized_retrievers=s.strings("authorized_retrievers", d.authorized_retrievers),
+        authorized_renewers=s.strings("authorized_renewers"),
+        full_delegation_hosts=s.strings("full_delegation_hosts"),
+        key_retrievers=s.strings("key_retrievers"),
+        pilot_dns=s.strings("pilot_dns"),
+        pilot_fqans=s.strings("pilot_fqans"),
+        banned_dns=s.strings("banned_dns"),
+    )
+    s.finish()
+    return cfg
+
+
+def _voms(source: Path, doc: Mapping[str, Any]) -> tuple[VoConfig, ...]:
+    entries = doc.get("voms", [])
+    if not isinstance(entries, list):
+        raise ConfigError(f"{source}: voms must be an array of tables ([[voms]])")
+    out: list[VoConfig] = []
+    for index, entry in enumerate(entries):
+        s = _Section(source, f"voms #{index + 1}", entry)
+        vo = s.str("vo", required=True)
+        assert vo is not None
+        uri = s.str("uri", required=True)
+        assert uri is not None
+        if not re.fullmatch(r"[A-Za-z0-9.\-]+:\d{1,5}", uri):
+            raise ConfigError(
+                f"{s.where('uri')} must be HOST:PORT (VOMS clients need the port), got {uri!r}"
+            )
+        members: dict[str, tuple[str, ...]] = {}
+        for dn, fqans in s.table("members").items():
+            if not isinstance(fqans, list) or not all(isinstance(f, str) for f in fqans):
+                raise ConfigError(f"{s.where('members')}: {dn!r} must map to a list of FQANs")
+            normalised = []
+            for fqan in fqans:
+                try:
+                    parsed = parse_fqan(fqan)
+                except VomsExtError as exc:
+                    raise ConfigError(f"{s.where('members')}: {dn!r}: {exc}") from None
+                if parsed.vo != vo:
+                    raise ConfigError(
+                        f"{s.where('members')}: {dn!r}: FQAN {fqan!r} is not in VO {vo!r}"
+                    )
+                normalised.append(str(parsed))
+            members[dn] = tuple(normalised)
+        out.append(
+            VoConfig(
+                vo=vo,
+                uri=uri,
+                aa_cert=s.path("aa_cert", required=True),  # type: ignore[arg-type]
+                aa_key=s.path("aa_key", required=True),  # type: ignore[arg-type]
+                max_lifetime=s.duration("max_lifetime", dt.timedelta(hours=24)),
+                members=members,
+            )
+        )
+        s.finish()
+    names = [v.vo for v in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{source}: a VO appears in more than one [[voms]] table: {names}")
+    return tuple(out)
+
+
+def parse_config(text: str, source: str | Path = "<string>") -> Config:
+    path = Path(source).absolute()
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    known = {"server", "myproxy", "api", "policy", "voms", "sealing"}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown section(s) {', '.join(unknown)}; known are {', '.join(sorted(known))}"
+        )
+    server = _server(path, doc)
+    m = _section(path, doc, "myproxy")
+    myproxy = MyProxyConfig(
+        listen=m.listen("listen", MyProxyConfig.listen),
+        tls_min_version=m.str("tls_min_version", "1.2") or "1.2",
+        tls_max_version=m.str("tls_max_version", "1.3") or "1.3",
+    )
+    for key in ("tls_min_version", "tls_max_version"):
+        if getattr(myproxy, key) not in ("1.2", "1.3"):
+            raise ConfigError(f"{m.where(key)} must be \"1.2\" or \"1.3\"")
+    m.finish()
+    a = _section(path, doc, "api")
+    api = ApiConfig(listen=a.listen("listen", ApiConfig.listen))
+    a.finish()
+    g = _section(path, doc, "sealing")
+    sealing = SealingConfig(
+        argon2_time_cost=g.int("argon2_time_cost", 3, minimum=1),
+        argon2_memory_kib=g.int("argon2_memory_kib", 65536, minimum=8),
+        argon2_parallelism=g.int("argon2_parallelism", 1, minimum=1),
+    )
+    g.finish()
+    return Config(
+        source=path,
+        server=server,
+        myproxy=myproxy,
+        api=api,
+        policy=_policy(path, doc),
+        voms=_voms(path, doc),
+        sealing=sealing,
+    )
+
+
+def load_config(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read configuration: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: configuration is not UTF-8 text") from None
+    return parse_config(text, p)
