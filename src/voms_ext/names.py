@@ -14,6 +14,7 @@ import re
 from cryptography import x509
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
+from .der import encode_tlv, read_tlv
 from .errors import DistinguishedNameError
 
 # OpenSSL short names, as X509_NAME_oneline prints them.
@@ -112,37 +113,10 @@ _CANON_TAGS = {
 _SPACE = b" \t\n\v\f\r"
 
 
-def _read_tlv(data: bytes, pos: int) -> tuple[int, int, int]:
-    """(tag, content_start, end) of the DER element at `pos`."""
-    if pos + 2 > len(data):
-        raise DistinguishedNameError("name DER is truncated")
-    tag = data[pos]
-    length = data[pos + 1]
-    start = pos + 2
-    if length & 0x80:
-        count = length & 0x7F
-        if count == 0 or count > 4 or start + count > len(data):
-            raise DistinguishedNameError("name DER has an invalid length")
-        length = int.from_bytes(data[start : start + count], "big")
-        start += count
-    end = start + length
-    if end > len(data):
-        raise DistinguishedNameError("name DER is truncated")
-    return tag, start, end
-
-
-def _der(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        return bytes([tag, n]) + content
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(size)]) + size + content
-
-
 def _canon_value(tag: int, content: bytes) -> bytes:
     codec = _CANON_TAGS.get(tag)
     if codec is None:
-        return _der(tag, content)
+        return encode_tlv(tag, content)
     raw = content.decode(codec, errors="replace").encode("utf-8")
     out = bytearray()
     i, n = 0, len(raw)
@@ -159,24 +133,24 @@ def _canon_value(tag: int, content: bytes) -> bytes:
             continue
         out.append(b + 32 if 65 <= b <= 90 else b)
         i += 1
-    return _der(0x0C, bytes(out))
+    return encode_tlv(0x0C, bytes(out))
 
 
 def canonical_name_der(name: x509.Name) -> bytes:
     """OpenSSL's canonical name encoding (x509_name_canon): the input to the hash."""
     der = name.public_bytes()
-    _, pos, end = _read_tlv(der, 0)
+    _, pos, end = read_tlv(der, 0)
     out = bytearray()
     while pos < end:
-        _, set_pos, set_end = _read_tlv(der, pos)
+        _, set_pos, set_end = read_tlv(der, pos)
         members = []
         while set_pos < set_end:
-            _, atv_pos, atv_end = _read_tlv(der, set_pos)
-            _, _, oid_end = _read_tlv(der, atv_pos)
-            vtag, vstart, vend = _read_tlv(der, oid_end)
+            _, atv_pos, atv_end = read_tlv(der, set_pos)
+            _, _, oid_end = read_tlv(der, atv_pos)
+            vtag, vstart, vend = read_tlv(der, oid_end)
             members.append(der[atv_pos:oid_end] + _canon_value(vtag, der[vstart:vend]))
             set_pos = atv_end
-        out += _der(0x31, b"".join(_der(0x30, m) for m in sorted(members)))
+        out += encode_tlv(0x31, b"".join(encode_tlv(0x30, m) for m in sorted(members)))
         pos = set_end
     return bytes(out)
 
