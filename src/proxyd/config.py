@@ -72,6 +72,10 @@ class PolicyConfig:
     pilot_dns: tuple[str, ...] = ()
     pilot_fqans: tuple[str, ...] = ()
     banned_dns: tuple[str, ...] = ()
+    allow_self_authorization: bool = False
+    auditors: tuple[str, ...] = ()
+    admins: tuple[str, ...] = ()
+    payload_lifetime_margin: dt.timedelta = dt.timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,14 @@ class _Section:
             raise ConfigError(f"{self.where(key)} must be an integer >= {minimum}, got {value!r}")
         return value
 
+    def bool(self, key: str, default: bool) -> bool:
+        value = self._get(key, False)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.where(key)} must be true or false, got {value!r}")
+        return value
+
     def duration(self, key: str, default: dt.timedelta) -> dt.timedelta:
         value = self._get(key, False)
         if value is None:
@@ -162,8 +174,8 @@ class _Section:
         match = _DURATION.match(value) if isinstance(value, str) else None
         if match is None or int(match.group(1)) == 0:
             raise ConfigError(
-                f"{self.where(key)} must be a positive duration such as \"12h\", \"30m\", "
-                f"\"7d\" or a number of seconds, got {value!r}"
+                f'{self.where(key)} must be a positive duration such as "12h", "30m", '
+                f'"7d" or a number of seconds, got {value!r}'
             )
         return dt.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
 
@@ -172,7 +184,9 @@ class _Section:
         if value is None:
             return default
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise ConfigError(f"{self.where(key)} must be a list of non-empty strings, got {value!r}")
+            raise ConfigError(
+                f"{self.where(key)} must be a list of non-empty strings, got {value!r}"
+            )
         return tuple(value)
 
     def listen(self, key: str, default: Listen | None) -> Listen | None:
@@ -184,7 +198,7 @@ class _Section:
         match = _LISTEN.match(value) if isinstance(value, str) else None
         if match is None or not 0 < int(match.group("port")) < 65536:
             raise ConfigError(
-                f"{self.where(key)} must be \"HOST:PORT\" (e.g. \"0.0.0.0:7512\") or \"off\", "
+                f'{self.where(key)} must be "HOST:PORT" (e.g. "0.0.0.0:7512") or "off", '
                 f"got {value!r}"
             )
         return Listen(match.group("host").strip("[]"), int(match.group("port")))
@@ -253,6 +267,10 @@ def _policy(source: Path, doc: Mapping[str, Any]) -> PolicyConfig:
         pilot_dns=s.strings("pilot_dns"),
         pilot_fqans=s.strings("pilot_fqans"),
         banned_dns=s.strings("banned_dns"),
+        allow_self_authorization=s.bool("allow_self_authorization", False),
+        auditors=s.strings("auditors"),
+        admins=s.strings("admins"),
+        payload_lifetime_margin=s.duration("payload_lifetime_margin", d.payload_lifetime_margin),
     )
     s.finish()
     return cfg
@@ -327,7 +345,7 @@ def parse_config(text: str, source: str | Path = "<string>") -> Config:
     )
     for key in ("tls_min_version", "tls_max_version"):
         if getattr(myproxy, key) not in ("1.2", "1.3"):
-            raise ConfigError(f"{m.where(key)} must be \"1.2\" or \"1.3\"")
+            raise ConfigError(f'{m.where(key)} must be "1.2" or "1.3"')
     m.finish()
     a = _section(path, doc, "api")
     api = ApiConfig(listen=a.listen("listen", ApiConfig.listen))

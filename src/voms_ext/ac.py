@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from pyasn1.codec.der import decoder as der_decoder
-from pyasn1.type import char, univ, useful
+from pyasn1.type import univ, useful
 from pyasn1_modules import rfc5280, rfc5755
 
 from . import asn1
@@ -35,13 +35,17 @@ from .trust import TrustStore
 CLOCK_SKEW = dt.timedelta(seconds=300)  # what libvomsapi allows either side
 
 _SIG_HASHES: dict[str, hashes.HashAlgorithm] = {
-    "1.2.840.113549.1.1.5": hashes.SHA1(),
+    "1.2.840.113549.1.1.5": hashes.SHA1(),  # noqa: S303 - old VOMS servers signed ACs with SHA-1
     "1.2.840.113549.1.1.11": hashes.SHA256(),
     "1.2.840.113549.1.1.12": hashes.SHA384(),
     "1.2.840.113549.1.1.13": hashes.SHA512(),
 }
-_SIG_OIDS = {"sha1": "1.2.840.113549.1.1.5", "sha256": "1.2.840.113549.1.1.11",
-             "sha384": "1.2.840.113549.1.1.12", "sha512": "1.2.840.113549.1.1.13"}
+_SIG_OIDS = {
+    "sha1": "1.2.840.113549.1.1.5",
+    "sha256": "1.2.840.113549.1.1.11",
+    "sha384": "1.2.840.113549.1.1.12",
+    "sha512": "1.2.840.113549.1.1.13",
+}
 _KNOWN_EXTENSIONS = {
     asn1.OID_VOMS_GENERIC_ATTRIBUTES,
     asn1.OID_VOMS_AA_CERTS,
@@ -49,8 +53,15 @@ _KNOWN_EXTENSIONS = {
     asn1.OID_AUTHORITY_KEY_ID,
     asn1.OID_TARGET_INFORMATION,
 }
-_STRING_CODECS = {0x0C: "utf-8", 0x13: "latin-1", 0x14: "latin-1", 0x16: "latin-1",
-                  0x1A: "latin-1", 0x1C: "utf-32-be", 0x1E: "utf-16-be"}
+_STRING_CODECS = {
+    0x0C: "utf-8",
+    0x13: "latin-1",
+    0x14: "latin-1",
+    0x16: "latin-1",
+    0x1A: "latin-1",
+    0x1C: "utf-32-be",
+    0x1E: "utf-16-be",
+}
 _URI = re.compile(r"^(?P<host>[^:/\s]+):(?P<port>\d{1,5})$")
 
 
@@ -193,7 +204,9 @@ class AttributeCertificateBuilder:
 
     def uri(self, host_port: str) -> AttributeCertificateBuilder:
         if not isinstance(host_port, str) or not _URI.match(host_port):
-            raise ValueError(f"uri must be HOST:PORT (libvomsapi needs the port), got {host_port!r}")
+            raise ValueError(
+                f"uri must be HOST:PORT (libvomsapi needs the port), got {host_port!r}"
+            )
         return replace(self, _uri=host_port)
 
     def fqans(self, values: Iterable[str]) -> AttributeCertificateBuilder:
@@ -205,7 +218,9 @@ class AttributeCertificateBuilder:
             raise ValueError(f"fqans contains duplicates: {list(values)}")
         return replace(self, _fqans=longs)
 
-    def generic_attribute(self, name: str, value: str, qualifier: str = "") -> AttributeCertificateBuilder:
+    def generic_attribute(
+        self, name: str, value: str, qualifier: str = ""
+    ) -> AttributeCertificateBuilder:
         return replace(self, _generic=(*self._generic, GenericAttribute(name, value, qualifier)))
 
     def holder(self, eec: x509.Certificate, *, legacy: bool = False) -> AttributeCertificateBuilder:
@@ -214,7 +229,9 @@ class AttributeCertificateBuilder:
             raise TypeError("holder must be the end-entity x509.Certificate")
         return replace(self, _holder=eec, _legacy_holder=legacy)
 
-    def validity(self, not_before: dt.datetime, not_after: dt.datetime) -> AttributeCertificateBuilder:
+    def validity(
+        self, not_before: dt.datetime, not_after: dt.datetime
+    ) -> AttributeCertificateBuilder:
         if not_before.tzinfo is None or not_after.tzinfo is None:
             raise ValueError("validity times must be timezone-aware")
         if not_after <= not_before:
@@ -237,8 +254,16 @@ class AttributeCertificateBuilder:
         aa_key: CertificateIssuerPrivateKeyTypes,
         aa_chain: Sequence[x509.Certificate] = (),
     ) -> AttributeCertificate:
-        missing = [n for n, v in (("vo", self._vo), ("uri", self._uri), ("holder", self._holder),
-                                  ("validity", self._not_after)) if v is None]
+        missing = [
+            n
+            for n, v in (
+                ("vo", self._vo),
+                ("uri", self._uri),
+                ("holder", self._holder),
+                ("validity", self._not_after),
+            )
+            if v is None
+        ]
         if missing or not self._fqans:
             raise AttributeCertificateError(
                 f"AttributeCertificateBuilder: set {', '.join(missing or ['fqans'])} before sign()"
@@ -250,7 +275,9 @@ class AttributeCertificateBuilder:
         for fq in self._fqans:
             if parse_fqan(fq).vo != self._vo:
                 raise AttributeCertificateError(f"FQAN {fq} does not belong to VO {self._vo}")
-        sig_oid = _SIG_OIDS.get(getattr(aa_cert.signature_hash_algorithm, "name", ""), _SIG_OIDS["sha256"])
+        sig_oid = _SIG_OIDS.get(
+            getattr(aa_cert.signature_hash_algorithm, "name", ""), _SIG_OIDS["sha256"]
+        )
         digest = _SIG_HASHES[sig_oid]
         authority = f"{self._vo}://{self._uri}"
 
@@ -291,11 +318,13 @@ class AttributeCertificateBuilder:
             full = asn1.FullAttributes()
             full["providers"].append(holder_attrs)
             exts.append((asn1.OID_VOMS_GENERIC_ATTRIBUTES, False, asn1.encode(full)))
-        chain_der = b"".join(c.public_bytes(serialization.Encoding.DER) for c in (aa_cert, *aa_chain))
+        chain_der = b"".join(
+            c.public_bytes(serialization.Encoding.DER) for c in (aa_cert, *aa_chain)
+        )
         exts.append((asn1.OID_VOMS_AA_CERTS, False, encode_tlv(0x30, encode_tlv(0x30, chain_der))))
         exts.append((asn1.OID_NO_REV_AVAIL, False, b"\x05\x00"))
         aki = x509.AuthorityKeyIdentifier(
-            x509.SubjectKeyIdentifier.from_public_key(aa_cert.public_key()).digest,  # type: ignore[arg-type]
+            x509.SubjectKeyIdentifier.from_public_key(aa_cert.public_key()).digest,
             None,
             None,
         )
@@ -305,7 +334,9 @@ class AttributeCertificateBuilder:
                 encode_tlv(0x30, encode_tlv(0xA0, encode_tlv(0x86, t.encode())))
                 for t in self._targets
             )
-            exts.append((asn1.OID_TARGET_INFORMATION, True, encode_tlv(0x30, encode_tlv(0x30, targets))))
+            exts.append(
+                (asn1.OID_TARGET_INFORMATION, True, encode_tlv(0x30, encode_tlv(0x30, targets)))
+            )
         for oid, critical, value in exts:
             ext = rfc5280.Extension()
             ext["extnID"] = univ.ObjectIdentifier(oid)
@@ -349,13 +380,17 @@ def _decode_aa_chain(value: bytes) -> tuple[x509.Certificate, ...]:
     tag, start, end = read_tlv(value, 0)
     inner_tag, istart, iend = read_tlv(value, start)
     if tag != 0x30 or inner_tag != 0x30 or end != len(value) or iend != end:
-        raise DecodeError("AA certificate chain extension is not SEQUENCE { SEQUENCE OF Certificate }")
+        raise DecodeError(
+            "AA certificate chain extension is not SEQUENCE { SEQUENCE OF Certificate }"
+        )
     certs = []
     for _, estart, _, eend in children(value, istart, iend):
         try:
             certs.append(x509.load_der_x509_certificate(value[estart:eend]))
         except ValueError as exc:
-            raise DecodeError(f"AA certificate chain holds an unreadable certificate: {exc}") from None
+            raise DecodeError(
+                f"AA certificate chain holds an unreadable certificate: {exc}"
+            ) from None
     return tuple(certs)
 
 
@@ -364,11 +399,13 @@ def _decode_generic(value: bytes) -> tuple[GenericAttribute, ...]:
     out = []
     for provider in full["providers"]:
         for item in provider["attributes"]:
-            out.append(GenericAttribute(
-                bytes(item["name"]).decode("utf-8", "replace"),
-                bytes(item["value"]).decode("utf-8", "replace"),
-                bytes(item["qualifier"]).decode("utf-8", "replace"),
-            ))
+            out.append(
+                GenericAttribute(
+                    bytes(item["name"]).decode("utf-8", "replace"),
+                    bytes(item["value"]).decode("utf-8", "replace"),
+                    bytes(item["qualifier"]).decode("utf-8", "replace"),
+                )
+            )
     return tuple(out)
 
 
@@ -382,9 +419,13 @@ def parse_attribute_certificate(der: bytes) -> AttributeCertificate:
     except VomsExtError:
         raise
     except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError) as exc:
-        raise AttributeCertificateError(f"AC: malformed ({exc.__class__.__name__}: {exc})") from None
+        raise AttributeCertificateError(
+            f"AC: malformed ({exc.__class__.__name__}: {exc})"
+        ) from None
     except Exception as exc:  # pyasn1 raises its own hierarchy from deep inside
-        raise AttributeCertificateError(f"AC: malformed ({exc.__class__.__name__}: {exc})") from None
+        raise AttributeCertificateError(
+            f"AC: malformed ({exc.__class__.__name__}: {exc})"
+        ) from None
 
 
 def _parse(der: bytes) -> AttributeCertificate:
@@ -404,7 +445,9 @@ def _parse(der: bytes) -> AttributeCertificate:
     holder = info["holder"]
     base = holder["baseCertificateID"]
     if not base.isValue:
-        raise AttributeCertificateError("AC: holder has no baseCertificateID (entityName-only holders are not accepted)")
+        raise AttributeCertificateError(
+            "AC: holder has no baseCertificateID (entityName-only holders are not accepted)"
+        )
     holder_issuer = _general_names_dir(base["issuer"], "AC holder issuer")
     issuer_choice = info["issuer"]
     if issuer_choice.getName() != "v2Form":
@@ -412,18 +455,30 @@ def _parse(der: bytes) -> AttributeCertificate:
     issuer = _general_names_dir(issuer_choice["v2Form"]["issuerName"], "AC issuer")
     serial = int(info["serialNumber"])
     if serial <= 0 or serial.bit_length() > 160:
-        raise AttributeCertificateError(f"AC: serial number {serial} must be positive and at most 20 octets")
+        raise AttributeCertificateError(
+            f"AC: serial number {serial} must be positive and at most 20 octets"
+        )
     validity = info["attrCertValidityPeriod"]
     not_before = _parse_gtime(validity["notBeforeTime"], "notBefore")
     not_after = _parse_gtime(validity["notAfterTime"], "notAfter")
 
     voms_attrs = [a for a in info["attributes"] if str(a["type"]) == asn1.OID_VOMS_ATTRIBUTES]
     if len(voms_attrs) != 1 or len(voms_attrs[0]["values"]) != 1:
-        raise AttributeCertificateError("AC: must carry exactly one VOMS attribute (1.3.6.1.4.1.8005.100.100.4) with one value")
-    ietf = asn1.decode(bytes(voms_attrs[0]["values"][0]), rfc5755.IetfAttrSyntax(), "VOMS IetfAttrSyntax")
+        raise AttributeCertificateError(
+            "AC: must carry exactly one VOMS attribute (1.3.6.1.4.1.8005.100.100.4) with one value"
+        )
+    ietf = asn1.decode(
+        bytes(voms_attrs[0]["values"][0]), rfc5755.IetfAttrSyntax(), "VOMS IetfAttrSyntax"
+    )
     authorities = ietf["policyAuthority"]
-    if not authorities.isValue or len(authorities) != 1 or authorities[0].getName() != "uniformResourceIdentifier":
-        raise AttributeCertificateError("AC: policyAuthority must be exactly one URI vo://host:port")
+    if (
+        not authorities.isValue
+        or len(authorities) != 1
+        or authorities[0].getName() != "uniformResourceIdentifier"
+    ):
+        raise AttributeCertificateError(
+            "AC: policyAuthority must be exactly one URI vo://host:port"
+        )
     authority = str(authorities[0]["uniformResourceIdentifier"])
     vo, sep, uri = authority.partition("://")
     if not sep or not vo or not _URI.match(uri):
@@ -493,7 +548,9 @@ def parse_voms_extension(value: bytes) -> tuple[AttributeCertificate, ...]:
             f"(found {len(inner)} inner elements)"
         )
     _, _, istart, iend = inner[0]
-    acs = tuple(parse_attribute_certificate(value[s:e]) for _, s, _, e in children(value, istart, iend))
+    acs = tuple(
+        parse_attribute_certificate(value[s:e]) for _, s, _, e in children(value, istart, iend)
+    )
     if not acs:
         raise AttributeCertificateError("VOMS extension holds no attribute certificate")
     return acs
@@ -535,7 +592,9 @@ def find_aa_certificate(
 ) -> x509.Certificate:
     """The AA certificate that signed `ac`, found the way libvomsapi finds it."""
     if trust.voms_dir is None:
-        raise AttributeCertificateError(f"{ac.describe()}: no VOMS directory (X509_VOMS_DIR) to find its AA in")
+        raise AttributeCertificateError(
+            f"{ac.describe()}: no VOMS directory (X509_VOMS_DIR) to find its AA in"
+        )
     alternatives = trust.lsc.get((ac.vo, ac.host))
     if alternatives is not None:
         lsc = f"{trust.voms_dir}/{ac.vo}/{ac.host}.lsc"
@@ -602,7 +661,10 @@ def verify_attribute_certificate(
         raise AttributeCertificateError(
             f"{ac.describe()}: required extensions missing (noRevAvail and authorityKeyIdentifier)"
         )
-    if ac.holder_serial != holder.serial_number or ac.holder_issuer not in (holder.issuer, holder.subject):
+    if ac.holder_serial != holder.serial_number or ac.holder_issuer not in (
+        holder.issuer,
+        holder.subject,
+    ):
         raise AttributeCertificateError(
             f"{ac.describe()}: granted to a different certificate (holder {_slash(ac.holder_issuer)} "
             f"serial {ac.holder_serial}) than {_slash(holder.subject)} serial {holder.serial_number}"

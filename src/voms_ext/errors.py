@@ -15,7 +15,7 @@ class DecodeError(VomsExtError):
     """Bytes that are not the DER, PEM or text they claim to be."""
 
 
-class NameError_(VomsExtError):  # noqa: N801 - avoid shadowing the builtin NameError
+class NameError_(VomsExtError):
     """A distinguished name that cannot be parsed or used."""
 
 

@@ -9,6 +9,7 @@ and a half-written proxy file is worse than none.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -21,9 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from .errors import CredentialFileError
 
-_PEM_BLOCK = re.compile(
-    rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL
-)
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL)
 _KEY_LABELS = {b"RSA PRIVATE KEY", b"PRIVATE KEY", b"EC PRIVATE KEY", b"ENCRYPTED PRIVATE KEY"}
 
 
@@ -56,10 +55,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 

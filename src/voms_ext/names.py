@@ -51,7 +51,7 @@ def _attr_label(oid: ObjectIdentifier) -> str:
     return _SHORT_NAMES.get(oid, oid.dotted_string)
 
 
-def _attr_value(attr: x509.NameAttribute[str] | x509.NameAttribute[bytes]) -> str:
+def _attr_value(attr: x509.NameAttribute[str | bytes]) -> str:
     value = attr.value
     if isinstance(value, bytes):
         return value.hex()
@@ -73,7 +73,9 @@ def slash_to_name(dn: str) -> x509.Name:
     Raises DistinguishedNameError naming the component that cannot be read.
     """
     if not dn.startswith("/"):
-        raise DistinguishedNameError(f"DN {dn!r} does not start with '/' (expected /C=../O=../CN=..)")
+        raise DistinguishedNameError(
+            f"DN {dn!r} does not start with '/' (expected /C=../O=../CN=..)"
+        )
     rdns = []
     for component in _RDN_START.split(dn)[1:]:
         avas = []

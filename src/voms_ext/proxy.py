@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
@@ -223,6 +223,12 @@ def _public_key_of(key: object) -> CertificatePublicKeyTypes:
     raise TypeError(f"public_key must be an RSA or EC key, got {type(key).__name__}")
 
 
+def _spki(key: CertificatePublicKeyTypes) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 @dataclass(frozen=True)
 class ProxyBuilder:
     """Build a proxy certificate for a public key, signed by the issuer's key.
@@ -359,7 +365,7 @@ class ProxyBuilder:
     ) -> x509.Certificate:
         if self._public_key is None:
             raise ProxyError("ProxyBuilder: no public key set (call public_key() or from_csr())")
-        if _public_key_of(issuer_key).public_numbers() != self.issuer_cert.public_key().public_numbers():  # type: ignore[union-attr]
+        if _spki(_public_key_of(issuer_key)) != _spki(self.issuer_cert.public_key()):
             raise ProxyError(
                 f"ProxyBuilder: the signing key does not belong to {_subject(self.issuer_cert)}"
             )
@@ -384,8 +390,10 @@ class ProxyBuilder:
         else:
             cn = str(serial)
         subject = x509.Name(
-            [*self.issuer_cert.subject.rdns, x509.RelativeDistinguishedName(
-                [x509.NameAttribute(NameOID.COMMON_NAME, cn)])]
+            [
+                *self.issuer_cert.subject.rdns,
+                x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COMMON_NAME, cn)]),
+            ]
         )
         builder = (
             x509.CertificateBuilder()
@@ -415,7 +423,7 @@ class ProxyBuilder:
             )
         for ext in self._extra:
             builder = builder.add_extension(ext.value, ext.critical)
-        return builder.sign(issuer_key, algorithm)  # type: ignore[arg-type]
+        return builder.sign(issuer_key, algorithm)
 
 
 def encode_ac_sequence(acs_der: Sequence[bytes]) -> bytes:

@@ -155,7 +155,9 @@ class TrustStore:
 
     @classmethod
     def from_certificates(
-        cls, anchors: Iterable[x509.Certificate], crls: Iterable[x509.CertificateRevocationList] = ()
+        cls,
+        anchors: Iterable[x509.Certificate],
+        crls: Iterable[x509.CertificateRevocationList] = (),
     ) -> TrustStore:
         return cls(anchors=tuple(anchors), crls=tuple(crls))
 
@@ -216,15 +218,15 @@ class TrustStore:
             path.append(issuer)
             if issuer.subject == issuer.issuer:
                 if issuer.fingerprint(_SHA256) not in anchor_ids:
-                    raise ChainError(
-                        f"root CA {_slash(issuer.subject)} is not in {self._where()}"
-                    )
+                    raise ChainError(f"root CA {_slash(issuer.subject)} is not in {self._where()}")
                 break
             current = issuer
         # basicConstraints pathLen: number of CAs allowed below each CA.
         for index, ca in enumerate(path):
             try:
-                limit = ca.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+                limit = ca.extensions.get_extension_for_class(
+                    x509.BasicConstraints
+                ).value.path_length
             except x509.ExtensionNotFound:
                 limit = None
             if limit is not None and index > limit:
@@ -256,4 +258,3 @@ class TrustStore:
         if problem is not None:
             raise ChainError(problem)
         return None
-

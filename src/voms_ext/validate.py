@@ -18,7 +18,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from . import asn1
-from .ac import AttributeCertificate, GenericAttribute, parse_voms_extension, verify_attribute_certificate
+from .ac import (
+    AttributeCertificate,
+    GenericAttribute,
+    parse_voms_extension,
+    verify_attribute_certificate,
+)
 from .errors import AttributeCertificateError, ChainError, ProxyError, VomsExtError
 from .names import dn_to_slash
 from .proxy import CertificateKind, ProxyType, classify
@@ -95,11 +100,15 @@ def _check_proxy_link(
     """RFC 3820 §3-4 rules for one proxy and the certificate that signed it."""
     name = _slash(proxy)
     if proxy.issuer != issuer.subject:
-        raise ProxyError(f"proxy {name}: its issuer name is not the subject of the next certificate")
+        raise ProxyError(
+            f"proxy {name}: its issuer name is not the subject of the next certificate"
+        )
     try:
         proxy.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature):
-        raise ProxyError(f"proxy {name}: signature does not verify with the key of {_slash(issuer)}") from None
+        raise ProxyError(
+            f"proxy {name}: signature does not verify with the key of {_slash(issuer)}"
+        ) from None
     rdns = proxy.subject.rdns
     if len(rdns) != len(issuer.subject.rdns) + 1 or x509.Name(rdns[:-1]) != issuer.subject:
         raise ProxyError(
@@ -110,10 +119,13 @@ def _check_proxy_link(
         raise ProxyError(f"proxy {name}: the last RDN must be a single CN (RFC 3820 §3.4)")
     for ext in proxy.extensions:
         if ext.oid in (ExtensionOID.SUBJECT_ALTERNATIVE_NAME, ExtensionOID.ISSUER_ALTERNATIVE_NAME):
-            raise ProxyError(f"proxy {name}: must not carry {ext.oid._name} (RFC 3820 §3.5-3.6)")
-        if ext.oid == ExtensionOID.BASIC_CONSTRAINTS and ext.value.ca:  # type: ignore[attr-defined]
+            raise ProxyError(
+                f"proxy {name}: must not carry {ext.oid.dotted_string} (RFC 3820 §3.5-3.6)"
+            )
+        value = ext.value
+        if isinstance(value, x509.BasicConstraints) and value.ca:
             raise ProxyError(f"proxy {name}: basicConstraints cA must not be true (RFC 3820 §3.7)")
-        if ext.oid == ExtensionOID.KEY_USAGE and ext.value.key_cert_sign:  # type: ignore[attr-defined]
+        if isinstance(value, x509.KeyUsage) and value.key_cert_sign:
             raise ProxyError(f"proxy {name}: keyUsage must not allow keyCertSign (RFC 3820 §3.7)")
         if ext.critical and not _understood(ext.oid.dotted_string):
             raise ProxyError(f"proxy {name}: unknown critical extension {ext.oid.dotted_string}")

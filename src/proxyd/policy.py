@@ -1,0 +1,408 @@
+"""Every authorization decision proxyd makes, as one pure function.
+
+`decide(request, principal, credential, config, bans)` looks at nothing but
+its arguments and returns a `Decision` whose `rule` is a stable name: it is
+written to the audit log and shown in error messages, so operators can grep
+for it. The invariants of ARCHITECTURE.md are enforced here first, in this
+order, before any operation-specific rule: bans (I5), limited peers (I1),
+pilots (I2); trusted retrievers get limited proxies (I3) and lifetimes only
+shrink (I4). Nothing in the configuration can switch them off.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .config import PolicyConfig
+from .patterns import any_dn_matches
+from .principal import Principal, PrincipalKind
+
+MIN_LIFETIME = dt.timedelta(minutes=1)
+
+
+class Operation(enum.StrEnum):
+    STORE = "store"
+    RETRIEVE = "retrieve"
+    RENEW = "renew"
+    INFO = "info"
+    DESTROY = "destroy"
+    CHANGE_PASSPHRASE = "change_passphrase"  # noqa: S105 - an operation name
+    RETRIEVE_KEY = "retrieve_key"
+    ISSUE_AC = "issue_ac"
+    PAYLOAD_PROXY = "payload_proxy"
+    AUDIT_READ = "audit_read"
+    ADMIN = "admin"
+
+
+class AuthMethod(enum.StrEnum):
+    NONE = "none"
+    PASSPHRASE = "passphrase"  # noqa: S105 - an authentication method name
+    CERTIFICATE = "certificate"  # trusted retrieval: the peer's certificate alone
+
+
+# Operations that hand out, create or change a credential: never for limited peers (I1).
+_DELEGATING = {
+    Operation.STORE,
+    Operation.RETRIEVE,
+    Operation.RENEW,
+    Operation.RETRIEVE_KEY,
+    Operation.CHANGE_PASSPHRASE,
+    Operation.DESTROY,
+    Operation.PAYLOAD_PROXY,
+    Operation.ISSUE_AC,
+}
+_ISSUING = {Operation.RETRIEVE, Operation.RENEW, Operation.PAYLOAD_PROXY}
+
+
+@dataclass(frozen=True)
+class CredentialFacts:
+    """What policy may know about a stored credential (never its key)."""
+
+    owner: str
+    name: str
+    has_passphrase: bool
+    not_after: dt.datetime
+    max_lifetime: dt.timedelta
+    owner_is_pilot: bool = False
+    retrievers: tuple[str, ...] | None = None
+    renewers: tuple[str, ...] | None = None
+    trusted_retrievers: tuple[str, ...] | None = None
+    key_retrievers: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The task queue's word on which payload a pilot currently holds."""
+
+    pilot: str
+    task_id: int
+    owner: str
+    credential_name: str
+    live: bool
+    time_left: dt.timedelta
+
+
+@dataclass(frozen=True)
+class Bans:
+    """Runtime bans (from the store), on top of `banned_dns` in the config."""
+
+    users: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+
+    def matches(self, dn: str) -> bool:
+        return any_dn_matches((*self.users, *self.hosts), dn)
+
+
+NO_BANS = Bans()
+
+
+@dataclass(frozen=True)
+class Request:
+    operation: Operation
+    owner: str | None = None
+    name: str | None = None
+    auth: AuthMethod = AuthMethod.NONE
+    lifetime: dt.timedelta | None = None
+    want_full: bool = False
+    fqans: tuple[str, ...] = ()
+    held_fqans: tuple[str, ...] = ()
+    proof: Principal | None = None
+    assignment: Assignment | None = None
+    now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    rule: str
+    reason: str
+    limited: bool = True
+    lifetime: dt.timedelta | None = None
+
+
+def _deny(rule: str, reason: str) -> Decision:
+    return Decision(False, rule, reason)
+
+
+def decide(
+    request: Request,
+    principal: Principal,
+    credential: CredentialFacts | None,
+    config: PolicyConfig,
+    bans: Bans = NO_BANS,
+) -> Decision:
+    """Allow or deny `request` by `principal` on `credential`; see the module docstring."""
+    op = request.operation
+    who = principal.identity
+
+    # I5: bans win, before anything else.
+    if any_dn_matches(config.banned_dns, who) or bans.matches(who):
+        return _deny("ban.peer", f'"{who}" is banned')
+    if request.proof is not None and (
+        any_dn_matches(config.banned_dns, request.proof.identity)
+        or bans.matches(request.proof.identity)
+    ):
+        return _deny("ban.peer", f'"{request.proof.identity}" is banned')
+    owner = credential.owner if credential is not None else request.owner
+    if owner is not None and (any_dn_matches(config.banned_dns, owner) or bans.matches(owner)):
+        return _deny("ban.owner", f'the owner "{owner}" is banned')
+
+    # I1: a limited proxy never delegates, stores, renews or retrieves.
+    if principal.limited and op in _DELEGATING:
+        return _deny(
+            "limited.peer",
+            f"a peer authenticated with a limited proxy may not {op.value.replace('_', ' ')}",
+        )
+    if request.proof is not None and request.proof.limited:
+        return _deny("limited.peer", "a limited proxy cannot be used to renew a credential")
+
+    # I2: pilots get limited payload proxies for assigned tasks, nothing else.
+    pilot_decision = _pilot_rules(request, principal, credential)
+    if pilot_decision is not None:
+        return pilot_decision
+
+    if principal.kind is PrincipalKind.ANONYMOUS and not (
+        op is Operation.RETRIEVE and request.auth is AuthMethod.PASSPHRASE
+    ):
+        return _deny("anonymous.denied", f"{op.value} requires a client certificate")
+
+    handler = _HANDLERS[op]
+    decision = handler(request, principal, credential, config)
+    if not decision.allowed or op not in _ISSUING:
+        return decision
+    # ACs carry the owner's attributes: asking for one it does not hold is refused, not trimmed.
+    missing = [f for f in request.fqans if f not in request.held_fqans]
+    if missing:
+        return _deny("voms.fqan_not_held", f"the owner does not hold: {', '.join(missing)}")
+    return _cap_lifetime(decision, request, credential, config)
+
+
+def _pilot_rules(
+    request: Request, principal: Principal, credential: CredentialFacts | None
+) -> Decision | None:
+    op = request.operation
+    proof_is_pilot = request.proof is not None and request.proof.kind is PrincipalKind.PILOT
+    if op is Operation.RENEW and (principal.kind is PrincipalKind.PILOT or proof_is_pilot):
+        return _deny("pilot.no_renewal", "a pilot identity can never renew a credential")
+    if principal.kind is not PrincipalKind.PILOT:
+        return None
+    if (
+        credential is not None
+        and credential.owner_is_pilot
+        and op in _ISSUING | {Operation.RETRIEVE_KEY}
+    ):
+        return _deny(
+            "pilot.pilot_credential",
+            f'a pilot may not obtain a proxy of a pilot identity ("{credential.owner}")',
+        )
+    if op in (Operation.PAYLOAD_PROXY, Operation.INFO):
+        return None
+    return _deny(
+        "pilot.restricted",
+        f"a pilot may only fetch limited proxies of payloads assigned to it, not {op.value}",
+    )
+
+
+def _owner_only(
+    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
+) -> Decision:
+    owner = credential.owner if credential is not None else request.owner
+    if owner == principal.identity:
+        return Decision(True, "owner.self", "the owner manages its own credential", limited=False)
+    return _deny(
+        "owner.only",
+        f"only the owner may {request.operation.value.replace('_', ' ')} this credential",
+    )
+
+
+def _store(
+    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
+) -> Decision:
+    if request.owner != principal.identity:
+        return _deny("store.not_owner", "a credential can only be stored by its owner")
+    lifetime = min(request.lifetime or config.max_stored_lifetime, config.max_stored_lifetime)
+    return Decision(True, "store.owner", "the owner delegates its own credential", False, lifetime)
+
+
+def _retrieve(
+    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
+) -> Decision:
+    if credential is None:
+        return _deny("credential.not_found", "no such credential")
+    who = principal.identity
+    if request.auth is AuthMethod.PASSPHRASE:
+        if not any_dn_matches(config.authorized_retrievers, who):
+            return _deny(
+                "retrieve.server_acl",
+                f'"{who}" not authorized by server\'s authorized_retrievers policy',
+            )
+        if credential.retrievers is not None and not any_dn_matches(credential.retrievers, who):
+            return _deny(
+                "retrieve.credential_acl", f'"{who}" is not an allowed retriever of this credential'
+            )
+        if not credential.has_passphrase:
+            return _deny(
+                "retrieve.passphrase_not_set",
+                "this credential is stored for trusted retrieval only",
+            )
+        limited = not request.want_full and principal.kind is PrincipalKind.HOST
+        return Decision(True, "retrieve.passphrase", "passphrase retrieval", limited=limited)
+    if request.auth is AuthMethod.CERTIFICATE:
+        if not any_dn_matches(config.trusted_retrievers, who):
+            return _deny(
+                "retrieve.not_trusted",
+                f'"{who}" not authorized by server\'s trusted_retrievers policy',
+            )
+        if credential.trusted_retrievers is not None and not any_dn_matches(
+            credential.trusted_retrievers, who
+        ):
+            return _deny(
+                "retrieve.credential_acl", f'"{who}" is not a trusted retriever of this credential'
+            )
+        if credential.has_passphrase:
+            return _deny("retrieve.passphrase_required", "this credential needs its passphrase")
+        if who == credential.owner and not config.allow_self_authorization:
+            return _deny(
+                "retrieve.self_authorization",
+                "a trusted retriever may not retrieve its own credential",
+            )
+        # I3: limited, unless the host is on the explicit full-delegation list.
+        full = any_dn_matches(config.full_delegation_hosts, who)
+        return Decision(True, "retrieve.trusted", "trusted retrieval", limited=not full)
+    return _deny(
+        "retrieve.no_authentication", "retrieval needs a passphrase or a trusted certificate"
+    )
+
+
+def _renew(
+    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
+) -> Decision:
+    if credential is None:
+        return _deny("credential.not_found", "no such credential")
+    who = principal.identity
+    if not any_dn_matches(config.authorized_renewers, who) or (
+        credential.renewers is not None and not any_dn_matches(credential.renewers, who)
+    ):
+        return _deny(
+            "renew.not_authorized", f'"{who}" not authorized by the authorized_renewers policy'
+        )
+    if request.proof is None or request.proof.identity != credential.owner:
+        return _deny("renew.proof_mismatch", "the renewal proof is not a credential of the owner")
+    if who == credential.owner and not config.allow_self_authorization:
+        return _deny(
+            "renew.self_authorization",
+            "a credential may not renew itself (allow_self_authorization is off)",
+        )
+    limited = principal.kind is PrincipalKind.HOST and not any_dn_matches(
+        config.full_delegation_hosts, who
+    )
+    return Decision(True, "renew.authorized", "authorized renewal", limited=limited)
+
+
+def _retrieve_key(
+    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
+) -> Decision:
+    if credential is None:
+        return _deny("credential.not_found", "no such credential")
+    who = principal.identity
+    if not any_dn_matches(config.key_retrievers, who) or not any_dn_matches(
+        credential.key_retrievers or (), who
+    ):
+        return _deny("retrieve_key.not_authorized", f'"{who}" may not retrieve private keys')
+    if request.auth is not AuthMethod.PASSPHRASE or not credential.has_passphrase:
+        return _deny(
+            "retrieve_key.passphrase_required", "key retrieval needs the credential passphrase"
+        )
+    return Decision(True, "retrieve_key.authorized", "authorized key retrieval", limited=False)
+
+
+def _issue_ac(
+    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
+) -> Decision:
+    if principal.kind not in (PrincipalKind.USER, PrincipalKind.HOST):
+        return _deny("voms.not_member", "attribute certificates are issued to users and hosts only")
+    if not request.held_fqans:
+        return _deny(
+            "voms.not_member", f'"{principal.identity}" is not a member of the requested VO'
+        )
+    missing = [f for f in request.fqans if f not in request.held_fqans]
+    if missing:
+        return _deny("voms.fqan_not_held", f"not a holder of: {', '.join(missing)}")
+    return Decision(True, "voms.member", "member of the VO", limited=False)
+
+
+def _payload_proxy(
+    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
+) -> Decision:
+    if principal.kind is not PrincipalKind.PILOT:
+        return _deny("payload.not_pilot", "payload proxies are handed only to pilots")
+    a = request.assignment
+    if credential is None:
+        return _deny("credential.not_found", "the task's credential does not exist")
+    if (
+        a is None
+        or a.pilot != principal.identity
+        or a.owner != credential.owner
+        or a.credential_name != credential.name
+    ):
+        return _deny("payload.not_assigned", "this task is not assigned to the requesting pilot")
+    if not a.live:
+        return _deny(
+            "payload.assignment_ended", f"task {a.task_id} is no longer running on this pilot"
+        )
+    return Decision(True, "payload.assigned", f"payload of task {a.task_id}", limited=True)
+
+
+def _listed(patterns_of: str) -> object:
+    def handler(
+        request: Request,
+        principal: Principal,
+        credential: CredentialFacts | None,
+        config: PolicyConfig,
+    ) -> Decision:
+        patterns: Sequence[str] = getattr(config, patterns_of)
+        rule = f"{request.operation.value}.{patterns_of}"
+        if any_dn_matches(patterns, principal.identity):
+            return Decision(True, rule, f"listed in {patterns_of}", limited=False)
+        return _deny(rule, f'"{principal.identity}" is not listed in {patterns_of}')
+
+    return handler
+
+
+_HANDLERS = {
+    Operation.STORE: _store,
+    Operation.RETRIEVE: _retrieve,
+    Operation.RENEW: _renew,
+    Operation.INFO: _owner_only,
+    Operation.DESTROY: _owner_only,
+    Operation.CHANGE_PASSPHRASE: _owner_only,
+    Operation.RETRIEVE_KEY: _retrieve_key,
+    Operation.ISSUE_AC: _issue_ac,
+    Operation.PAYLOAD_PROXY: _payload_proxy,
+    Operation.AUDIT_READ: _listed("auditors"),
+    Operation.ADMIN: _listed("admins"),
+}
+
+
+def _cap_lifetime(
+    decision: Decision, request: Request, credential: CredentialFacts | None, config: PolicyConfig
+) -> Decision:
+    """I4: the issued lifetime never exceeds what was asked, the credential, or the server."""
+    assert credential is not None  # every issuing handler denies a missing credential
+    caps = [credential.max_lifetime, config.max_proxy_lifetime, credential.not_after - request.now]
+    if request.lifetime is not None:
+        caps.append(request.lifetime)
+    if request.assignment is not None and request.operation is Operation.PAYLOAD_PROXY:
+        caps.append(request.assignment.time_left + config.payload_lifetime_margin)
+    lifetime = min(caps)
+    if lifetime < MIN_LIFETIME:
+        return _deny(
+            "lifetime.exhausted",
+            "the stored credential has expired or has less than a minute left"
+            if credential.not_after - request.now < MIN_LIFETIME
+            else "the granted lifetime would be under a minute",
+        )
+    return Decision(True, decision.rule, decision.reason, decision.limited, lifetime)
