@@ -26,6 +26,7 @@ ALICE = "/DC=org/DC=example/CN=Alice"
 
 def _credential(**overrides: object) -> CredentialRow:
     values: dict[str, object] = {
+        "username": "alice",
         "owner_dn": ALICE,
         "name": "default",
         "chain_pem": "-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n",
@@ -62,11 +63,11 @@ def test_credential_roundtrip(engine: Engine) -> None:
     assert "sealed" not in repr(row) and "CERTIFICATE" not in repr(row)
 
 
-def test_owner_and_name_are_unique(engine: Engine) -> None:
+def test_username_and_name_are_unique(engine: Engine) -> None:
     Session = session_factory(engine)
     with Session.begin() as session:
         session.add(_credential())
-        session.add(_credential(owner_dn="/DC=org/DC=example/CN=Bob"))
+        session.add(_credential(username="bob", owner_dn="/DC=org/DC=example/CN=Bob"))
         session.add(_credential(name="second"))
     with pytest.raises(IntegrityError), Session.begin() as session:
         session.add(_credential())

@@ -301,7 +301,7 @@ def generate(out: str | os.PathLike[str] = "certs-dev", *, force: bool = False) 
     root.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
-        os.chmod(scratch, 0o755)
+        os.chmod(scratch, 0o755)  # noqa: S103 - public certificates; keys are 0600
         _build(scratch)
         if root.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old.", dir=root.parent))

@@ -55,6 +55,15 @@ _DELEGATING = {
     Operation.ISSUE_AC,
 }
 _ISSUING = {Operation.RETRIEVE, Operation.RENEW, Operation.PAYLOAD_PROXY}
+# Storing or managing its own credential gives a pilot nothing new (a VO admin
+# delegates the pilot credential with the pilot certificate); obtaining does.
+_PILOT_MAY = {
+    Operation.PAYLOAD_PROXY,
+    Operation.INFO,
+    Operation.STORE,
+    Operation.DESTROY,
+    Operation.CHANGE_PASSPHRASE,
+}
 
 
 @dataclass(frozen=True)
@@ -198,7 +207,7 @@ def _pilot_rules(
             "pilot.pilot_credential",
             f'a pilot may not obtain a proxy of a pilot identity ("{credential.owner}")',
         )
-    if op in (Operation.PAYLOAD_PROXY, Operation.INFO):
+    if op in _PILOT_MAY:
         return None
     return _deny(
         "pilot.restricted",

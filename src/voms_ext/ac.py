@@ -495,8 +495,8 @@ def _parse(der: bytes) -> AttributeCertificate:
         if parsed.vo != vo:
             raise AttributeCertificateError(f"AC for VO {vo}: FQAN {text!r} belongs to another VO")
         fqans.append(text)
-    if not fqans:
-        raise AttributeCertificateError(f"AC for VO {vo}: no FQANs")
+    # An empty FQAN list is odd (real VOMS servers always grant the VO's root
+    # group) but libvomsapi accepts it, and a relying party must agree with it.
 
     extensions: list[tuple[str, bool]] = []
     generic: tuple[GenericAttribute, ...] = ()

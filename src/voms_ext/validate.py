@@ -54,6 +54,8 @@ class VomsAttributes:
 
 @dataclass(frozen=True)
 class ValidationResult:
+    """`identity` is the end-entity subject (or, below an independent proxy, that proxy's own)."""
+
     identity: str
     issuer: str
     chain: tuple[x509.Certificate, ...]
@@ -224,6 +226,7 @@ def validate_chain(
     ca_path = trust.build_ca_path(eec, at, certs[eec_index + 1 :])
 
     # Walk proxies from the one the EEC signed down to the leaf.
+    identity = eec.subject
     remaining: int | None = None  # proxies still allowed below, by pCPathLenConstraint
     limited = False
     for index in range(eec_index - 1, -1, -1):
@@ -246,6 +249,10 @@ def validate_chain(
                 f"proxy {_slash(proxy)}: a limited proxy may not sign a {kind.type.description}"
             )
         limited = limited or kind.type.is_limited
+        if kind.type.is_independent:
+            # RFC 3820 §3.8: an independent proxy inherits no rights from its
+            # issuer; it speaks for itself (grid-proxy-info -identity agrees).
+            identity = proxy.subject
 
     try:
         voms = _voms_attributes(certs[: eec_index + 1], eec, trust, at) if check_voms else ()
@@ -256,7 +263,7 @@ def validate_chain(
 
     relevant = (*certs[: eec_index + 1], *ca_path)
     return ValidationResult(
-        identity=dn_to_slash(eec.subject),
+        identity=dn_to_slash(identity),
         issuer=dn_to_slash(eec.issuer),
         chain=certs[: eec_index + 1],
         proxy_type=kinds[0].type,

@@ -83,7 +83,7 @@ def req(op: Operation, owner: str | None = ALICE, **kw: object) -> Request:
     return Request(operation=op, owner=owner, name="default", now=NOW, **kw)  # type: ignore[arg-type]
 
 
-S, R, N, I, D = (
+S, R, N, INFO, D = (
     Operation.STORE,
     Operation.RETRIEVE,
     Operation.RENEW,
@@ -98,8 +98,8 @@ MATRIX = [
     # --- users on their own credentials
     ("user-store-own", alice, req(S), None, True, "store.owner", None),
     ("user-store-other", bob, req(S), None, False, "store.not_owner", None),
-    ("user-info-own", alice, req(I), ALICE_PW, True, "owner.self", None),
-    ("user-info-other", bob, req(I), ALICE_PW, False, "owner.only", None),
+    ("user-info-own", alice, req(INFO), ALICE_PW, True, "owner.self", None),
+    ("user-info-other", bob, req(INFO), ALICE_PW, False, "owner.only", None),
     ("user-destroy-own", alice, req(D), ALICE_PW, True, "owner.self", None),
     ("user-destroy-other", bob, req(D), ALICE_PW, False, "owner.only", None),
     (
@@ -252,7 +252,7 @@ MATRIX = [
         None,
     ),
     ("untrusted-host-pw", rogue, req(R, auth=PW), ALICE_PW, True, "retrieve.passphrase", True),
-    ("host-info-other", wms, req(I), ALICE_PW, False, "owner.only", None),
+    ("host-info-other", wms, req(INFO), ALICE_PW, False, "owner.only", None),
     ("host-destroy-other", wms, req(D), ALICE_PW, False, "owner.only", None),
     ("host-store-for-user", wms, req(S), None, False, "store.not_owner", None),
     (
@@ -337,8 +337,31 @@ MATRIX = [
         "pilot.restricted",
         None,
     ),
-    ("I2-pilot-store", pilot, req(S, PILOT), None, False, "pilot.restricted", None),
-    ("I2-pilot-destroy-user", pilot, req(D), ALICE_PW, False, "pilot.restricted", None),
+    ("I2-pilot-stores-own-credential", pilot, req(S, PILOT), None, True, "store.owner", None),
+    ("I2-pilot-destroy-user", pilot, req(D), ALICE_PW, False, "owner.only", None),
+    (
+        "I2-pilot-retrieve-key",
+        pilot,
+        req(Operation.RETRIEVE_KEY, auth=PW),
+        cred(key_retrievers=(PILOT,)),
+        False,
+        "pilot.restricted",
+        None,
+    ),
+    (
+        "I2-pilot-voms-ac",
+        pilot,
+        req(
+            Operation.ISSUE_AC,
+            PILOT,
+            fqans=("/dteam/Role=pilot",),
+            held_fqans=("/dteam/Role=pilot",),
+        ),
+        None,
+        False,
+        "pilot.restricted",
+        None,
+    ),
     (
         "I2-pilot-payload-assigned",
         pilot,
@@ -433,10 +456,10 @@ MATRIX = [
         "limited.peer",
         None,
     ),
-    ("limited-info-allowed", alice_limited, req(I), ALICE_PW, True, "owner.self", None),
+    ("limited-info-allowed", alice_limited, req(INFO), ALICE_PW, True, "owner.self", None),
     # --- bans (I5)
     ("I5-banned-peer-store", mallory, req(S, MALLORY), None, False, "ban.peer", None),
-    ("I5-banned-peer-info", mallory, req(I, MALLORY), cred(MALLORY), False, "ban.peer", None),
+    ("I5-banned-peer-info", mallory, req(INFO, MALLORY), cred(MALLORY), False, "ban.peer", None),
     (
         "I5-banned-owner-retrieved",
         wms,
@@ -457,7 +480,7 @@ MATRIX = [
     ),
     # --- anonymous peers (MyProxy allows passphrase GET without a certificate)
     ("anonymous-pw-retrieve", anon, req(R, auth=PW), ALICE_PW, True, "retrieve.passphrase", False),
-    ("anonymous-info", anon, req(I), ALICE_PW, False, "anonymous.denied", None),
+    ("anonymous-info", anon, req(INFO), ALICE_PW, False, "anonymous.denied", None),
     ("anonymous-store", anon, req(S), None, False, "anonymous.denied", None),
     # --- attributes
     (

@@ -13,9 +13,7 @@ pytestmark = pytest.mark.interop
 
 
 def test_openssl_verifies_alice(dev_pki: DevPKI) -> None:
-    proc = run_tool(
-        ["openssl", "verify", "-CApath", dev_pki.cert_dir, dev_pki.user("alice")[0]]
-    )
+    proc = run_tool(["openssl", "verify", "-CApath", dev_pki.cert_dir, dev_pki.user("alice")[0]])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith(": OK")
 
@@ -36,7 +34,15 @@ def test_grid_proxy_init_makes_a_proxy_from_alice(
         "RFC 3820 compliant impersonation proxy",
     ]
     verify = run_tool(
-        ["openssl", "verify", "-allow_proxy_certs", "-CApath", dev_pki.cert_dir,
-         "-untrusted", cert, out]
+        [
+            "openssl",
+            "verify",
+            "-allow_proxy_certs",
+            "-CApath",
+            dev_pki.cert_dir,
+            "-untrusted",
+            cert,
+            out,
+        ]
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr

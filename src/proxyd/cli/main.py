@@ -13,7 +13,9 @@ from ..config import ConfigError, load_config
 def _dev_pki(args: argparse.Namespace) -> int:
     from ..devpki import DevPKI, generate
 
-    existed = DevPKI(args.out.absolute()).config.exists() if hasattr(args.out, "absolute") else False
+    existed = (
+        DevPKI(args.out.absolute()).config.exists() if hasattr(args.out, "absolute") else False
+    )
     pki = generate(args.out, force=args.force)
     if existed and not args.force:
         print(f"development PKI already present in {pki.root} (use --force to replace it)")

@@ -80,15 +80,22 @@ class Base(DeclarativeBase):
 
 
 class CredentialRow(Base):
-    """A stored credential: the public chain in clear, the private key sealed."""
+    """A stored credential: the public chain in clear, the private key sealed.
+
+    Credentials are found the MyProxy way, by (username, name); the username
+    is the account name a user chose at `myproxy-init -l` (the owner DN for
+    credentials delegated over the HTTPS API).
+    """
 
     __tablename__ = "credentials"
     __table_args__ = (
-        UniqueConstraint("owner_dn", "name"),
+        UniqueConstraint("username", "name"),
         Index("ix_credentials_not_after", "not_after"),
+        Index("ix_credentials_owner_dn", "owner_dn"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(255))
     owner_dn: Mapped[str] = mapped_column(String(DN_LEN))
     name: Mapped[str] = mapped_column(String(255))
     description: Mapped[str | None] = mapped_column(Text)

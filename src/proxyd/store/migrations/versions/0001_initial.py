@@ -27,6 +27,7 @@ def upgrade() -> None:
     op.create_table(
         "credentials",
         sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("username", sa.String(255), nullable=False),
         sa.Column("owner_dn", sa.String(1024), nullable=False),
         sa.Column("name", sa.String(255), nullable=False),
         sa.Column("description", sa.Text(), nullable=True),
@@ -44,9 +45,10 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_credentials"),
-        sa.UniqueConstraint("owner_dn", "name", name="uq_credentials_owner_dn_name"),
+        sa.UniqueConstraint("username", "name", name="uq_credentials_username_name"),
     )
     op.create_index("ix_credentials_not_after", "credentials", ["not_after"])
+    op.create_index("ix_credentials_owner_dn", "credentials", ["owner_dn"])
 
     op.create_table(
         "bans",
@@ -106,5 +108,6 @@ def downgrade() -> None:
         op.drop_index(f"ix_audit_events_{index}", table_name="audit_events")
     op.drop_table("audit_events")
     op.drop_table("bans")
+    op.drop_index("ix_credentials_owner_dn", table_name="credentials")
     op.drop_index("ix_credentials_not_after", table_name="credentials")
     op.drop_table("credentials")

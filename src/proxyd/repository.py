@@ -1,0 +1,705 @@
+"""The credential repository: every operation the edges offer, in one object.
+
+The MyProxy edge, the HTTPS API and the CLIs all call this. Each operation
+builds a policy request, asks `policy.decide`, writes one audit event for
+the decision (allow or deny; a failed audit write fails the operation, I6),
+and only then touches keys. Private keys are generated here for delegation,
+so they never travel; they are sealed before they reach the database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+from sqlalchemy import delete, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from voms_ext import (
+    TrustStore,
+    ValidationResult,
+    VomsExtError,
+    parse_credential_pem,
+    validate_chain,
+)
+from voms_ext.files import private_key_to_pem
+
+from . import policy
+from .audit import AuditEvent, AuditLog
+from .config import Config
+from .issuer import (
+    AttributeAuthority,
+    IssuedProxy,
+    IssueError,
+    VomsRequest,
+    authorities_for,
+    end_entity,
+    issue_proxy,
+    load_authorities,
+    merge_voms_requests,
+)
+from .policy import AuthMethod, Bans, CredentialFacts, Decision, Operation
+from .principal import Principal, is_pilot_identity
+from .principal import classify as classify_principal
+from .sealing import (
+    MasterKeyring,
+    SealedKey,
+    SealingError,
+    WrongPassphrase,
+    dummy_unseal_cost,
+    rewrap,
+    seal,
+    unseal,
+)
+from .sealing import change_passphrase as rewrap_passphrase
+from .store.db import make_engine, migrate, session_factory
+from .store.models import BanRow, CredentialRow
+
+log = logging.getLogger("proxyd.repository")
+
+DEFAULT_NAME = "default"
+MIN_PASSPHRASE = 6  # what myproxy-server enforces
+MIN_RSA_BITS = 2048
+
+
+class RepositoryError(Exception):
+    """An operation that did not happen. `message` is safe to show the client."""
+
+    code = "error"
+
+    def __init__(self, message: str, rule: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.rule = rule
+
+
+class Denied(RepositoryError):
+    code = "denied"
+
+
+class NotFound(RepositoryError):
+    code = "not_found"
+
+
+class BadPassphrase(RepositoryError):
+    code = "bad_passphrase"
+
+
+class BadRequest(RepositoryError):
+    code = "bad_request"
+
+
+@dataclass(frozen=True)
+class CredentialInfo:
+    """What INFO shows: never the key."""
+
+    username: str
+    name: str
+    owner: str
+    description: str | None
+    not_before: dt.datetime
+    not_after: dt.datetime
+    max_lifetime: dt.timedelta
+    has_passphrase: bool
+    retrievers: tuple[str, ...] | None
+    renewers: tuple[str, ...] | None
+    trusted_retrievers: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    username: str
+    name: str = DEFAULT_NAME
+    passphrase: str | None = None
+    lifetime: dt.timedelta | None = None  # maximum lifetime of proxies issued from it
+    description: str | None = None
+    retrievers: tuple[str, ...] | None = None
+    renewers: tuple[str, ...] | None = None
+    trusted_retrievers: tuple[str, ...] | None = None
+    key_retrievers: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class PendingStore:
+    """A delegation in progress: the server's fresh key and the CSR the client signs."""
+
+    principal: Principal
+    options: StoreOptions
+    key: rsa.RSAPrivateKey
+    csr: x509.CertificateSigningRequest
+
+    def __repr__(self) -> str:
+        return f"PendingStore(username={self.options.username!r}, name={self.options.name!r})"
+
+
+def _row_facts(row: CredentialRow, config: Config) -> CredentialFacts:
+    return CredentialFacts(
+        owner=row.owner_dn,
+        name=row.name,
+        has_passphrase=row.has_passphrase,
+        not_after=row.not_after,
+        max_lifetime=dt.timedelta(seconds=row.max_lifetime_s),
+        owner_is_pilot=is_pilot_identity(row.owner_dn, (), config.policy),
+        retrievers=tuple(row.retrievers) if row.retrievers is not None else None,
+        renewers=tuple(row.renewers) if row.renewers is not None else None,
+        trusted_retrievers=tuple(row.trusted_retrievers)
+        if row.trusted_retrievers is not None
+        else None,
+        key_retrievers=tuple(row.key_retrievers) if row.key_retrievers is not None else None,
+    )
+
+
+def _info(row: CredentialRow) -> CredentialInfo:
+    return CredentialInfo(
+        username=row.username,
+        name=row.name,
+        owner=row.owner_dn,
+        description=row.description,
+        not_before=row.not_before,
+        not_after=row.not_after,
+        max_lifetime=dt.timedelta(seconds=row.max_lifetime_s),
+        has_passphrase=row.has_passphrase,
+        retrievers=tuple(row.retrievers) if row.retrievers is not None else None,
+        renewers=tuple(row.renewers) if row.renewers is not None else None,
+        trusted_retrievers=tuple(row.trusted_retrievers)
+        if row.trusted_retrievers is not None
+        else None,
+    )
+
+
+def check_public_key(csr: x509.CertificateSigningRequest) -> None:
+    """A CSR whose signature verifies and whose key is strong enough to carry a credential."""
+    if not csr.is_signature_valid:
+        raise BadRequest("certificate request: its signature does not verify")
+    key = csr.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise BadRequest(
+                f"certificate request: RSA key of {key.key_size} bits; at least {MIN_RSA_BITS} needed"
+            )
+    elif not isinstance(key, ec.EllipticCurvePublicKey):
+        raise BadRequest("certificate request: only RSA and EC keys are accepted")
+
+
+class Repository:
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine,
+        keyring: MasterKeyring,
+        trust: TrustStore,
+        authorities: dict[str, AttributeAuthority] | None = None,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.keyring = keyring
+        self.trust = trust
+        self.authorities = authorities if authorities is not None else load_authorities(config.voms)
+        self.audit = AuditLog(engine)
+        self._session = session_factory(engine)
+        self._argon = {
+            "time_cost": config.sealing.argon2_time_cost,
+            "memory_kib": config.sealing.argon2_memory_kib,
+            "parallelism": config.sealing.argon2_parallelism,
+        }
+
+    @classmethod
+    def open(cls, config: Config) -> Repository:
+        """Open (and migrate) the database, load the master key, trust dirs and AAs."""
+        config.server.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        engine = make_engine(config.server.database)
+        migrate(engine)
+        keyring = MasterKeyring.load_or_create(config.server.master_key_file)
+        trust = TrustStore.from_dirs(config.server.cert_dir, config.server.voms_dir)
+        return cls(config, engine, keyring, trust)
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _bans(self) -> Bans:
+        with self._session() as session:
+            rows = session.execute(select(BanRow.kind, BanRow.pattern)).all()
+        return Bans(
+            users=tuple(p for k, p in rows if k == "user"),
+            hosts=tuple(p for k, p in rows if k == "host"),
+        )
+
+    def _find(self, username: str, name: str) -> CredentialRow | None:
+        with self._session() as session:
+            return session.scalars(
+                select(CredentialRow).where(
+                    CredentialRow.username == username, CredentialRow.name == name
+                )
+            ).one_or_none()
+
+    def _record(
+        self,
+        principal: Principal,
+        op: Operation,
+        decision: Decision,
+        *,
+        owner: str | None,
+        name: str | None,
+        serial: int | None = None,
+        lifetime: dt.timedelta | None = None,
+        fqans: Sequence[str] = (),
+        detail: str | None = None,
+    ) -> None:
+        """I6: one audit event per decision; raises AuditWriteError, failing the request."""
+        self.audit.append(
+            AuditEvent(
+                actor_dn=principal.identity,
+                actor_kind=principal.kind.value,
+                peer=principal.address or "",
+                operation=op.value,
+                rule=decision.rule,
+                decision="allow" if decision.allowed else "deny",
+                owner_dn=owner,
+                credential_name=name,
+                serial=str(serial) if serial is not None else None,
+                lifetime_s=int(lifetime.total_seconds()) if lifetime is not None else None,
+                fqans=tuple(fqans),
+                detail=detail or (None if decision.allowed else decision.reason),
+            )
+        )
+
+    def _decide(
+        self,
+        principal: Principal,
+        request: policy.Request,
+        facts: CredentialFacts | None,
+        *,
+        name: str | None,
+        record_allow: bool = True,
+    ) -> Decision:
+        decision = policy.decide(request, principal, facts, self.config.policy, self._bans())
+        owner = facts.owner if facts is not None else request.owner
+        if not decision.allowed or record_allow:
+            self._record(
+                principal, request.operation, decision, owner=owner, name=name, fqans=request.fqans
+            )
+        if not decision.allowed:
+            cls = NotFound if decision.rule == "credential.not_found" else Denied
+            raise cls(decision.reason, decision.rule)
+        return decision
+
+    def _auth_failure(
+        self,
+        principal: Principal,
+        op: Operation,
+        owner: str | None,
+        name: str,
+        rule: str,
+        message: str,
+    ) -> BadPassphrase:
+        self._record(principal, op, Decision(False, rule, message), owner=owner, name=name)
+        return BadPassphrase(message, rule)
+
+    # --- delegation in (MyProxy PUT, API delegation) ------------------------------------
+
+    def begin_store(self, principal: Principal, options: StoreOptions) -> PendingStore:
+        """Check the store is allowed, then make the key pair and a CSR for the client to sign."""
+        if options.passphrase is not None and len(options.passphrase) < MIN_PASSPHRASE:
+            raise BadRequest(
+                f"Pass phrase too short; it must have at least {MIN_PASSPHRASE} characters"
+            )
+        existing = self._find(options.username, options.name)
+        if existing is not None and existing.owner_dn != principal.identity:
+            decision = Decision(
+                False,
+                "store.not_owner",
+                f'credentials for username "{options.username}" belong to another owner',
+            )
+            self._record(
+                principal, Operation.STORE, decision, owner=existing.owner_dn, name=options.name
+            )
+            raise Denied(decision.reason, decision.rule)
+        request = policy.Request(
+            Operation.STORE, owner=principal.identity, name=options.name, lifetime=options.lifetime
+        )
+        self._decide(principal, request, None, name=options.name, record_allow=False)
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "proxy")]))
+            .sign(key, hashes.SHA256())
+        )
+        return PendingStore(principal, options, key, csr)
+
+    def finish_store(
+        self, pending: PendingStore, chain: Sequence[x509.Certificate]
+    ) -> CredentialInfo:
+        """Store the proxy chain the client signed for our key (its leaf first)."""
+        principal, options = pending.principal, pending.options
+        if not chain:
+            raise BadRequest("no certificates received")
+        ours = pending.key.public_key().public_numbers()
+        leaf_key = chain[0].public_key()
+        if not isinstance(leaf_key, rsa.RSAPublicKey) or leaf_key.public_numbers() != ours:
+            raise BadRequest("the delegated certificate is not for the key this server generated")
+        return self._store_chain(principal, options, tuple(chain), private_key_to_pem(pending.key))
+
+    def store_pem(self, principal: Principal, options: StoreOptions, pem: bytes) -> CredentialInfo:
+        """MyProxy STORE: a certificate chain and its (unencrypted) key sent as PEM text."""
+        try:
+            cred = parse_credential_pem(pem, source="stored credential")
+        except VomsExtError as exc:
+            raise BadRequest(str(exc)) from None
+        if cred.private_key is None:
+            raise BadRequest("stored credential: no private key in the PEM text")
+        request = policy.Request(
+            Operation.STORE, owner=principal.identity, name=options.name, lifetime=options.lifetime
+        )
+        self._decide(principal, request, None, name=options.name, record_allow=False)
+        return self._store_chain(
+            principal, options, cred.certificates, private_key_to_pem(cred.private_key)
+        )
+
+    def _store_chain(
+        self,
+        principal: Principal,
+        options: StoreOptions,
+        chain: tuple[x509.Certificate, ...],
+        key_pem: bytes,
+    ) -> CredentialInfo:
+        now = dt.datetime.now(dt.UTC)
+        try:
+            result = validate_chain(chain, self.trust, now, check_voms=False)
+        except VomsExtError as exc:
+            raise BadRequest(f"the delegated chain does not validate: {exc}") from None
+        if result.identity != principal.identity:
+            decision = Decision(
+                False,
+                "store.not_owner",
+                f'the delegated chain belongs to "{result.identity}", not to the client',
+            )
+            self._record(
+                principal, Operation.STORE, decision, owner=result.identity, name=options.name
+            )
+            raise Denied(decision.reason, decision.rule)
+        request = policy.Request(
+            Operation.STORE, owner=result.identity, name=options.name, lifetime=options.lifetime
+        )
+        decision = self._decide(principal, request, None, name=options.name, record_allow=False)
+        max_lifetime = min(
+            decision.lifetime or self.config.policy.max_stored_lifetime,
+            self.config.policy.max_stored_lifetime,
+        )
+        aad = _aad(options.username, options.name)
+        passphrase = options.passphrase
+        sealed = seal(
+            key_pem,
+            passphrase=passphrase,
+            keyring=None if passphrase else self.keyring,
+            aad=aad,
+            **self._argon,
+        )
+        chain_pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain)
+        with self._session.begin() as session:
+            row = session.scalars(
+                select(CredentialRow).where(
+                    CredentialRow.username == options.username, CredentialRow.name == options.name
+                )
+            ).one_or_none()
+            if row is not None and row.owner_dn != result.identity:
+                raise Denied(
+                    f'credentials for username "{options.username}" belong to another owner',
+                    "store.not_owner",
+                )
+            if row is None:
+                row = CredentialRow(username=options.username, name=options.name)
+                session.add(row)
+            row.owner_dn = result.identity
+            row.description = options.description
+            row.chain_pem = chain_pem
+            row.sealed_key = sealed.to_bytes()
+            row.master_key_id = sealed.master_key_id
+            row.has_passphrase = passphrase is not None
+            row.retrievers = list(options.retrievers) if options.retrievers is not None else None
+            row.renewers = list(options.renewers) if options.renewers is not None else None
+            row.trusted_retrievers = (
+                list(options.trusted_retrievers) if options.trusted_retrievers is not None else None
+            )
+            row.key_retrievers = (
+                list(options.key_retrievers) if options.key_retrievers is not None else None
+            )
+            row.max_lifetime_s = int(max_lifetime.total_seconds())
+            row.not_before = max(c.not_valid_before_utc for c in result.chain)
+            row.not_after = result.not_after
+            try:
+                session.flush()
+            except IntegrityError:
+                raise Denied(
+                    f'credentials for username "{options.username}" were stored concurrently',
+                    "store.conflict",
+                ) from None
+            info = _info(row)
+        self._record(
+            principal,
+            Operation.STORE,
+            decision,
+            owner=result.identity,
+            name=options.name,
+            lifetime=max_lifetime,
+        )
+        return info
+
+    # --- owner operations ---------------------------------------------------------------------
+
+    def info(self, principal: Principal, username: str) -> list[CredentialInfo]:
+        """All credentials stored under `username` (default first), if the caller owns them."""
+        with self._session() as session:
+            rows = session.scalars(
+                select(CredentialRow)
+                .where(CredentialRow.username == username)
+                .order_by(CredentialRow.name)
+            ).all()
+        if not rows:
+            raise self._not_found(principal, Operation.INFO, username, None)
+        rows = sorted(rows, key=lambda r: (r.name != DEFAULT_NAME, r.name))
+        self._decide(
+            principal,
+            policy.Request(Operation.INFO, owner=rows[0].owner_dn),
+            _row_facts(rows[0], self.config),
+            name=None,
+        )
+        return [_info(r) for r in rows]
+
+    def destroy(self, principal: Principal, username: str, name: str = DEFAULT_NAME) -> None:
+        row = self._require(principal, Operation.DESTROY, username, name)
+        self._decide(
+            principal,
+            policy.Request(Operation.DESTROY, owner=row.owner_dn, name=name),
+            _row_facts(row, self.config),
+            name=name,
+        )
+        with self._session.begin() as session:
+            session.execute(delete(CredentialRow).where(CredentialRow.id == row.id))
+
+    def change_passphrase(
+        self, principal: Principal, username: str, name: str, old: str, new: str
+    ) -> None:
+        if len(new) < MIN_PASSPHRASE:
+            raise BadRequest(
+                f"Pass phrase too short; it must have at least {MIN_PASSPHRASE} characters"
+            )
+        row = self._require(principal, Operation.CHANGE_PASSPHRASE, username, name)
+        self._decide(
+            principal,
+            policy.Request(Operation.CHANGE_PASSPHRASE, owner=row.owner_dn, name=name),
+            _row_facts(row, self.config),
+            name=name,
+        )
+        sealed = _sealed(row)
+        if not row.has_passphrase:
+            raise BadRequest(
+                "this credential has no passphrase (it is stored for trusted retrieval)"
+            )
+        try:
+            updated = rewrap_passphrase(sealed, old, new, aad=_aad(username, name), **self._argon)
+        except WrongPassphrase:
+            raise self._auth_failure(
+                principal,
+                Operation.CHANGE_PASSPHRASE,
+                row.owner_dn,
+                name,
+                "auth.bad_passphrase",
+                "invalid credential passphrase",
+            ) from None
+        with self._session.begin() as session:
+            stored = session.get(CredentialRow, row.id)
+            if stored is None:
+                raise NotFound(
+                    f'No credentials exist for username "{username}".', "credential.not_found"
+                )
+            stored.sealed_key = updated.to_bytes()
+
+    def _not_found(
+        self, principal: Principal, op: Operation, username: str, name: str | None
+    ) -> NotFound:
+        """Audit the miss (I6) and say it the way myproxy-server does, without echoing much input."""
+        decision = Decision(False, "credential.not_found", "no such credential")
+        self._record(
+            principal, op, decision, owner=None, name=name, detail=f"username {username[:100]!r}"
+        )
+        return NotFound(
+            f'No credentials exist for username "{username[:100]}".', "credential.not_found"
+        )
+
+    def _require(
+        self, principal: Principal, op: Operation, username: str, name: str
+    ) -> CredentialRow:
+        row = self._find(username, name)
+        if row is None:
+            raise self._not_found(principal, op, username, name)
+        return row
+
+    # --- issuing ----------------------------------------------------------------------------------
+
+    def retrieve(
+        self,
+        principal: Principal,
+        username: str,
+        csr: x509.CertificateSigningRequest,
+        *,
+        name: str = DEFAULT_NAME,
+        passphrase: str | None = None,
+        lifetime: dt.timedelta | None = None,
+        voms: Sequence[VomsRequest] = (),
+        want_full: bool = False,
+        renewal_proof: ValidationResult | None = None,
+    ) -> IssuedProxy:
+        """GET: a new proxy of the stored credential for the CSR's key.
+
+        Authentication is the passphrase, or the peer's certificate (trusted
+        retrieval), or a renewal proof (a chain of the owner that signed the
+        server's challenge).
+        """
+        check_public_key(csr)
+        row = self._find(username, name)
+        if renewal_proof is not None:
+            op, auth = Operation.RENEW, AuthMethod.NONE
+        elif passphrase:
+            op, auth = Operation.RETRIEVE, AuthMethod.PASSPHRASE
+        else:
+            op, auth = Operation.RETRIEVE, AuthMethod.CERTIFICATE
+        if row is None:
+            if auth is AuthMethod.PASSPHRASE:
+                # Spend what a wrong passphrase costs, so timing does not reveal existence.
+                dummy_unseal_cost(**self._argon)
+            raise self._not_found(principal, op, username, name)
+        facts = _row_facts(row, self.config)
+        chain = parse_credential_pem(row.chain_pem.encode(), source="stored chain").certificates
+        holder = end_entity(chain)
+        ac_plan = self._plan_acs(row.owner_dn, voms)
+        requested = tuple(f for _, explicit, _ in ac_plan for f in explicit)
+        held = tuple(f for _, _, held_ in ac_plan for f in held_)
+        proof = None
+        if renewal_proof is not None:
+            proof = classify_principal(renewal_proof, self.config.policy, principal.address)
+        request = policy.Request(
+            op,
+            owner=row.owner_dn,
+            name=name,
+            auth=auth,
+            lifetime=lifetime,
+            want_full=want_full,
+            fqans=requested,
+            held_fqans=held,
+            proof=proof,
+        )
+        decision = self._decide(principal, request, facts, name=name, record_allow=False)
+        try:
+            key_pem = unseal(
+                _sealed(row),
+                passphrase=passphrase if auth is AuthMethod.PASSPHRASE else None,
+                keyring=self.keyring,
+                aad=_aad(row.username, row.name),
+            )
+        except WrongPassphrase:
+            raise self._auth_failure(
+                principal,
+                op,
+                row.owner_dn,
+                name,
+                "auth.bad_passphrase",
+                "invalid credential passphrase",
+            ) from None
+        except SealingError:
+            raise self._auth_failure(
+                principal,
+                op,
+                row.owner_dn,
+                name,
+                "auth.cannot_unseal",
+                "Unable to delegate credentials.",
+            ) from None
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        del key_pem
+        assert decision.lifetime is not None
+        now = dt.datetime.now(dt.UTC)
+        try:
+            acs = [
+                aa.issue(holder, fqans, now + decision.lifetime, now)
+                for aa, _, fqans in (
+                    (a, e, a.default_fqans(row.owner_dn, e)) for a, e, _ in ac_plan
+                )
+            ]
+            issued = issue_proxy(
+                chain,
+                key,
+                csr.public_key(),
+                limited=decision.limited,
+                lifetime=decision.lifetime,
+                acs=acs,
+                now=now,  # type: ignore[arg-type]
+            )
+        except IssueError as exc:
+            self._record(
+                principal,
+                op,
+                Decision(False, "issue.failed", str(exc)),
+                owner=row.owner_dn,
+                name=name,
+            )
+            raise BadRequest(str(exc), "issue.failed") from None
+        fqans = tuple(f for ac in issued.acs for f in ac.fqans)
+        proxy = issued.proxy
+        self._record(
+            principal,
+            op,
+            decision,
+            owner=row.owner_dn,
+            name=name,
+            serial=proxy.serial_number,
+            lifetime=proxy.not_valid_after_utc - now,
+            fqans=fqans,
+            detail="limited" if decision.limited else "full",
+        )
+        return issued
+
+    def _plan_acs(
+        self, owner: str, voms: Sequence[VomsRequest]
+    ) -> list[tuple[AttributeAuthority, tuple[str, ...], tuple[str, ...]]]:
+        """(authority, explicitly requested FQANs, FQANs the owner holds) per requested VO."""
+        plan = []
+        for request in merge_voms_requests(voms):
+            try:
+                aa = authorities_for(self.authorities, request.vo)
+            except IssueError as exc:
+                raise BadRequest(str(exc), "voms.unknown_vo") from None
+            held = aa.held_fqans(owner)
+            explicit = request.fqans or ((f"/{request.vo}",) if not held else ())
+            plan.append((aa, explicit, held))
+        return plan
+
+    # --- administration ----------------------------------------------------------------------------
+
+    def rotate_master_key(self) -> int:
+        """Re-wrap every master-wrapped key under a new current master key."""
+        self.keyring.rotate()
+        count = 0
+        with self._session.begin() as session:
+            for row in session.scalars(
+                select(CredentialRow).where(CredentialRow.master_key_id.is_not(None))
+            ):
+                updated = rewrap(_sealed(row), self.keyring, aad=_aad(row.username, row.name))
+                row.sealed_key = updated.to_bytes()
+                row.master_key_id = updated.master_key_id
+                count += 1
+        return count
+
+
+def _aad(username: str, name: str) -> bytes:
+    """Binds a sealed key to its row, so keys cannot be swapped between credentials."""
+    return f"proxyd-credential\x00{username}\x00{name}".encode()
+
+
+def _sealed(row: CredentialRow) -> SealedKey:
+    return SealedKey.from_bytes(row.sealed_key)
