@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
@@ -124,6 +125,23 @@ class StoreOptions:
     renewers: tuple[str, ...] | None = None
     trusted_retrievers: tuple[str, ...] | None = None
     key_retrievers: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """An authorized GET waiting for the client's certificate request. Holds the unsealed key."""
+
+    principal: Principal
+    op: Operation
+    decision: Decision
+    owner: str
+    name: str
+    chain: tuple[x509.Certificate, ...]
+    key: PrivateKeyTypes
+    ac_plan: tuple[tuple[AttributeAuthority, tuple[str, ...], tuple[str, ...]], ...]
+
+    def __repr__(self) -> str:
+        return f"Retrieval(owner={self.owner!r}, name={self.name!r}, rule={self.decision.rule!r})"
 
 
 @dataclass(frozen=True)
@@ -555,13 +573,39 @@ class Repository:
         want_full: bool = False,
         renewal_proof: ValidationResult | None = None,
     ) -> IssuedProxy:
-        """GET: a new proxy of the stored credential for the CSR's key.
+        """GET in one call: authorize, then issue a proxy for the CSR's key."""
+        check_public_key(csr)
+        retrieval = self.authorize_retrieval(
+            principal,
+            username,
+            name=name,
+            passphrase=passphrase,
+            lifetime=lifetime,
+            voms=voms,
+            want_full=want_full,
+            renewal_proof=renewal_proof,
+        )
+        return self.complete_retrieval(retrieval, csr)
+
+    def authorize_retrieval(
+        self,
+        principal: Principal,
+        username: str,
+        *,
+        name: str = DEFAULT_NAME,
+        passphrase: str | None = None,
+        lifetime: dt.timedelta | None = None,
+        voms: Sequence[VomsRequest] = (),
+        want_full: bool = False,
+        renewal_proof: ValidationResult | None = None,
+    ) -> Retrieval:
+        """The first half of GET: policy, authentication, unsealing. Denials are audited here.
 
         Authentication is the passphrase, or the peer's certificate (trusted
         retrieval), or a renewal proof (a chain of the owner that signed the
-        server's challenge).
+        server's challenge). MyProxy answers this before the client sends
+        its certificate request, hence the two halves.
         """
-        check_public_key(csr)
         row = self._find(username, name)
         if renewal_proof is not None:
             op, auth = Operation.RENEW, AuthMethod.NONE
@@ -576,10 +620,7 @@ class Repository:
             raise self._not_found(principal, op, username, name)
         facts = _row_facts(row, self.config)
         chain = parse_credential_pem(row.chain_pem.encode(), source="stored chain").certificates
-        holder = end_entity(chain)
         ac_plan = self._plan_acs(row.owner_dn, voms)
-        requested = tuple(f for _, explicit, _ in ac_plan for f in explicit)
-        held = tuple(f for _, _, held_ in ac_plan for f in held_)
         proof = None
         if renewal_proof is not None:
             proof = classify_principal(renewal_proof, self.config.policy, principal.address)
@@ -590,8 +631,8 @@ class Repository:
             auth=auth,
             lifetime=lifetime,
             want_full=want_full,
-            fqans=requested,
-            held_fqans=held,
+            fqans=tuple(f for _, explicit, _ in ac_plan for f in explicit),
+            held_fqans=tuple(f for _, _, held in ac_plan for f in held),
             proof=proof,
         )
         decision = self._decide(principal, request, facts, name=name, record_allow=False)
@@ -621,48 +662,76 @@ class Repository:
                 "Unable to delegate credentials.",
             ) from None
         key = serialization.load_pem_private_key(key_pem, password=None)
-        del key_pem
+        return Retrieval(principal, op, decision, row.owner_dn, name, chain, key, tuple(ac_plan))
+
+    def complete_retrieval(
+        self, retrieval: Retrieval, csr: x509.CertificateSigningRequest
+    ) -> IssuedProxy:
+        """The second half of GET: sign a proxy (and ACs) for the CSR's key, and audit it with its serial."""
+        r = retrieval
+        try:
+            check_public_key(csr)
+        except BadRequest as exc:
+            self._record(
+                r.principal,
+                r.op,
+                Decision(False, "issue.bad_request", exc.message),
+                owner=r.owner,
+                name=r.name,
+            )
+            raise
+        decision = r.decision
         assert decision.lifetime is not None
         now = dt.datetime.now(dt.UTC)
         try:
+            holder = end_entity(r.chain)
             acs = [
-                aa.issue(holder, fqans, now + decision.lifetime, now)
-                for aa, _, fqans in (
-                    (a, e, a.default_fqans(row.owner_dn, e)) for a, e, _ in ac_plan
-                )
+                aa.issue(holder, aa.default_fqans(r.owner, explicit), now + decision.lifetime, now)
+                for aa, explicit, _ in r.ac_plan
             ]
             issued = issue_proxy(
-                chain,
-                key,
-                csr.public_key(),
+                r.chain,
+                r.key,
+                csr.public_key(),  # type: ignore[arg-type]
                 limited=decision.limited,
                 lifetime=decision.lifetime,
                 acs=acs,
-                now=now,  # type: ignore[arg-type]
+                now=now,
             )
         except IssueError as exc:
             self._record(
-                principal,
-                op,
+                r.principal,
+                r.op,
                 Decision(False, "issue.failed", str(exc)),
-                owner=row.owner_dn,
-                name=name,
+                owner=r.owner,
+                name=r.name,
             )
             raise BadRequest(str(exc), "issue.failed") from None
-        fqans = tuple(f for ac in issued.acs for f in ac.fqans)
         proxy = issued.proxy
         self._record(
-            principal,
-            op,
+            r.principal,
+            r.op,
             decision,
-            owner=row.owner_dn,
-            name=name,
+            owner=r.owner,
+            name=r.name,
             serial=proxy.serial_number,
             lifetime=proxy.not_valid_after_utc - now,
-            fqans=fqans,
+            fqans=tuple(f for ac in issued.acs for f in ac.fqans),
             detail="limited" if decision.limited else "full",
         )
         return issued
+
+    def abandon_retrieval(self, retrieval: Retrieval, reason: str) -> None:
+        """Audit an authorized GET that ended before anything was issued (client went away)."""
+        r = retrieval
+        self._record(
+            r.principal,
+            r.op,
+            r.decision,
+            owner=r.owner,
+            name=r.name,
+            detail=f"nothing issued: {reason}"[:500],
+        )
 
     def _plan_acs(
         self, owner: str, voms: Sequence[VomsRequest]

@@ -232,6 +232,8 @@ class AttributeCertificateBuilder:
     def validity(
         self, not_before: dt.datetime, not_after: dt.datetime
     ) -> AttributeCertificateBuilder:
+        if not isinstance(not_before, dt.datetime) or not isinstance(not_after, dt.datetime):
+            raise TypeError("validity takes two timezone-aware datetimes")
         if not_before.tzinfo is None or not_after.tzinfo is None:
             raise ValueError("validity times must be timezone-aware")
         if not_after <= not_before:
@@ -366,8 +368,9 @@ def _decode_targets(value: bytes) -> tuple[str, ...]:
                 uris.append(value[cstart:cend].decode("ascii", "replace"))
             elif tag & 0x20:
                 walk(cstart, cend, depth + 1)
-            else:
+            elif not tag & 0x80:
                 raise DecodeError(f"targetInformation: unexpected element with tag {tag:#x}")
+            # other GeneralName forms (DNS names, ...) are legal targets we do not report
 
     tag, start, end = read_tlv(value, 0)
     if tag != 0x30 or end != len(value):
@@ -652,6 +655,20 @@ def verify_attribute_certificate(
     at: dt.datetime | None = None,
 ) -> x509.Certificate:
     """Check `ac` as libvomsapi does (VERIFY_FULL without targets); return the AA certificate."""
+    try:
+        return _verify(ac, holder, trust, at)
+    except ValueError as exc:  # `cryptography` refusing to read a name or key inside
+        raise AttributeCertificateError(
+            f"{ac.describe()}: unreadable certificate data: {exc}"
+        ) from None
+
+
+def _verify(
+    ac: AttributeCertificate,
+    holder: x509.Certificate,
+    trust: TrustStore,
+    at: dt.datetime | None,
+) -> x509.Certificate:
     at = at or dt.datetime.now(dt.UTC)
     for oid, critical in ac.extensions:
         if critical and oid != asn1.OID_TARGET_INFORMATION:

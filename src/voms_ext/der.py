@@ -26,6 +26,8 @@ def read_tlv(data: bytes, pos: int = 0) -> tuple[int, int, int]:
         if count == 0 or count > 4 or start + count > len(data):
             raise DecodeError(f"DER: invalid length encoding at offset {pos}")
         length = int.from_bytes(data[start : start + count], "big")
+        if length < 0x80 or data[start] == 0:
+            raise DecodeError(f"DER: non-minimal length encoding at offset {pos}")
         start += count
     end = start + length
     if end > len(data):

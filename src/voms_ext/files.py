@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
@@ -84,6 +85,12 @@ def parse_credential_pem(
             except TypeError:
                 raise CredentialFileError(
                     f"{source}: the private key is encrypted; a passphrase is needed"
+                    if password is None
+                    else f"{source}: the private key is not encrypted, but a passphrase was given"
+                ) from None
+            except UnsupportedAlgorithm as exc:
+                raise CredentialFileError(
+                    f"{source}: PEM block {number} ({label.decode()}) uses an unsupported key algorithm: {exc}"
                 ) from None
             except ValueError as exc:
                 raise CredentialFileError(

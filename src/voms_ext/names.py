@@ -43,8 +43,9 @@ _BY_SHORT_NAME["userid"] = NameOID.USER_ID
 
 # A new RDN starts at a '/' followed by an attribute name and '='; a '/' inside
 # a value (as in `CN=host/wms.example.org`) does not.
-_RDN_START = re.compile(r"/(?=[A-Za-z][A-Za-z0-9.\-]*=)")
-_AVA_SPLIT = re.compile(r"\+(?=[A-Za-z][A-Za-z0-9.\-]*=)")
+_KEY = r"(?:[A-Za-z][A-Za-z0-9\-]*|[0-9]+(?:\.[0-9]+)+)="
+_RDN_START = re.compile(r"/(?=" + _KEY + ")")
+_AVA_SPLIT = re.compile(r"\+(?=" + _KEY + ")")
 
 
 def _attr_label(oid: ObjectIdentifier) -> str:
@@ -77,7 +78,14 @@ def slash_to_name(dn: str) -> x509.Name:
             f"DN {dn!r} does not start with '/' (expected /C=../O=../CN=..)"
         )
     rdns = []
-    for component in _RDN_START.split(dn)[1:]:
+    parts = _RDN_START.split(dn)
+    if len(parts) == 1:
+        raise DistinguishedNameError(f"DN {dn!r} has no components")
+    if parts[0] != "":
+        raise DistinguishedNameError(
+            f"DN {dn!r}: {parts[0]!r} before the first /KEY=VALUE component"
+        )
+    for component in parts[1:]:
         avas = []
         for ava in _AVA_SPLIT.split(component):
             key, sep, value = ava.partition("=")
@@ -152,7 +160,8 @@ def canonical_name_der(name: x509.Name) -> bytes:
             vtag, vstart, vend = read_tlv(der, oid_end)
             members.append(der[atv_pos:oid_end] + _canon_value(vtag, der[vstart:vend]))
             set_pos = atv_end
-        out += encode_tlv(0x31, b"".join(encode_tlv(0x30, m) for m in sorted(members)))
+        # DER SET OF: members sorted by their complete encodings, as OpenSSL does.
+        out += encode_tlv(0x31, b"".join(sorted(encode_tlv(0x30, m) for m in members)))
         pos = set_end
     return bytes(out)
 

@@ -173,8 +173,16 @@ def classify(cert: x509.Certificate) -> CertificateKind:
     """Say whether `cert` is a CA, an end-entity certificate, or which kind of proxy.
 
     Raises ProxyError for a ProxyCertInfo that cannot be decoded, is not
-    critical, or names a policy language this library does not understand.
+    critical, or names a policy language this library does not understand,
+    and for names `cryptography` cannot read.
     """
+    try:
+        return _classify(cert)
+    except ValueError as exc:
+        raise ProxyError(f"certificate {_subject(cert)}: unreadable: {exc}") from None
+
+
+def _classify(cert: x509.Certificate) -> CertificateKind:
     for oid, draft in ((asn1.OID_PROXY_CERT_INFO, False), (asn1.OID_PROXY_CERT_INFO_DRAFT, True)):
         found = _extension_value(cert, oid)
         if found is None:
@@ -208,6 +216,12 @@ def classify(cert: x509.Certificate) -> CertificateKind:
 # --- building ------------------------------------------------------------------------
 
 _STYLE_RFC, _STYLE_DRAFT, _STYLE_LEGACY = "rfc", "draft", "legacy"
+_BUILDER_SETS = {
+    x509.oid.ExtensionOID.KEY_USAGE,
+    x509.ObjectIdentifier(asn1.OID_PROXY_CERT_INFO),
+    x509.ObjectIdentifier(asn1.OID_PROXY_CERT_INFO_DRAFT),
+}
+_VOMS_OID = x509.ObjectIdentifier(asn1.OID_VOMS_AC_SEQ)
 _LANGUAGES = {
     "impersonation": asn1.OID_POLICY_INHERIT_ALL,
     "limited": asn1.OID_POLICY_LIMITED,
@@ -284,7 +298,13 @@ class ProxyBuilder:
         return replace(self, _lifetime=value)
 
     def not_before(self, value: dt.datetime) -> ProxyBuilder:
-        """Start of validity (default: now minus 5 minutes, as the C tools do)."""
+        """Start of validity (default: now minus 5 minutes, as the C tools do).
+
+        With an explicit start, the lifetime counts from it; by default it
+        counts from the moment of signing, as the C tools do.
+        """
+        if not isinstance(value, dt.datetime):
+            raise TypeError(f"not_before must be a datetime, got {type(value).__name__}")
         if value.tzinfo is None:
             raise ValueError("not_before must be timezone-aware")
         return replace(self, _not_before=value)
@@ -307,7 +327,9 @@ class ProxyBuilder:
         return replace(self, _style=_STYLE_LEGACY)
 
     def path_length(self, value: int | None) -> ProxyBuilder:
-        if value is not None and (not isinstance(value, int) or value < 0):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 0
+        ):
             raise ValueError(f"path_length must be a non-negative int or None, got {value!r}")
         return replace(self, _path_length=value)
 
@@ -324,10 +346,18 @@ class ProxyBuilder:
             if not isinstance(der, bytes):
                 raise TypeError("attribute_certificates takes AttributeCertificate objects or DER")
             ders.append(der)
+        if ders and any(e.oid == _VOMS_OID for e in self._extra):
+            raise ValueError("a VOMS extension was already added with add_extension()")
         return replace(self, _acs_der=tuple(ders))
 
     def add_extension(self, ext: x509.ExtensionType, critical: bool) -> ProxyBuilder:
         """Any further extension (e.g. for tests that need unusual proxies)."""
+        if not isinstance(ext, x509.ExtensionType):
+            raise TypeError(f"add_extension takes an x509.ExtensionType, got {type(ext).__name__}")
+        if ext.oid in _BUILDER_SETS:
+            raise ValueError(f"extension {ext.oid.dotted_string} is set by ProxyBuilder itself")
+        if any(e.oid == ext.oid for e in self._extra) or (ext.oid == _VOMS_OID and self._acs_der):
+            raise ValueError(f"extension {ext.oid.dotted_string} has already been added")
         return replace(self, _extra=(*self._extra, x509.Extension(ext.oid, critical, ext)))
 
     def _effective_policy(self) -> str:
@@ -374,9 +404,13 @@ class ProxyBuilder:
         else:
             algorithm = hashes.SHA256()
         now = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
-        not_before = (self._not_before or now - BACKDATE).replace(microsecond=0)
+        if self._not_before is not None:
+            not_before = self._not_before.replace(microsecond=0)
+            start = not_before
+        else:
+            not_before, start = now - BACKDATE, now
         ceiling = min(c.not_valid_after_utc for c in self.chain)
-        not_after = min(now + self._lifetime, ceiling)
+        not_after = min(start + self._lifetime, ceiling)
         if not_after <= not_before:
             raise ProxyError(
                 f"ProxyBuilder: issuer {_subject(self.issuer_cert)} expired at {ceiling:%Y-%m-%d %H:%M:%SZ}"

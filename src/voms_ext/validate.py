@@ -203,8 +203,15 @@ def validate_chain(
     """
     if not certificates:
         raise ChainError("empty certificate chain")
-    at = at or dt.datetime.now(dt.UTC)
-    certs = tuple(certificates)
+    try:
+        return _validate(tuple(certificates), trust, at or dt.datetime.now(dt.UTC), check_voms)
+    except ValueError as exc:  # `cryptography` refusing to read a name or extension
+        raise ChainError(f"unreadable certificate in the chain: {exc}") from None
+
+
+def _validate(
+    certs: tuple[x509.Certificate, ...], trust: TrustStore, at: dt.datetime, check_voms: bool
+) -> ValidationResult:
     kinds: list[CertificateKind] = []
     for cert in certs:
         kind = classify(cert)

@@ -1,0 +1,1 @@
+"""The MyProxy v2 protocol: a sans-I/O codec, an asyncio TLS server and a small client."""
