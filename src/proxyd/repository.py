@@ -325,7 +325,7 @@ class Repository:
         """Check the store is allowed, then make the key pair and a CSR for the client to sign."""
         if options.passphrase is not None and len(options.passphrase) < MIN_PASSPHRASE:
             raise BadRequest(
-                f"Pass phrase too short; it must have at least {MIN_PASSPHRASE} characters"
+                f"Pass phrase too short.  Must be at least {MIN_PASSPHRASE} characters long."
             )
         existing = self._find(options.username, options.name)
         if existing is not None and existing.owner_dn != principal.identity:
@@ -505,7 +505,7 @@ class Repository:
     ) -> None:
         if len(new) < MIN_PASSPHRASE:
             raise BadRequest(
-                f"Pass phrase too short; it must have at least {MIN_PASSPHRASE} characters"
+                f"Pass phrase too short.  Must be at least {MIN_PASSPHRASE} characters long."
             )
         row = self._require(principal, Operation.CHANGE_PASSPHRASE, username, name)
         self._decide(
@@ -557,6 +557,43 @@ class Repository:
         if row is None:
             raise self._not_found(principal, op, username, name)
         return row
+
+    def has_passphrase(self, username: str, name: str = DEFAULT_NAME) -> bool | None:
+        """Whether the credential is passphrase-sealed (None: no such credential). No secrets."""
+        row = self._find(username, name)
+        return None if row is None else row.has_passphrase
+
+    def retrieve_key(
+        self, principal: Principal, username: str, name: str, passphrase: str | None
+    ) -> bytes:
+        """MyProxy RETRIEVE: the stored chain and key, the key encrypted with its passphrase."""
+        row = self._require(principal, Operation.RETRIEVE_KEY, username, name)
+        facts = _row_facts(row, self.config)
+        auth = AuthMethod.PASSPHRASE if passphrase else AuthMethod.NONE
+        request = policy.Request(Operation.RETRIEVE_KEY, owner=row.owner_dn, name=name, auth=auth)
+        decision = self._decide(principal, request, facts, name=name, record_allow=False)
+        assert passphrase is not None  # the policy requires it
+        try:
+            key_pem = unseal(_sealed(row), passphrase=passphrase, aad=_aad(row.username, row.name))
+        except WrongPassphrase:
+            raise self._auth_failure(
+                principal,
+                Operation.RETRIEVE_KEY,
+                row.owner_dn,
+                name,
+                "auth.bad_passphrase",
+                "invalid credential passphrase",
+            ) from None
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        encrypted = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(passphrase.encode()),
+        )
+        certs = row.chain_pem.encode()
+        first_end = certs.index(b"-----END CERTIFICATE-----") + len(b"-----END CERTIFICATE-----\n")
+        self._record(principal, Operation.RETRIEVE_KEY, decision, owner=row.owner_dn, name=name)
+        return certs[:first_end] + encrypted + certs[first_end:]
 
     # --- issuing ----------------------------------------------------------------------------------
 

@@ -1,46 +1,119 @@
-"""`proxyd serve`: run the listeners named in the configuration."""
+"""`proxyd serve`: run the MyProxy and HTTPS listeners named in the configuration.
+
+With `workers > 1` the parent prepares the state (migrations, master key)
+once, then starts that many worker processes; each binds the same ports
+with SO_REUSEPORT, so the kernel spreads connections over the cores.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import signal
+from collections.abc import Callable
 
 from aiohttp import web
 
+from voms_ext import VomsExtError
+
 from .api.app import make_app
 from .config import Config
+from .errors import ServeError
+from .issuer import IssueError
+from .myproxy.server import MyProxyServer
+from .repository import Repository
+from .sealing import SealingError
 from .tlsctx import server_context
 
 log = logging.getLogger("proxyd.serve")
 
 
-async def _serve(config: Config) -> None:
-    config.server.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    runners: list[web.AppRunner] = []
-    if config.api.listen is not None:
-        runner = web.AppRunner(make_app(config), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(
-            runner,
-            config.api.listen.host,
-            config.api.listen.port,
-            ssl_context=server_context(config.server),
-        )
-        await site.start()
-        runners.append(runner)
-        log.info("HTTPS API listening on https://%s/", config.api.listen)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+async def run_listeners(
+    config: Config,
+    *,
+    reuse_port: bool = False,
+    ready: Callable[[], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
     try:
+        repo = Repository.open(config)
+    except (OSError, VomsExtError, SealingError, IssueError) as exc:
+        raise ServeError(f"cannot start: {exc}") from None
+    stop = stop or asyncio.Event()
+    runner: web.AppRunner | None = None
+    myproxy: asyncio.Server | None = None
+    try:
+        if config.myproxy.listen is not None:
+            listen = config.myproxy.listen
+            try:
+                myproxy = await MyProxyServer(repo).start(
+                    listen.host, listen.port, reuse_port=reuse_port
+                )
+            except OSError as exc:
+                raise ServeError(f"cannot listen for MyProxy on {listen}: {exc.strerror}") from None
+            log.info("MyProxy listening on %s", listen)
+        if config.api.listen is not None:
+            runner = web.AppRunner(make_app(config), access_log=None)
+            await runner.setup()
+            site = web.TCPSite(
+                runner,
+                config.api.listen.host,
+                config.api.listen.port,
+                ssl_context=server_context(config.server),
+                reuse_port=reuse_port,
+            )
+            try:
+                await site.start()
+            except OSError as exc:
+                raise ServeError(
+                    f"cannot listen for HTTPS on {config.api.listen}: {exc.strerror}"
+                ) from None
+            log.info("HTTPS API listening on https://%s/", config.api.listen)
+        if ready is not None:
+            ready()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
         log.info("shutting down")
-        for runner in runners:
+        if myproxy is not None:
+            myproxy.close()
+            await myproxy.wait_closed()
+        if runner is not None:
             await runner.cleanup()
+        repo.engine.dispose()
 
 
-def serve(config: Config) -> None:
-    asyncio.run(_serve(config))
+def _worker(config: Config) -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(run_listeners(config, reuse_port=True))
+
+
+def serve(config: Config, workers: int = 1) -> None:
+    if workers <= 1:
+        asyncio.run(run_listeners(config))
+        return
+    # Migrate and create the master key once, before workers race for them.
+    Repository.open(config).engine.dispose()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_worker, args=(config,), name=f"proxyd-worker-{i}")
+        for i in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    log.info("started %d workers", workers)
+
+    def forward(signum: int, _frame: object) -> None:
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                proc.terminate()
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for proc in procs:
+        proc.join()

@@ -50,15 +50,23 @@ def spare_key(index: int = 0) -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def make_proxy(issuer: Identity, *, limited: bool = False, key_index: int = 1, lifetime_h: int = 12) -> Identity:
+def make_proxy(
+    issuer: Identity, *, limited: bool = False, key_index: int = 1, lifetime_h: int = 12
+) -> Identity:
     key = spare_key(key_index)
-    builder = ProxyBuilder(issuer.cert, issuer.chain).public_key(key).lifetime(dt.timedelta(hours=lifetime_h))
+    builder = (
+        ProxyBuilder(issuer.cert, issuer.chain)
+        .public_key(key)
+        .lifetime(dt.timedelta(hours=lifetime_h))
+    )
     if limited:
         builder = builder.limited()
     return Identity(builder.sign(issuer.key), key, issuer.certificates)
 
 
-def csr_for(key: rsa.RSAPrivateKey, *, extensions: list[x509.ExtensionType] | None = None) -> x509.CertificateSigningRequest:
+def csr_for(
+    key: rsa.RSAPrivateKey, *, extensions: list[x509.ExtensionType] | None = None
+) -> x509.CertificateSigningRequest:
     builder = x509.CertificateSigningRequestBuilder().subject_name(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "proxy")])
     )
@@ -70,7 +78,10 @@ def csr_for(key: rsa.RSAPrivateKey, *, extensions: list[x509.ExtensionType] | No
 def make_test_config(pki: DevPKI, database: str, state_dir: Path) -> Config:
     config = load_config(pki.config)
     server = dataclasses.replace(
-        config.server, database=database, state_dir=state_dir, master_key_file=state_dir / "master.key"
+        config.server,
+        database=database,
+        state_dir=state_dir,
+        master_key_file=state_dir / "master.key",
     )
     return dataclasses.replace(config, server=server, sealing=FAST_SEALING)
 

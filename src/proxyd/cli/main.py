@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from ..config import ConfigError, load_config
+from ..errors import ServeError
 
 
 def _dev_pki(args: argparse.Namespace) -> int:
@@ -35,7 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     config = load_config(args.config)
-    serve(config)
+    serve(config, workers=args.workers)
     return 0
 
 
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the MyProxy and HTTPS listeners")
     p.add_argument("--config", "-c", default="/etc/proxyd/proxyd.toml", help="TOML config file")
     p.add_argument("--debug", action="store_true", help="log at DEBUG level (never secrets)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="worker processes sharing the ports (SO_REUSEPORT)"
+    )
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("dev-pki", help="write a development PKI and config")
@@ -72,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"proxyd: configuration error: {exc}", file=sys.stderr)
         return 2
+    except ServeError as exc:
+        print(f"proxyd: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -79,7 +79,7 @@ _SINGLE_KEYS = {
     "CRED_DESC": "cred_desc",
     "RETRIEVER": "retriever",
     "RENEWER": "renewer",
-    "TRUSTED_RETRIEVERS": "trusted_retrievers",
+    "RETRIEVER_TRUSTED": "trusted_retrievers",
     "KEYRETRIEVERS": "keyretrievers",
     "NEW_PHRASE": "new_phrase",
 }
@@ -143,8 +143,15 @@ def parse_request(data: bytes) -> Request:
             values["trusted_certs"] = value.strip() == "1"
         elif key in _SINGLE_KEYS:
             values[_SINGLE_KEYS[key]] = value
+        elif key == "TRUSTED_RETRIEVERS":  # the spelling in older documents
+            values["trusted_retrievers"] = value
     if command is None:
         raise ProtocolError(ERR_COMMAND)
+    missing = [
+        k for k in ("USERNAME", "PASSPHRASE", "LIFETIME") if k not in {key for key, _ in pairs}
+    ]
+    if missing:
+        raise ProtocolError(ERR_PARSE + f" (missing {', '.join(missing)})")
     if len(vonames) > MAX_REPEATED or len(vomses) > MAX_REPEATED:
         raise ProtocolError(ERR_PARSE + f" (more than {MAX_REPEATED} VONAME or VOMSES lines)")
     return Request(command=command, vonames=tuple(vonames), vomses=tuple(vomses), **values)  # type: ignore[arg-type]

@@ -1,0 +1,441 @@
+"""The MyProxy v2 TLS edge: moves bytes between real myproxy-* clients and the Repository.
+
+Each connection carries one request. The edge turns the TLS peer into a
+Principal, reads and answers messages with the sans-I/O codec, and leaves
+every decision to the Repository (policy + audit). Blocking work (database,
+argon2, RSA) runs in a thread so one slow request does not stall the loop.
+Traps from PROTOCOLS.md §1 handled here: the GSI flag byte, TLS 1.3 with no
+session tickets and one 0x00 byte after the handshake, requests split over
+records, TCP_NODELAY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import functools
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from voms_ext import AttributeCertificateError, ValidationResult, VomsExtError, validate_chain
+
+from ..config import Config
+from ..issuer import IssueError, VomsRequest
+from ..patterns import any_dn_matches
+from ..principal import Principal, anonymous
+from ..principal import classify as classify_principal
+from ..repository import (
+    DEFAULT_NAME,
+    CredentialInfo,
+    Repository,
+    RepositoryError,
+    StoreOptions,
+)
+from ..tlsctx import server_context
+from ..tlspeer import verified_chain
+from . import protocol as p
+from .renewal import ChallengeError, make_challenges, parse_challenge_reply, reply_length
+
+log = logging.getLogger("proxyd.myproxy")
+T = TypeVar("T")
+
+SESSION_TIMEOUT = 60.0  # a whole GET takes milliseconds; slowloris gets nothing
+IDLE_REQUEST_GAP = 0.5  # a request without its NUL is complete once the client goes quiet
+_TLS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+class ClientGone(Exception):
+    """The peer closed the connection mid-conversation."""
+
+
+def myproxy_context(config: Config) -> ssl.SSLContext:
+    return server_context(
+        config.server,
+        min_version=_TLS[config.myproxy.tls_min_version],
+        max_version=_TLS[config.myproxy.tls_max_version],
+    )
+
+
+def _split_patterns(value: str | None) -> tuple[str, ...] | None:
+    if value is None or value == "":
+        return None
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+class Session:
+    """One MyProxy conversation over an established TLS connection."""
+
+    def __init__(
+        self,
+        server: MyProxyServer,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.server = server
+        self.repo = server.repo
+        self.reader = reader
+        self.writer = writer
+        self.buffer = b""
+        peer = writer.get_extra_info("peername")
+        self.address = peer[0] if isinstance(peer, tuple) else str(peer or "")
+
+    async def run(self) -> None:
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.version() == "TLSv1.3":
+            # The Globus clients wait for application data before they send theirs.
+            await self._send(b"\x00")
+        flag = await self._read_exact(1)
+        if flag != p.GSI_NO_DELEGATION:
+            self.buffer = flag + self.buffer  # tolerate clients that skip the flag byte
+        raw = await self._read_request()
+        try:
+            request = p.parse_request(raw)
+        except p.ProtocolError as exc:
+            await self._send(p.error(str(exc)))
+            return
+        try:
+            principal = self._principal(ssl_object)
+        except VomsExtError as exc:
+            await self._send(p.error(f"authentication failed: {exc}"))
+            return
+        handler = _COMMANDS.get(request.command)
+        if handler is None:
+            await self._send(p.error(p.ERR_COMMAND))
+            return
+        try:
+            await handler(self, request, principal)
+        except RepositoryError as exc:
+            await self._send(_error_message(exc))
+        except p.ProtocolError as exc:
+            await self._send(p.error(str(exc)))
+        except IssueError as exc:
+            await self._send(p.error(str(exc)))
+
+    # --- I/O helpers -------------------------------------------------------------------
+
+    async def _send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def _fill(self) -> None:
+        chunk = await self.reader.read(65536)
+        if not chunk:
+            raise ClientGone("connection closed by the client")
+        self.buffer += chunk
+
+    async def _read_exact(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            await self._fill()
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+    async def _read_request(self) -> bytes:
+        while True:
+            end = self.buffer.find(b"\0")
+            if end >= 0:
+                data, self.buffer = self.buffer[: end + 1], self.buffer[end + 1 :]
+                return data
+            if len(self.buffer) > p.MAX_REQUEST_BYTES:
+                raise p.ProtocolError(f"request larger than {p.MAX_REQUEST_BYTES} bytes")
+            if self.buffer:
+                try:
+                    await asyncio.wait_for(self._fill(), IDLE_REQUEST_GAP)
+                except TimeoutError:
+                    data, self.buffer = self.buffer, b""
+                    return data
+            else:
+                await self._fill()
+
+    async def _read_framed(self, complete: Callable[[bytes], int | None]) -> bytes:
+        while True:
+            size = complete(self.buffer)
+            if size is not None:
+                data, self.buffer = self.buffer[:size], self.buffer[size:]
+                return data
+            await self._fill()
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+    # --- identity ---------------------------------------------------------------------
+
+    def _principal(self, ssl_object: ssl.SSLObject | None) -> Principal:
+        chain = verified_chain(ssl_object)
+        if not chain:
+            return anonymous(self.address)
+        result = validate_chain(chain, self.repo.trust)
+        return classify_principal(result, self.repo.config.policy, self.address)
+
+    # --- commands ---------------------------------------------------------------------
+
+    async def get(self, request: p.Request, principal: Principal) -> None:
+        voms = [VomsRequest.parse(v) for v in request.vonames]
+        lifetime = dt.timedelta(seconds=request.lifetime) if request.lifetime > 0 else None
+        name = request.cred_name or DEFAULT_NAME
+        proof: ValidationResult | None = None
+        passphrase = request.passphrase or None
+        if await self._blocking(self._needs_challenge, principal, request.username, name):
+            proof = await self._renewal_proof()
+            passphrase = None
+        elif passphrase is None and principal.is_anonymous:
+            raise p.ProtocolError("no passphrase\nauthentication failed")
+        retrieval = await self._blocking(
+            self.repo.authorize_retrieval,
+            principal,
+            request.username,
+            name=name,
+            passphrase=passphrase,
+            lifetime=lifetime,
+            voms=voms,
+            renewal_proof=proof,
+        )
+        try:
+            # Trust roots travel in the first OK, before the certificate request.
+            await self._send(p.ok(self.server.trustroot_fields() if request.trusted_certs else ()))
+            csr = p.parse_csr(await self._read_framed(p.der_length))
+            issued = await self._blocking(self.repo.complete_retrieval, retrieval, csr)
+        except (ClientGone, p.ProtocolError, ConnectionError) as exc:
+            await self._blocking(self.repo.abandon_retrieval, retrieval, str(exc))
+            raise
+        await self._send(p.encode_certificates(issued.certificates))
+        # The real clients close after the chain; the last OK is for everyone else.
+        await self._send(p.ok())
+
+    def _needs_challenge(self, principal: Principal, username: str, name: str) -> bool:
+        """myproxy-server's rule: an unencrypted credential, a non-trusted peer allowed to renew."""
+        if principal.is_anonymous or self.server.is_trusted(principal):
+            return False
+        if not any_dn_matches(self.repo.config.policy.authorized_renewers, principal.identity):
+            return False
+        return self.repo.has_passphrase(username, name) is False
+
+    async def _renewal_proof(self) -> ValidationResult:
+        """Challenge the client to sign with the credential it wants renewed."""
+        challenges = make_challenges()
+        await self._send(
+            p.encode_response(
+                p.Response(
+                    p.ResponseType.AUTHORIZATION,
+                    authorization=tuple((c.method, c.hex) for c in challenges),
+                )
+            )
+        )
+        reply = await self._read_framed(reply_length)
+        try:
+            chain = parse_challenge_reply(reply, challenges)
+        except ChallengeError as exc:
+            raise p.ProtocolError(f"{exc}\nauthentication failed") from None
+        try:
+            return validate_chain(chain, self.repo.trust)
+        except VomsExtError as exc:
+            raise p.ProtocolError(
+                f"the renewal credential does not validate: {exc}\nauthentication failed"
+            ) from None
+
+    async def put(self, request: p.Request, principal: Principal) -> None:
+        options = self._store_options(request)
+        pending = await self._blocking(self.repo.begin_store, principal, options)
+        await self._send(p.ok())
+        await self._send(pending.csr.public_bytes(Encoding.DER))
+        chain = p.parse_certificates(await self._read_framed(p.chain_length))
+        await self._blocking(self.repo.finish_store, pending, chain)
+        await self._send(p.ok())
+
+    async def store(self, request: p.Request, principal: Principal) -> None:
+        options = self._store_options(request)
+        await self._send(p.ok())
+        raw = await self._read_request()
+        pem = raw.rstrip(b"\0")
+        await self._blocking(self.repo.store_pem, principal, options, pem)
+        await self._send(p.ok())
+
+    def _store_options(self, request: p.Request) -> StoreOptions:
+        if not request.username:
+            raise p.ProtocolError("a USERNAME is required")
+        return StoreOptions(
+            username=request.username,
+            name=request.cred_name or DEFAULT_NAME,
+            passphrase=request.passphrase or None,
+            lifetime=dt.timedelta(seconds=request.lifetime) if request.lifetime > 0 else None,
+            description=request.cred_desc or None,
+            retrievers=_split_patterns(request.retriever),
+            renewers=_split_patterns(request.renewer),
+            trusted_retrievers=_split_patterns(request.trusted_retrievers),
+            key_retrievers=_split_patterns(request.keyretrievers),
+        )
+
+    async def info(self, request: p.Request, principal: Principal) -> None:
+        creds = await self._blocking(self.repo.info, principal, request.username)
+        wanted = request.cred_name
+        if wanted:
+            creds = [c for c in creds if c.name == wanted]
+            if not creds:
+                raise p.ProtocolError(
+                    f'No credentials exist for username "{request.username[:100]}" named "{wanted[:100]}".'
+                )
+        await self._send(p.ok(_info_fields(creds)))
+
+    async def destroy(self, request: p.Request, principal: Principal) -> None:
+        await self._blocking(
+            self.repo.destroy, principal, request.username, request.cred_name or DEFAULT_NAME
+        )
+        await self._send(p.ok())
+
+    async def change_passphrase(self, request: p.Request, principal: Principal) -> None:
+        await self._blocking(
+            self.repo.change_passphrase,
+            principal,
+            request.username,
+            request.cred_name or DEFAULT_NAME,
+            request.passphrase,
+            request.new_phrase or "",
+        )
+        await self._send(p.ok())
+
+    async def retrieve_key(self, request: p.Request, principal: Principal) -> None:
+        """MyProxy RETRIEVE: the stored credential itself (nobody is authorized by default)."""
+        pem = await self._blocking(
+            self.repo.retrieve_key,
+            principal,
+            request.username,
+            request.cred_name or DEFAULT_NAME,
+            request.passphrase or None,
+        )
+        await self._send(p.ok())
+        await self._send(pem + b"\0")
+        await self._send(p.ok())
+
+    async def get_trustroots(self, request: p.Request, principal: Principal) -> None:
+        await self._send(p.ok(self.server.trustroot_fields()))
+
+
+_COMMANDS: dict[p.Command, Callable[[Session, p.Request, Principal], Any]] = {
+    p.Command.GET: Session.get,
+    p.Command.PUT: Session.put,
+    p.Command.INFO: Session.info,
+    p.Command.DESTROY: Session.destroy,
+    p.Command.CHANGE_CRED_PASSPHRASE: Session.change_passphrase,
+    p.Command.STORE: Session.store,
+    p.Command.RETRIEVE: Session.retrieve_key,
+    p.Command.GET_TRUSTROOTS: Session.get_trustroots,
+}
+
+
+def _error_message(exc: RepositoryError) -> bytes:
+    """The message the real server would send, plus the proxyd policy rule when one said no."""
+    if exc.rule == "auth.bad_passphrase":
+        return p.error("Bad password", exc.message)
+    if exc.rule and exc.rule != "credential.not_found":
+        return p.error(exc.message, f"(proxyd policy rule: {exc.rule})")
+    return p.error(exc.message)
+
+
+def _unix(t: dt.datetime) -> str:
+    return str(int(t.timestamp()))
+
+
+def _info_fields(creds: list[CredentialInfo]) -> list[tuple[str, str]]:
+    """myproxy-server's order: the default (or first) credential unprefixed, others as CRED_<name>_*."""
+    ordered = sorted(creds, key=lambda c: (c.name != DEFAULT_NAME, c.name))
+    if not ordered:
+        return []
+    first, others = ordered[0], ordered[1:]
+    fields = _cred_fields("CRED_", first)
+    if first.name != DEFAULT_NAME:
+        fields.insert(0, ("CRED_NAME", first.name))
+    for c in others:
+        fields += _cred_fields(f"CRED_{c.name}_", c)
+    if others:
+        fields.append(("ADDL_CREDS", ",".join(c.name for c in others)))
+    return fields
+
+
+def _cred_fields(prefix: str, c: CredentialInfo) -> list[tuple[str, str]]:
+    out = []
+    if c.description:
+        out.append((f"{prefix}DESC", c.description.replace("\n", " ")))
+    out += [
+        (f"{prefix}START_TIME", _unix(c.not_before)),
+        (f"{prefix}END_TIME", _unix(c.not_after)),
+        (f"{prefix}OWNER", c.owner),
+    ]
+    if c.retrievers:
+        out.append((f"{prefix}RETRIEVER", ",".join(c.retrievers)))
+    if c.trusted_retrievers:
+        out.append((f"{prefix}RETRIEVER_TRUSTED", ",".join(c.trusted_retrievers)))
+    if c.renewers:
+        out.append((f"{prefix}RENEWER", ",".join(c.renewers)))
+    return out
+
+
+class MyProxyServer:
+    """Accepts MyProxy connections and runs one Session per connection."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.config = repo.config
+        self._trustroots: list[tuple[str, str]] | None = None
+
+    def is_trusted(self, principal: Principal) -> bool:
+        return any_dn_matches(self.config.policy.trusted_retrievers, principal.identity)
+
+    def trustroot_fields(self) -> list[tuple[str, str]]:
+        """TRUSTED_CERTS=<files> and FILEDATA_<file>=<base64>, for `myproxy-logon -T`."""
+        if self._trustroots is None:
+            cert_dir = Path(self.config.server.cert_dir)
+            names, fields = [], []
+            for path in sorted(cert_dir.iterdir()):
+                if not path.is_file() or path.name.startswith("."):
+                    continue
+                data = path.read_bytes()
+                names.append(path.name)
+                fields.append((f"FILEDATA_{path.name}", base64.b64encode(data).decode()))
+            self._trustroots = [("TRUSTED_CERTS", ",".join(names)), *fields]
+        return self._trustroots
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        session = Session(self, reader, writer)
+        try:
+            async with asyncio.timeout(SESSION_TIMEOUT):
+                await session.run()
+        except (ClientGone, ConnectionError, TimeoutError, ssl.SSLError) as exc:
+            log.debug(
+                "myproxy connection from %s ended: %s", session.address, exc.__class__.__name__
+            )
+        except p.ProtocolError as exc:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await session._send(p.error(str(exc)))
+        except AttributeCertificateError as exc:
+            log.info("myproxy peer %s refused: %s", session.address, exc)
+        except Exception:
+            log.exception("internal error in a MyProxy session from %s", session.address)
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await session._send(p.error("internal server error; the event is logged"))
+        finally:
+            writer.close()
+            with contextlib.suppress(TimeoutError, ConnectionError, ssl.SSLError, OSError):
+                await asyncio.wait_for(writer.wait_closed(), 2)
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> asyncio.Server:
+        return await asyncio.start_server(
+            self.handle,
+            host,
+            port,
+            ssl=myproxy_context(self.config),
+            ssl_handshake_timeout=15,
+            reuse_port=reuse_port,
+            limit=p.MAX_REQUEST_BYTES * 2,
+            backlog=512,
+        )
