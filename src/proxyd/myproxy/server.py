@@ -48,7 +48,7 @@ log = logging.getLogger("proxyd.myproxy")
 T = TypeVar("T")
 
 SESSION_TIMEOUT = 60.0  # a whole GET takes milliseconds; slowloris gets nothing
-IDLE_REQUEST_GAP = 0.5  # a request without its NUL is complete once the client goes quiet
+IDLE_REQUEST_GAP = 0.2  # a request without its NUL is complete once the client goes quiet
 _TLS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 

@@ -1,0 +1,102 @@
+"""A real proxyd (MyProxy + HTTPS listeners) on loopback, in a background thread.
+
+Tests talk to it with real clients over real TLS; the state lives in a
+per-test SQLite file (or a PostgreSQL database), with the dev PKI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from proxyd.config import ApiConfig, Config, Listen, MyProxyConfig, PolicyConfig
+from proxyd.devpki import DevPKI
+from proxyd.repository import Repository
+from proxyd.serve import run_listeners
+from tests.support.grid import make_test_config
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclasses.dataclass
+class RunningServer:
+    config: Config
+    myproxy_port: int
+    api_port: int
+    pki: DevPKI
+    _repo: Repository | None = None
+
+    @property
+    def repo(self) -> Repository:
+        """A second Repository on the same database, for inspecting state and the audit log."""
+        if self._repo is None:
+            self._repo = Repository.open(self.config)
+        return self._repo
+
+    def myproxy_env(self) -> dict[str, str]:
+        return {
+            "X509_CERT_DIR": str(self.pki.cert_dir),
+            "X509_VOMS_DIR": str(self.pki.voms_dir),
+            "MYPROXY_SERVER": "localhost",
+            "MYPROXY_SERVER_PORT": str(self.myproxy_port),
+            "RANDFILE": "/dev/null",
+        }
+
+
+@contextmanager
+def running_server(
+    pki: DevPKI,
+    state_dir: Path,
+    *,
+    database: str | None = None,
+    tls_min: str = "1.2",
+    tls_max: str = "1.3",
+    policy: PolicyConfig | None = None,
+) -> Iterator[RunningServer]:
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    config = make_test_config(pki, database or f"sqlite:///{state_dir / 'proxyd.db'}", state_dir)
+    mp_port, api_port = free_port(), free_port()
+    config = dataclasses.replace(
+        config,
+        myproxy=MyProxyConfig(Listen("127.0.0.1", mp_port), tls_min, tls_max),
+        api=ApiConfig(Listen("127.0.0.1", api_port)),
+        policy=policy or config.policy,
+    )
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    stop = asyncio.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(run_listeners(config, ready=ready.set, stop=stop))
+        except BaseException as exc:  # surfaced to the test below
+            failure.append(exc)
+            ready.set()
+
+    # run_listeners installs signal handlers, which only the main thread may do.
+    original = loop.add_signal_handler
+    loop.add_signal_handler = lambda *a, **k: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=run, name="proxyd-test-server", daemon=True)
+    thread.start()
+    if not ready.wait(30) or failure:
+        raise RuntimeError(f"test server did not start: {failure[0] if failure else 'timeout'}")
+    server = RunningServer(config, mp_port, api_port, pki)
+    try:
+        yield server
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(15)
+        loop.add_signal_handler = original  # type: ignore[method-assign]
+        if server._repo is not None:
+            server._repo.engine.dispose()
