@@ -209,10 +209,8 @@ class MyProxyClient:
             if not read:
                 return b""
             conn.sock.settimeout(idle)
-            try:
+            with contextlib.suppress(TimeoutError):
                 conn.read_all()
-            except TimeoutError:
-                pass
             return conn.buffer
 
 
