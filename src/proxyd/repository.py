@@ -9,8 +9,10 @@ so they never travel; they are sealed before they reach the database.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -68,6 +70,9 @@ log = logging.getLogger("proxyd.repository")
 DEFAULT_NAME = "default"
 MIN_PASSPHRASE = 6  # what myproxy-server enforces
 MIN_RSA_BITS = 2048
+_KEY_BLOCK = re.compile(
+    rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----\n?", re.DOTALL
+)
 
 
 class RepositoryError(Exception):
@@ -364,20 +369,38 @@ class Repository:
         return self._store_chain(principal, options, tuple(chain), private_key_to_pem(pending.key))
 
     def store_pem(self, principal: Principal, options: StoreOptions, pem: bytes) -> CredentialInfo:
-        """MyProxy STORE: a certificate chain and its (unencrypted) key sent as PEM text."""
+        """MyProxy STORE: certificate, key and chain as PEM text, the key possibly encrypted.
+
+        An encrypted key stays encrypted (we never see its passphrase); it
+        is sealed under the master key and opens only with the passphrase.
+        """
+        key_blocks = [m.group(0) for m in _KEY_BLOCK.finditer(pem)]
+        if len(key_blocks) != 1:
+            raise BadRequest(
+                f"stored credential: expected one private key, found {len(key_blocks)}"
+            )
+        key_pem = key_blocks[0]
+        certs_only = _KEY_BLOCK.sub(b"", pem)
         try:
-            cred = parse_credential_pem(pem, source="stored credential")
+            chain = parse_credential_pem(certs_only, source="stored credential").certificates
         except VomsExtError as exc:
             raise BadRequest(str(exc)) from None
-        if cred.private_key is None:
-            raise BadRequest("stored credential: no private key in the PEM text")
+        encrypted = b"ENCRYPTED" in key_pem
+        if not encrypted:
+            try:
+                key = serialization.load_pem_private_key(key_pem, password=None)
+            except (ValueError, TypeError) as exc:
+                raise BadRequest(
+                    f"stored credential: the private key cannot be read: {exc}"
+                ) from None
+            key_pem = private_key_to_pem(key)
         request = policy.Request(
             Operation.STORE, owner=principal.identity, name=options.name, lifetime=options.lifetime
         )
         self._decide(principal, request, None, name=options.name, record_allow=False)
-        return self._store_chain(
-            principal, options, cred.certificates, private_key_to_pem(cred.private_key)
-        )
+        if encrypted:
+            options = dataclasses.replace(options, passphrase=None)
+        return self._store_chain(principal, options, chain, key_pem, pem_encrypted=encrypted)
 
     def _store_chain(
         self,
@@ -385,6 +408,8 @@ class Repository:
         options: StoreOptions,
         chain: tuple[x509.Certificate, ...],
         key_pem: bytes,
+        *,
+        pem_encrypted: bool = False,
     ) -> CredentialInfo:
         now = dt.datetime.now(dt.UTC)
         try:
@@ -438,7 +463,7 @@ class Repository:
             row.chain_pem = chain_pem
             row.sealed_key = sealed.to_bytes()
             row.master_key_id = sealed.master_key_id
-            row.has_passphrase = passphrase is not None
+            row.has_passphrase = passphrase is not None or pem_encrypted
             row.retrievers = list(options.retrievers) if options.retrievers is not None else None
             row.renewers = list(options.renewers) if options.renewers is not None else None
             row.trusted_retrievers = (
@@ -558,6 +583,52 @@ class Repository:
             raise self._not_found(principal, op, username, name)
         return row
 
+    def _open_key(
+        self, principal: Principal, op: Operation, row: CredentialRow, passphrase: str | None
+    ) -> PrivateKeyTypes:
+        """Unseal a stored key. Wrong or missing passphrases are audited and refused.
+
+        Two kinds of passphrase credential exist: keys sealed under an
+        argon2id key of the passphrase (delegated with myproxy-init or the
+        API), and keys that arrived PEM-encrypted by the client
+        (myproxy-store), kept encrypted under the master key. Neither opens
+        without the passphrase.
+        """
+        sealed = _sealed(row)
+        try:
+            key_pem = unseal(
+                sealed,
+                passphrase=passphrase if sealed.has_passphrase else None,
+                keyring=self.keyring,
+                aad=_aad(row.username, row.name),
+            )
+            if b"ENCRYPTED" in key_pem.split(b"\n-----END", 1)[0]:
+                if not passphrase:
+                    raise WrongPassphrase("a passphrase is needed")
+                try:
+                    return serialization.load_pem_private_key(key_pem, password=passphrase.encode())
+                except ValueError:
+                    raise WrongPassphrase("wrong passphrase") from None
+            return serialization.load_pem_private_key(key_pem, password=None)
+        except WrongPassphrase:
+            raise self._auth_failure(
+                principal,
+                op,
+                row.owner_dn,
+                row.name,
+                "auth.bad_passphrase",
+                "invalid credential passphrase",
+            ) from None
+        except SealingError:
+            raise self._auth_failure(
+                principal,
+                op,
+                row.owner_dn,
+                row.name,
+                "auth.cannot_unseal",
+                "Unable to delegate credentials.",
+            ) from None
+
     def has_passphrase(self, username: str, name: str = DEFAULT_NAME) -> bool | None:
         """Whether the credential is passphrase-sealed (None: no such credential). No secrets."""
         row = self._find(username, name)
@@ -573,18 +644,7 @@ class Repository:
         request = policy.Request(Operation.RETRIEVE_KEY, owner=row.owner_dn, name=name, auth=auth)
         decision = self._decide(principal, request, facts, name=name, record_allow=False)
         assert passphrase is not None  # the policy requires it
-        try:
-            key_pem = unseal(_sealed(row), passphrase=passphrase, aad=_aad(row.username, row.name))
-        except WrongPassphrase:
-            raise self._auth_failure(
-                principal,
-                Operation.RETRIEVE_KEY,
-                row.owner_dn,
-                name,
-                "auth.bad_passphrase",
-                "invalid credential passphrase",
-            ) from None
-        key = serialization.load_pem_private_key(key_pem, password=None)
+        key = self._open_key(principal, Operation.RETRIEVE_KEY, row, passphrase)
         encrypted = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -673,32 +733,9 @@ class Repository:
             proof=proof,
         )
         decision = self._decide(principal, request, facts, name=name, record_allow=False)
-        try:
-            key_pem = unseal(
-                _sealed(row),
-                passphrase=passphrase if auth is AuthMethod.PASSPHRASE else None,
-                keyring=self.keyring,
-                aad=_aad(row.username, row.name),
-            )
-        except WrongPassphrase:
-            raise self._auth_failure(
-                principal,
-                op,
-                row.owner_dn,
-                name,
-                "auth.bad_passphrase",
-                "invalid credential passphrase",
-            ) from None
-        except SealingError:
-            raise self._auth_failure(
-                principal,
-                op,
-                row.owner_dn,
-                name,
-                "auth.cannot_unseal",
-                "Unable to delegate credentials.",
-            ) from None
-        key = serialization.load_pem_private_key(key_pem, password=None)
+        key = self._open_key(
+            principal, op, row, passphrase if auth is AuthMethod.PASSPHRASE else None
+        )
         return Retrieval(principal, op, decision, row.owner_dn, name, chain, key, tuple(ac_plan))
 
     def complete_retrieval(
