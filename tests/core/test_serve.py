@@ -1,0 +1,122 @@
+"""`proxyd serve` as a real process: both listeners answer; --workers shares the ports; clean errors."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from proxyd.devpki import DevPKI
+from proxyd.myproxy.client import MyProxyClient, MyProxyClientError
+from tests.support.server import free_port
+
+
+def _config(pki: DevPKI, tmp_path: Path, mp: int, api: int) -> Path:
+    text = pki.config.read_text()
+    text = text.replace('listen = "127.0.0.1:7512"', f'listen = "127.0.0.1:{mp}"')
+    text = text.replace('listen = "127.0.0.1:8443"', f'listen = "127.0.0.1:{api}"')
+    text = text.replace('state_dir = "state"', f'state_dir = "{tmp_path / "state"}"')
+    text = text.replace(
+        'master_key_file = "state/master.key"',
+        f'master_key_file = "{tmp_path / "state" / "master.key"}"',
+    )
+    text += "\n[sealing]\nargon2_time_cost = 1\nargon2_memory_kib = 64\n"
+    path = pki.root / f"serve-{mp}.toml"
+    path.write_text(text)
+    return path
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"proxyd exited early: {proc.stderr.read().decode() if proc.stderr else ''}"
+            )
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"port {port} never opened")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_answers_on_both_ports_and_stops_cleanly(
+    dev_pki: DevPKI, tmp_path: Path, workers: int
+) -> None:
+    mp, api = free_port(), free_port()
+    config = _config(dev_pki, tmp_path, mp, api)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "proxyd.cli.main",
+            "serve",
+            "--config",
+            str(config),
+            "--workers",
+            str(workers),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_port(mp, proc)
+        _wait_port(api, proc)
+        ctx = ssl.create_default_context(cafile=str(dev_pki.ca_cert))
+        for _ in range(4):  # several connections, spread over the workers
+            with urllib.request.urlopen(
+                f"https://localhost:{api}/healthz", context=ctx, timeout=10
+            ) as r:
+                assert json.load(r)["status"] == "ok"
+            client = MyProxyClient("localhost", mp, cert_dir=dev_pki.cert_dir)
+            with pytest.raises(
+                MyProxyClientError, match='No credentials exist for username "nobody"'
+            ):
+                client.get("nobody", "some passphrase")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err
+
+
+def test_port_in_use_is_a_clear_error(dev_pki: DevPKI, tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        mp = busy.getsockname()[1]
+        config = _config(dev_pki, tmp_path, mp, free_port())
+        proc = subprocess.run(
+            [sys.executable, "-m", "proxyd.cli.main", "serve", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 1
+    assert f"cannot listen for MyProxy on 127.0.0.1:{mp}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[server]\nhost_cert = "x"\nhost_key = "y"\n[policy]\nmax_proxy_lifetime = "forever"\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "proxyd.cli.main", "serve", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "[policy] max_proxy_lifetime must be a positive duration" in proc.stderr
+    assert "Traceback" not in proc.stderr
