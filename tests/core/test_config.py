@@ -1,0 +1,98 @@
+"""The configuration loader: every mistake names the file, the key and the fix."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from proxyd.config import ConfigError, load_config, parse_config
+
+BASE = '[server]\nhost_cert = "h.pem"\nhost_key = "k.pem"\n'
+
+
+def test_minimal_config_has_sane_defaults() -> None:
+    c = parse_config(BASE, "/etc/proxyd/proxyd.toml")
+    assert c.server.host_cert == Path("/etc/proxyd/h.pem")
+    assert c.server.database == "sqlite:////etc/proxyd/state/proxyd.db"
+    assert str(c.myproxy.listen) == "127.0.0.1:7512" and str(c.api.listen) == "127.0.0.1:8443"
+    assert c.policy.max_proxy_lifetime == dt.timedelta(hours=12)
+    assert c.policy.trusted_retrievers == () and c.policy.full_delegation_hosts == ()
+    assert c.voms == ()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            '[policy]\nmax_proxy_lifetime = "forever"\n',
+            "[policy] max_proxy_lifetime must be a positive duration",
+        ),
+        (
+            "[policy]\nmax_proxy_lifetime = 0\n",
+            "[policy] max_proxy_lifetime must be a positive duration",
+        ),
+        ('[policy]\ntrusted_retriever = ["x"]\n', "[policy] has unknown key(s) trusted_retriever"),
+        (
+            '[policy]\ntrusted_retrievers = "x"\n',
+            "[policy] trusted_retrievers must be a list of non-empty strings",
+        ),
+        (
+            '[policy]\nallow_self_authorization = "yes"\n',
+            "allow_self_authorization must be true or false",
+        ),
+        ('[myproxy]\nlisten = "7512"\n', '[myproxy] listen must be "HOST:PORT"'),
+        ('[myproxy]\ntls_min_version = "1.1"\n', 'tls_min_version must be "1.2" or "1.3"'),
+        ("[bogus]\nx = 1\n", "unknown section(s) bogus"),
+        ("[server]\n", "not valid TOML"),
+        (
+            '[[voms]]\nvo = "dteam"\nuri = "voms.example.org"\naa_cert = "a"\naa_key = "b"\n',
+            "must be HOST:PORT",
+        ),
+        (
+            '[[voms]]\nvo = "dteam"\nuri = "h:1"\naa_cert = "a"\naa_key = "b"\n[voms.members]\n"/CN=a" = ["/ops"]\n',
+            "is not in VO 'dteam'",
+        ),
+        (
+            '[[voms]]\nvo = "dteam"\nuri = "h:1"\naa_cert = "a"\naa_key = "b"\n[voms.members]\n"/CN=a" = ["dteam"]\n',
+            "must start with '/'",
+        ),
+        ('[[voms]]\nuri = "h:1"\naa_cert = "a"\naa_key = "b"\n', "[voms #1] vo is required"),
+        ('[server]\ndatabase = "mysql://x"\n', "must be an sqlite:/// or postgresql:// URL"),
+    ],
+)
+def test_mistakes_name_the_key(extra: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(BASE + extra, "/etc/proxyd/proxyd.toml")
+    assert message in str(err.value)
+    assert "/etc/proxyd/proxyd.toml" in str(err.value)
+
+
+def test_unsupported_database_url() -> None:
+    with pytest.raises(ConfigError, match="must be an sqlite:/// or postgresql:// URL"):
+        parse_config(BASE + 'database = "mysql://x"\n', "p.toml")
+
+
+def test_missing_host_cert_names_it() -> None:
+    with pytest.raises(ConfigError, match=r"\[server\] host_cert is required"):
+        parse_config("[server]\n", "p.toml")
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read configuration"):
+        load_config(tmp_path / "missing.toml")
+    (tmp_path / "bin.toml").write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(tmp_path / "bin.toml")
+
+
+def test_durations_and_listen_off() -> None:
+    c = parse_config(
+        BASE
+        + '[policy]\nmax_proxy_lifetime = "90m"\nmax_stored_lifetime = 3600\n[api]\nlisten = "off"\n',
+        "/x/p.toml",
+    )
+    assert c.policy.max_proxy_lifetime == dt.timedelta(minutes=90)
+    assert c.policy.max_stored_lifetime == dt.timedelta(hours=1)
+    assert c.api.listen is None
