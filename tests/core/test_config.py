@@ -59,7 +59,6 @@ def test_minimal_config_has_sane_defaults() -> None:
             "must start with '/'",
         ),
         ('[[voms]]\nuri = "h:1"\naa_cert = "a"\naa_key = "b"\n', "[voms #1] vo is required"),
-        ('[server]\ndatabase = "mysql://x"\n', "must be an sqlite:/// or postgresql:// URL"),
     ],
 )
 def test_mistakes_name_the_key(extra: str, message: str) -> None:
