@@ -37,6 +37,13 @@ from voms_ext.proxy import BACKDATE
 from .config import VoConfig
 
 _SHA256 = hashes.SHA256()
+AC_ROUNDING = dt.timedelta(hours=1)
+
+
+def _round_up(t: dt.datetime, step: dt.timedelta) -> dt.datetime:
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    units = -(-(t - epoch) // step)
+    return epoch + units * step
 
 
 class IssueError(Exception):
@@ -116,20 +123,32 @@ class AttributeAuthority:
         not_after: dt.datetime,
         now: dt.datetime,
     ) -> AttributeCertificate:
-        """An AC valid at least until `not_after` (capped by the VO's maximum AC lifetime)."""
+        """An AC valid until `not_after` rounded up to the hour (at most the VO's maximum).
+
+        The AC is sized to the proxy that carries it, as VOMS does; rounding
+        lets proxies of similar lifetimes share one cached AC. A cached AC is
+        reused while it covers the proxy and does not outlast it by more
+        than the rounding.
+        """
         key = (holder.fingerprint(_SHA256), tuple(fqans))
-        limit = min(not_after, now + self.config.max_lifetime)
+        ceiling = now + self.config.max_lifetime
+        limit = min(not_after, ceiling)
         with self._lock:
             cached = self._cache.get(key)
-            if cached is not None and cached.not_after >= limit and cached.not_before <= now:
+            if (
+                cached is not None
+                and cached.not_before <= now
+                and limit <= cached.not_after <= limit + AC_ROUNDING
+            ):
                 return cached
+        end = min(_round_up(limit, AC_ROUNDING), ceiling)
         ac = (
             AttributeCertificateBuilder()
             .vo(self.vo)
             .uri(self.config.uri)
             .fqans(fqans)
             .holder(holder)
-            .validity(now - BACKDATE, now + self.config.max_lifetime)
+            .validity(now - BACKDATE, end)
             .sign(self.cert, self._key, self.chain)
         )
         with self._lock:

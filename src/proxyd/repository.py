@@ -533,11 +533,12 @@ class Repository:
                 f"Pass phrase too short.  Must be at least {MIN_PASSPHRASE} characters long."
             )
         row = self._require(principal, Operation.CHANGE_PASSPHRASE, username, name)
-        self._decide(
+        decision = self._decide(
             principal,
             policy.Request(Operation.CHANGE_PASSPHRASE, owner=row.owner_dn, name=name),
             _row_facts(row, self.config),
             name=name,
+            record_allow=False,  # recorded once the old passphrase has been proven
         )
         sealed = _sealed(row)
         if not row.has_passphrase:
@@ -562,6 +563,9 @@ class Repository:
                     f'No credentials exist for username "{username}".', "credential.not_found"
                 )
             stored.sealed_key = updated.to_bytes()
+        self._record(
+            principal, Operation.CHANGE_PASSPHRASE, decision, owner=row.owner_dn, name=name
+        )
 
     def _not_found(
         self, principal: Principal, op: Operation, username: str, name: str | None
@@ -628,6 +632,20 @@ class Repository:
                 "auth.cannot_unseal",
                 "Unable to delegate credentials.",
             ) from None
+
+    def record_failure(
+        self, principal: Principal, op: Operation, username: str, name: str, rule: str, reason: str
+    ) -> None:
+        """Audit an authentication the edge itself refused (e.g. a failed renewal challenge)."""
+        row = self._find(username, name)
+        self._record(
+            principal,
+            op,
+            Decision(False, rule, reason),
+            owner=row.owner_dn if row is not None else None,
+            name=name,
+            detail=reason[:500],
+        )
 
     def has_passphrase(self, username: str, name: str = DEFAULT_NAME) -> bool | None:
         """Whether the credential is passphrase-sealed (None: no such credential). No secrets."""

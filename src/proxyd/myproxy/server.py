@@ -30,7 +30,8 @@ from voms_ext import AttributeCertificateError, ValidationResult, VomsExtError, 
 from ..config import Config
 from ..issuer import IssueError, VomsRequest
 from ..patterns import any_dn_matches
-from ..principal import Principal, anonymous
+from ..policy import Operation
+from ..principal import Principal, PrincipalKind, anonymous
 from ..principal import classify as classify_principal
 from ..repository import (
     DEFAULT_NAME,
@@ -184,7 +185,24 @@ class Session:
         proof: ValidationResult | None = None
         passphrase = request.passphrase or None
         if await self._blocking(self._needs_challenge, principal, request.username, name):
-            proof = await self._renewal_proof()
+            try:
+                proof = await self._renewal_proof()
+            except (p.ProtocolError, ClientGone) as exc:
+                rule = (
+                    "renew.challenge_unanswered"
+                    if isinstance(exc, ClientGone)
+                    else "renew.challenge_failed"
+                )
+                await self._blocking(
+                    self.repo.record_failure,
+                    principal,
+                    Operation.RENEW,
+                    request.username,
+                    name,
+                    rule,
+                    str(exc),
+                )
+                raise
             passphrase = None
         elif passphrase is None and principal.is_anonymous:
             raise p.ProtocolError("no passphrase\nauthentication failed")
@@ -211,8 +229,16 @@ class Session:
         await self._send(p.ok())
 
     def _needs_challenge(self, principal: Principal, username: str, name: str) -> bool:
-        """myproxy-server's rule: an unencrypted credential, a non-trusted peer allowed to renew."""
-        if principal.is_anonymous or self.server.is_trusted(principal):
+        """myproxy-server's rule: an unencrypted credential, a non-trusted peer allowed to renew.
+
+        Pilots are never challenged: they may not renew (I2), and the
+        repository refuses them with the pilot rule, which the client shows.
+        """
+        if (
+            principal.is_anonymous
+            or principal.kind is PrincipalKind.PILOT
+            or self.server.is_trusted(principal)
+        ):
             return False
         if not any_dn_matches(self.repo.config.policy.authorized_renewers, principal.identity):
             return False
