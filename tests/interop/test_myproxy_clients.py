@@ -43,10 +43,6 @@ TLS_VERSIONS = pytest.mark.parametrize(
 )
 
 
-class KnownBug(AssertionError):
-    """Raised where a strict xfail documents a server bug (setup failures stay real failures)."""
-
-
 @pytest.fixture(autouse=True)
 def _no_ambient_grid_identity(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only what a test sets may identify a client (no inherited proxy, cert or server)."""
