@@ -11,6 +11,7 @@ shrink (I4). Nothing in the configuration can switch them off.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import enum
 from collections.abc import Sequence
@@ -136,6 +137,23 @@ def _deny(rule: str, reason: str) -> Decision:
     return Decision(False, rule, reason)
 
 
+class DecisionTally:
+    """How many decisions one request made. The HTTPS edge checks it is non-zero
+    before answering a non-open route with success: no route can hand anything
+    out without asking this module. A mutable object, so that decisions made in
+    worker threads (which run in a copy of the request's context) still count."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+current_tally: contextvars.ContextVar[DecisionTally | None] = contextvars.ContextVar(
+    "current_tally", default=None
+)
+
+
 def decide(
     request: Request,
     principal: Principal,
@@ -144,6 +162,9 @@ def decide(
     bans: Bans = NO_BANS,
 ) -> Decision:
     """Allow or deny `request` by `principal` on `credential`; see the module docstring."""
+    tally = current_tally.get()
+    if tally is not None:
+        tally.count += 1
     op = request.operation
     who = principal.identity
 
@@ -218,6 +239,8 @@ def _pilot_rules(
 def _owner_only(
     request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
 ) -> Decision:
+    if credential is None and request.owner is None:
+        return _deny("credential.not_found", "no such credential")
     owner = credential.owner if credential is not None else request.owner
     if owner == principal.identity:
         return Decision(True, "owner.self", "the owner manages its own credential", limited=False)

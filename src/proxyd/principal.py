@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -37,6 +37,8 @@ class Principal:
     fqans: tuple[str, ...] = ()
     address: str | None = None
     not_after: dt.datetime | None = None
+    # The certificate an AC issued to this peer would be bound to (its holder).
+    end_entity: x509.Certificate | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_anonymous(self) -> bool:
@@ -86,4 +88,5 @@ def classify(
         fqans=fqans,
         address=address,
         not_after=result.not_after,
+        end_entity=result.end_entity,
     )

@@ -15,17 +15,19 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from voms_ext import (
+    AttributeCertificate,
     TrustStore,
     ValidationResult,
     VomsExtError,
@@ -35,7 +37,7 @@ from voms_ext import (
 from voms_ext.files import private_key_to_pem
 
 from . import policy
-from .audit import AuditEvent, AuditLog
+from .audit import AuditEvent, AuditLog, StoredEvent, VerifyReport
 from .config import Config
 from .issuer import (
     AttributeAuthority,
@@ -48,6 +50,7 @@ from .issuer import (
     load_authorities,
     merge_voms_requests,
 )
+from .metrics import DECISIONS, ISSUED
 from .policy import AuthMethod, Bans, CredentialFacts, Decision, Operation
 from .principal import Principal, is_pilot_identity
 from .principal import classify as classify_principal
@@ -275,6 +278,10 @@ class Repository:
         detail: str | None = None,
     ) -> None:
         """I6: one audit event per decision; raises AuditWriteError, failing the request."""
+        outcome = "allow" if decision.allowed else "deny"
+        DECISIONS.labels(op.value, outcome, decision.rule).inc()
+        if serial is not None:
+            ISSUED.labels(op.value, "limited" if detail and "limited" in detail else "full").inc()
         self.audit.append(
             AuditEvent(
                 actor_dn=principal.identity,
@@ -568,13 +575,27 @@ class Repository:
         )
 
     def _not_found(
-        self, principal: Principal, op: Operation, username: str, name: str | None
-    ) -> NotFound:
-        """Audit the miss (I6) and say it the way myproxy-server does, without echoing much input."""
-        decision = Decision(False, "credential.not_found", "no such credential")
+        self,
+        principal: Principal,
+        op: Operation,
+        username: str,
+        name: str | None,
+        auth: AuthMethod = AuthMethod.NONE,
+    ) -> RepositoryError:
+        """A missing credential, decided by the policy (bans and I1/I2 still come first) and audited."""
+        decision = policy.decide(
+            policy.Request(op, owner=None, name=name, auth=auth),
+            principal,
+            None,
+            self.config.policy,
+            self._bans(),
+        )
         self._record(
             principal, op, decision, owner=None, name=name, detail=f"username {username[:100]!r}"
         )
+        if decision.rule != "credential.not_found":
+            return Denied(decision.reason, decision.rule)
+        # Say it the way myproxy-server does, without echoing much input.
         return NotFound(
             f'No credentials exist for username "{username[:100]}".', "credential.not_found"
         )
@@ -732,7 +753,7 @@ class Repository:
             if auth is AuthMethod.PASSPHRASE:
                 # Spend what a wrong passphrase costs, so timing does not reveal existence.
                 dummy_unseal_cost(**self._argon)
-            raise self._not_found(principal, op, username, name)
+            raise self._not_found(principal, op, username, name, auth)
         facts = _row_facts(row, self.config)
         chain = parse_credential_pem(row.chain_pem.encode(), source="stored chain").certificates
         ac_plan = self._plan_acs(row.owner_dn, voms)
@@ -839,6 +860,55 @@ class Repository:
             explicit = request.fqans or ((f"/{request.vo}",) if not held else ())
             plan.append((aa, explicit, held))
         return plan
+
+    # --- attribute certificates for the client's own proxy (proxy-init --voms) ---------------
+
+    def issue_acs(
+        self, principal: Principal, voms: Sequence[VomsRequest], lifetime: dt.timedelta
+    ) -> list[AttributeCertificate]:
+        """ACs bound to the caller's own end-entity certificate, for FQANs it holds."""
+        holder = principal.end_entity
+        if holder is None or principal.is_anonymous:
+            raise Denied("attribute certificates need a client certificate", "voms.not_member")
+        acs = []
+        now = dt.datetime.now(dt.UTC)
+        for aa, explicit, held in self._plan_acs(principal.identity, voms):
+            request = policy.Request(
+                Operation.ISSUE_AC,
+                owner=principal.identity,
+                fqans=explicit or aa.default_fqans(principal.identity),
+                held_fqans=held,
+                lifetime=lifetime,
+            )
+            decision = self._decide(principal, request, None, name=None, record_allow=False)
+            fqans = aa.default_fqans(principal.identity, explicit)
+            ac = aa.issue(holder, fqans, now + min(lifetime, aa.config.max_lifetime), now)
+            self._record(
+                principal,
+                Operation.ISSUE_AC,
+                decision,
+                owner=principal.identity,
+                name=None,
+                lifetime=ac.not_after - now,
+                fqans=ac.fqans,
+                detail=f"AC serial {ac.serial_number}",
+            )
+            acs.append(ac)
+        return acs
+
+    # --- the audit log, for auditors ---------------------------------------------------------
+
+    def audit_events(self, principal: Principal, **filters: Any) -> list[StoredEvent]:
+        self._decide(principal, policy.Request(Operation.AUDIT_READ), None, name=None)
+        return self.audit.query(**filters)
+
+    def audit_verify(self, principal: Principal) -> VerifyReport:
+        self._decide(principal, policy.Request(Operation.AUDIT_READ), None, name=None)
+        return self.audit.verify()
+
+    def count_credentials(self) -> int:
+        with self._session() as session:
+            return int(session.scalar(select(func.count()).select_from(CredentialRow)) or 0)
 
     # --- administration ----------------------------------------------------------------------------
 

@@ -54,7 +54,7 @@ async def run_listeners(
                 raise ServeError(f"cannot listen for MyProxy on {listen}: {exc.strerror}") from None
             log.info("MyProxy listening on %s", listen)
         if config.api.listen is not None:
-            runner = web.AppRunner(make_app(config), access_log=None)
+            runner = web.AppRunner(make_app(config, repo), access_log=None)
             await runner.setup()
             site = web.TCPSite(
                 runner,

@@ -1,24 +1,558 @@
-"""The aiohttp application. Handlers are thin: parse, call the core, serialise."""
+"""The aiohttp application: thin handlers over the Repository, one policy decision per route.
+
+Middlewares, outermost first: one JSON log line per request and problem
+details for every error; the principal of the TLS peer; and the check that
+a successful answer on a non-open route was preceded by a policy decision.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextvars
+import datetime as dt
+import functools
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from voms_ext import VomsExtError, classify, parse_credential_pem, validate_chain
 
 from .. import __version__
 from ..config import Config
+from ..issuer import IssueError, VomsRequest
+from ..metrics import REQUEST_SECONDS
+from ..policy import DecisionTally, current_tally
+from ..principal import Principal, anonymous
+from ..principal import classify as classify_principal
+from ..repository import (
+    DEFAULT_NAME,
+    CredentialInfo,
+    NotFound,
+    PendingStore,
+    Repository,
+    RepositoryError,
+    StoreOptions,
+)
+from ..tlspeer import verified_chain
+from .openapi import ApiRoute, Handler, build_openapi
+from .problems import Problem, from_repository_error, problem_response
+
+log = logging.getLogger("proxyd.api")
+access_log = logging.getLogger("proxyd.access")
+T = TypeVar("T")
 
 CONFIG = web.AppKey("config", Config)
-routes = web.RouteTableDef()
+REPO = web.AppKey("repo", Repository)
+PENDING = web.AppKey("pending", dict)
+OPEN = web.AppKey("open_handlers", set)
+ROUTES = web.AppKey("routes", list)
+PRINCIPAL = web.RequestKey("principal", Principal)
+PENDING_TTL = 300.0
+MAX_PENDING = 10_000
+MAX_BODY = 64 * 1024
+
+# --- helpers ------------------------------------------------------------------------------
 
 
-@routes.get("/healthz")
+async def blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run database/crypto work in a thread, in a copy of this request's context (policy tally)."""
+    ctx = contextvars.copy_context()
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, functools.partial(ctx.run, fn, *args, **kwargs))
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        raise Problem(400, "the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise Problem(400, "the request body must be a JSON object")
+    return body
+
+
+def field_of(
+    body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = False
+) -> Any:
+    if name not in body or body[name] is None:
+        if required:
+            raise Problem(400, f"field {name!r} is required")
+        return None
+    value = body[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise Problem(400, f"field {name!r} must be of type {names}")
+    return value
+
+
+def string_list(body: dict[str, Any], name: str) -> tuple[str, ...] | None:
+    value = field_of(body, name, list)
+    if value is None:
+        return None
+    if not all(isinstance(v, str) and v for v in value) or len(value) > 64:
+        raise Problem(400, f"field {name!r} must be a list of at most 64 non-empty strings")
+    return tuple(value)
+
+
+def positive_seconds(body: dict[str, Any], name: str) -> dt.timedelta | None:
+    value = field_of(body, name, int)
+    if value is None:
+        return None
+    if not 0 < value <= 10 * 365 * 86400:
+        raise Problem(400, f"field {name!r} must be a positive number of seconds")
+    return dt.timedelta(seconds=value)
+
+
+def load_csr(body: dict[str, Any]) -> x509.CertificateSigningRequest:
+    pem = field_of(body, "csr", str, required=True)
+    try:
+        return x509.load_pem_x509_csr(pem.encode())
+    except ValueError as exc:
+        raise Problem(400, f"field 'csr' is not a PEM PKCS#10 request: {exc}") from None
+
+
+def voms_requests(body: dict[str, Any]) -> list[VomsRequest]:
+    names = string_list(body, "voms") or ()
+    try:
+        return [VomsRequest.parse(v) for v in names]
+    except IssueError as exc:
+        raise Problem(400, str(exc)) from None
+
+
+def iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def credential_json(c: CredentialInfo) -> dict[str, Any]:
+    return {
+        "username": c.username,
+        "name": c.name,
+        "owner": c.owner,
+        "description": c.description,
+        "not_before": iso(c.not_before),
+        "not_after": iso(c.not_after),
+        "max_lifetime": int(c.max_lifetime.total_seconds()),
+        "has_passphrase": c.has_passphrase,
+        "retrievers": list(c.retrievers) if c.retrievers is not None else None,
+        "renewers": list(c.renewers) if c.renewers is not None else None,
+        "trusted_retrievers": list(c.trusted_retrievers)
+        if c.trusted_retrievers is not None
+        else None,
+    }
+
+
+def pem_chain(certs: tuple[x509.Certificate, ...] | list[x509.Certificate]) -> str:
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
+
+
+def principal_of(request: web.Request) -> Principal:
+    p: Principal = request[PRINCIPAL]
+    return p
+
+
+# --- open routes ---------------------------------------------------------------------------
+
+
 async def healthz(request: web.Request) -> web.Response:
-    """Open route: liveness for load balancers; says nothing about credentials."""
+    """Liveness for load balancers; says nothing about credentials."""
     return web.json_response({"status": "ok", "version": __version__})
 
 
-def make_app(config: Config) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(build_openapi(request.app[ROUTES]))
+
+
+# --- delegation ----------------------------------------------------------------------------
+
+
+def _expire_pending(pending: dict[str, tuple[PendingStore, float]]) -> None:
+    now = time.monotonic()
+    for key in [k for k, (_, exp) in pending.items() if exp < now]:
+        del pending[key]
+
+
+async def create_delegation(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    principal = principal_of(request)
+    options = StoreOptions(
+        username=field_of(body, "username", str) or principal.identity,
+        name=field_of(body, "name", str) or DEFAULT_NAME,
+        passphrase=field_of(body, "passphrase", str) or None,
+        lifetime=positive_seconds(body, "lifetime"),
+        description=field_of(body, "description", str),
+        retrievers=string_list(body, "retrievers"),
+        renewers=string_list(body, "renewers"),
+        trusted_retrievers=string_list(body, "trusted_retrievers"),
+    )
+    pending = request.app[PENDING]
+    _expire_pending(pending)
+    if len(pending) >= MAX_PENDING:
+        raise Problem(503, "too many delegations in progress; try again shortly")
+    store = await blocking(request.app[REPO].begin_store, principal, options)
+    key = secrets.token_urlsafe(24)
+    pending[key] = (store, time.monotonic() + PENDING_TTL)
+    csr = store.csr.public_bytes(serialization.Encoding.PEM).decode()
+    return web.json_response({"id": key, "csr": csr}, status=201)
+
+
+async def finish_delegation(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    principal = principal_of(request)
+    pending = request.app[PENDING]
+    _expire_pending(pending)
+    entry = pending.get(request.match_info["id"])
+    if entry is None or entry[0].principal.identity != principal.identity:
+        raise Problem(404, "no such delegation in progress (it may have expired after 5 minutes)")
+    del pending[request.match_info["id"]]
+    chain_pem = field_of(body, "chain", str, required=True)
+    try:
+        chain = parse_credential_pem(chain_pem.encode(), source="field 'chain'").certificates
+    except VomsExtError as exc:
+        raise Problem(400, str(exc)) from None
+    info = await blocking(request.app[REPO].finish_store, entry[0], chain)
+    return web.json_response(credential_json(info), status=201)
+
+
+# --- credentials and proxies -----------------------------------------------------------------
+
+
+async def list_credentials(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    username = request.query.get("username") or principal.identity
+    try:
+        creds = await blocking(request.app[REPO].info, principal, username)
+    except NotFound:
+        creds = []
+    return web.json_response([credential_json(c) for c in creds])
+
+
+async def delete_credential(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    username = request.query.get("username") or principal.identity
+    await blocking(request.app[REPO].destroy, principal, username, request.match_info["name"])
+    return web.Response(status=204)
+
+
+async def issue_proxy(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    principal = principal_of(request)
+    username = request.query.get("username") or principal.identity
+    csr = load_csr(body)
+    issued = await blocking(
+        request.app[REPO].retrieve,
+        principal,
+        username,
+        csr,
+        name=request.match_info["name"],
+        passphrase=field_of(body, "passphrase", str) or None,
+        lifetime=positive_seconds(body, "lifetime"),
+        voms=voms_requests(body),
+        want_full=bool(field_of(body, "full", bool)),
+    )
+    proxy = issued.proxy
+    return web.json_response(
+        {
+            "chain": pem_chain(issued.certificates),
+            "serial": str(proxy.serial_number),
+            "limited": classify(proxy).type.is_limited,
+            "not_after": iso(proxy.not_valid_after_utc),
+        }
+    )
+
+
+async def issue_ac(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    requests = voms_requests(body)
+    if not requests:
+        raise Problem(400, "field 'voms' must name at least one VO")
+    lifetime = positive_seconds(body, "lifetime") or dt.timedelta(hours=12)
+    acs = await blocking(request.app[REPO].issue_acs, principal_of(request), requests, lifetime)
+    return web.json_response({"acs": [base64.b64encode(ac.der).decode() for ac in acs]})
+
+
+# --- audit -------------------------------------------------------------------------------------
+
+
+def _time_param(request: web.Request, name: str) -> dt.datetime | None:
+    value = request.query.get(name)
+    if not value:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise Problem(400, f"query parameter {name!r} must be an ISO 8601 time") from None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+async def audit_events(request: web.Request) -> web.Response:
+    q = request.query
+    try:
+        limit = min(int(q.get("limit", "100")), 1000)
+        after = int(q["after"]) if q.get("after") else None
+    except ValueError:
+        raise Problem(400, "'limit' and 'after' must be integers") from None
+    decision = q.get("decision")
+    if decision not in (None, "allow", "deny"):
+        raise Problem(400, "'decision' must be allow or deny")
+    events = await blocking(
+        request.app[REPO].audit_events,
+        principal_of(request),
+        actor=q.get("actor"),
+        owner=q.get("owner"),
+        serial=q.get("serial"),
+        decision=decision,
+        rule=q.get("rule"),
+        operation=q.get("operation"),
+        since=_time_param(request, "since"),
+        until=_time_param(request, "until"),
+        limit=limit,
+        after_seq=after,
+    )
+    return web.json_response(
+        {
+            "events": [e.to_dict() for e in events],
+            "next": events[-1].seq if len(events) == limit else None,
+        },
+        dumps=lambda o: json.dumps(o, default=str),
+    )
+
+
+async def audit_verify(request: web.Request) -> web.Response:
+    report = await blocking(request.app[REPO].audit_verify, principal_of(request))
+    return web.json_response(
+        {
+            "ok": report.ok,
+            "checked": report.checked,
+            "first_bad_seq": report.first_bad_seq,
+            "reason": report.reason,
+        }
+    )
+
+
+# --- the route table ----------------------------------------------------------------------------
+
+_CREDENTIAL = {
+    "type": "object",
+    "properties": {
+        "username": {"type": "string"},
+        "name": {"type": "string"},
+        "owner": {"type": "string"},
+    },
+}
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+
+ROUTE_TABLE: list[ApiRoute] = [
+    ApiRoute("GET", "/healthz", healthz, "Liveness", open=True),
+    ApiRoute(
+        "GET", "/metrics", metrics, "Prometheus metrics", open=True, content_type="text/plain"
+    ),
+    ApiRoute("GET", "/v1/openapi.json", openapi, "This document", open=True),
+    ApiRoute(
+        "POST",
+        "/v1/delegations",
+        create_delegation,
+        "Start a delegation: the server makes a key and returns its CSR",
+        body={
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "username": {"type": "string"},
+                "lifetime": {"type": "integer"},
+                "passphrase": {"type": "string"},
+                "description": {"type": "string"},
+                "retrievers": _STRINGS,
+                "renewers": _STRINGS,
+                "trusted_retrievers": _STRINGS,
+            },
+        },
+        response={
+            "type": "object",
+            "properties": {"id": {"type": "string"}, "csr": {"type": "string"}},
+        },
+        status=201,
+    ),
+    ApiRoute(
+        "PUT",
+        "/v1/delegations/{id}",
+        finish_delegation,
+        "Finish a delegation with the signed proxy chain",
+        body={"type": "object", "properties": {"chain": {"type": "string"}}, "required": ["chain"]},
+        response=_CREDENTIAL,
+        status=201,
+    ),
+    ApiRoute(
+        "GET",
+        "/v1/credentials",
+        list_credentials,
+        "The caller's credentials",
+        response={"type": "array", "items": _CREDENTIAL},
+        query=(("username", "default: the caller's DN"),),
+    ),
+    ApiRoute(
+        "DELETE",
+        "/v1/credentials/{name}",
+        delete_credential,
+        "Destroy a credential",
+        status=204,
+        query=(("username", "default: the caller's DN"),),
+    ),
+    ApiRoute(
+        "POST",
+        "/v1/credentials/{name}/proxy",
+        issue_proxy,
+        "Issue a proxy of a stored credential for a CSR",
+        body={
+            "type": "object",
+            "properties": {
+                "csr": {"type": "string"},
+                "lifetime": {"type": "integer"},
+                "voms": _STRINGS,
+                "passphrase": {"type": "string"},
+                "full": {"type": "boolean"},
+            },
+            "required": ["csr"],
+        },
+        response={
+            "type": "object",
+            "properties": {
+                "chain": {"type": "string"},
+                "serial": {"type": "string"},
+                "limited": {"type": "boolean"},
+                "not_after": {"type": "string"},
+            },
+        },
+        query=(("username", "default: the caller's DN"),),
+    ),
+    ApiRoute(
+        "POST",
+        "/v1/voms/ac",
+        issue_ac,
+        "VOMS attribute certificates for the caller's own proxy",
+        body={
+            "type": "object",
+            "properties": {"voms": _STRINGS, "lifetime": {"type": "integer"}},
+            "required": ["voms"],
+        },
+        response={"type": "object", "properties": {"acs": _STRINGS}},
+    ),
+    ApiRoute(
+        "GET",
+        "/v1/audit",
+        audit_events,
+        "Query the issuance log (auditors)",
+        query=tuple(
+            (n, "filter")
+            for n in (
+                "actor",
+                "owner",
+                "serial",
+                "decision",
+                "rule",
+                "operation",
+                "since",
+                "until",
+                "limit",
+                "after",
+            )
+        ),
+    ),
+    ApiRoute("GET", "/v1/audit/verify", audit_verify, "Verify the audit hash chain (auditors)"),
+]
+
+# --- middlewares -------------------------------------------------------------------------------
+
+
+@web.middleware
+async def log_and_problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    rule: str | None = None
+    try:
+        response = await handler(request)
+    except Problem as exc:
+        rule = exc.rule
+        response = problem_response(exc.status, exc.detail, exc.rule)
+    except RepositoryError as exc:
+        rule = exc.rule
+        response = from_repository_error(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = problem_response(exc.status, exc.reason)
+    except (IssueError, VomsExtError) as exc:
+        response = problem_response(400, str(exc))
+    except Exception:
+        log.exception("internal error answering %s %s", request.method, request.path)
+        response = problem_response(500, "internal server error; the event is logged")
+    elapsed = time.perf_counter() - started
+    route = (
+        request.match_info.route.resource.canonical
+        if request.match_info.route.resource
+        else "unmatched"
+    )
+    REQUEST_SECONDS.labels("https", route).observe(elapsed)
+    principal = request.get(PRINCIPAL)
+    access_log.info(
+        json.dumps(
+            {
+                "method": request.method,
+                "route": route,
+                "status": response.status,
+                "ms": round(elapsed * 1000, 2),
+                "actor": principal.identity if principal else None,
+                "peer": request.remote,
+                "rule": rule,
+            }
+        )
+    )
+    return response
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    repo = request.app[REPO]
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    chain = verified_chain(ssl_object)
+    if chain:
+        try:
+            result = await blocking(validate_chain, chain, repo.trust)
+        except VomsExtError as exc:
+            raise Problem(401, f"the client certificate chain is not acceptable: {exc}") from None
+        request[PRINCIPAL] = classify_principal(result, repo.config.policy, request.remote)
+    else:
+        request[PRINCIPAL] = anonymous(request.remote)
+    tally = DecisionTally()
+    token = current_tally.set(tally)
+    try:
+        response = await handler(request)
+    finally:
+        current_tally.reset(token)
+    is_open = request.match_info.handler in request.app[OPEN]
+    if response.status < 400 and not is_open and tally.count == 0:
+        log.error("route %s answered without a policy decision; refused", request.path)
+        raise Problem(500, "internal error: the route made no policy decision")
+    return response
+
+
+def make_app(config: Config, repo: Repository) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[log_and_problems, authenticate])
     app[CONFIG] = config
-    app.add_routes(routes)
+    app[REPO] = repo
+    app[PENDING] = {}
+    app[ROUTES] = ROUTE_TABLE
+    app[OPEN] = {r.handler for r in ROUTE_TABLE if r.open}
+    for r in ROUTE_TABLE:
+        app.router.add_route(r.method, r.path, r.handler)
     return app
