@@ -1,0 +1,131 @@
+"""proxyd-audit on the local database and through the API."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from proxyd.cli.audit import main
+from proxyd.config import load_config
+from proxyd.devpki import DevPKI, user_dn
+from proxyd.repository import Denied, Repository, StoreOptions
+from tests.support.grid import csr_for, delegate, load_identity, principal, spare_key
+from tests.support.server import running_server
+from voms_ext import Credential, write_credential_file
+
+ALICE, BOB = user_dn("alice"), user_dn("bob")
+
+
+def _local_config(pki: DevPKI, tmp_path: Path) -> Path:
+    state = tmp_path / "state"
+    text = pki.config.read_text().replace('state_dir = "state"', f'state_dir = "{state}"')
+    text = text.replace(
+        'master_key_file = "state/master.key"', f'master_key_file = "{state / "master.key"}"'
+    )
+    text += "\n[sealing]\nargon2_time_cost = 1\nargon2_memory_kib = 64\n"
+    path = pki.root / f"audit-{tmp_path.name}.toml"  # relative paths resolve from here
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def populated(dev_pki: DevPKI, tmp_path: Path) -> Path:
+    config = _local_config(dev_pki, tmp_path)
+    repo = Repository.open(load_config(config))
+    delegate(repo, load_identity(dev_pki, "alice"), StoreOptions("alice"))
+    wms = principal(repo, load_identity(dev_pki, "wms"))
+    repo.retrieve(wms, "alice", csr_for(spare_key(3)))
+    with pytest.raises(Denied):
+        repo.retrieve(
+            principal(repo, load_identity(dev_pki, "bob")), "alice", csr_for(spare_key(3))
+        )
+    repo.engine.dispose()
+    return config
+
+
+def test_query_table_json_csv(populated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(populated), "query", "--owner", ALICE]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:4] == ["SEQ", "TIME", "DECISION", "RULE"]
+    assert [line.split()[3] for line in table[1:]] == [
+        "retrieve.not_trusted",
+        "retrieve.trusted",
+        "store.owner",
+    ]
+
+    assert main(["--config", str(populated), "query", "--decision", "deny", "--json"]) == 0
+    [event] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (event["actor_dn"], event["rule"]) == (BOB, "retrieve.not_trusted")
+
+    assert main(["--config", str(populated), "query", "--rule", "retrieve.trusted", "--csv"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert (
+        rows[0].startswith("seq,time,decision,rule")
+        and len(rows) == 2
+        and ",allow,retrieve.trusted," in rows[1]
+    )
+
+
+def test_verify_then_tamper(populated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(populated), "verify"]) == 0
+    assert "audit chain OK: 3 events verified" in capsys.readouterr().out
+    db = load_config(populated).server.state_dir / "proxyd.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE audit_events SET rule = 'retrieve.passphrase' WHERE seq = 2")
+    assert main(["--config", str(populated), "verify"]) == 1
+    assert "audit chain BROKEN at row 2" in capsys.readouterr().out
+
+
+def test_export_and_stats(
+    populated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "audit.jsonl"
+    assert main(["--config", str(populated), "export", "--output", str(out), "--progress"]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [e["seq"] for e in lines] == [1, 2, 3]
+    assert all(len(e["hash"]) == 64 for e in lines)
+    assert "3 events exported" in capsys.readouterr().err
+    assert main(["--config", str(populated), "stats", "--by", "host", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["/C=XX/O=proxyd dev/OU=Hosts/CN=wms.localhost"] == {"issued": 1, "denied": 0}
+    assert stats[BOB] == {"issued": 0, "denied": 1}
+
+
+def test_bad_arguments_are_clear(populated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--config", str(populated), "query", "--since", "yesterday"])
+    assert "is not an ISO 8601 date" in capsys.readouterr().err
+    assert main(["--config", str(populated.with_name("nope.toml")), "verify"]) == 1
+    assert "cannot read configuration" in capsys.readouterr().err
+
+
+def test_through_the_api(
+    dev_pki: DevPKI,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    policy = dataclasses.replace(load_config(dev_pki.config).policy, auditors=(BOB,))
+    tmp_path.chmod(0o700)
+    with running_server(dev_pki, tmp_path / "state", policy=policy) as server:
+        repo = server.repo
+        delegate(repo, load_identity(dev_pki, "alice"), StoreOptions("alice"))
+        for who in ("bob", "alice"):
+            ident = load_identity(dev_pki, who)
+            write_credential_file(
+                tmp_path / f"{who}.pem", Credential(ident.certificates, ident.key)
+            )
+        monkeypatch.setenv("X509_CERT_DIR", str(dev_pki.cert_dir))
+        monkeypatch.setenv("PROXYD_URL", f"https://localhost:{server.api_port}")
+        monkeypatch.setenv("X509_USER_PROXY", str(tmp_path / "bob.pem"))
+        assert main(["query", "--owner", ALICE, "--json"]) == 0
+        events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [e["rule"] for e in events] == ["store.owner"]
+        assert main(["verify"]) == 0
+        monkeypatch.setenv("X509_USER_PROXY", str(tmp_path / "alice.pem"))
+        assert main(["query"]) == 1
+        assert "rule audit_read.auditors" in capsys.readouterr().err
