@@ -21,6 +21,7 @@ from .api.app import make_app
 from .config import Config
 from .errors import ServeError
 from .issuer import IssueError
+from .logs import configure as configure_logging
 from .myproxy.server import MyProxyServer
 from .repository import Repository
 from .sealing import SealingError
@@ -86,14 +87,12 @@ async def run_listeners(
         repo.engine.dispose()
 
 
-def _worker(config: Config) -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+def _worker(config: Config, json_lines: bool) -> None:
+    configure_logging(json_lines=json_lines)
     asyncio.run(run_listeners(config, reuse_port=True))
 
 
-def serve(config: Config, workers: int = 1) -> None:
+def serve(config: Config, workers: int = 1, *, json_lines: bool = True) -> None:
     if workers <= 1:
         asyncio.run(run_listeners(config))
         return
@@ -101,7 +100,7 @@ def serve(config: Config, workers: int = 1) -> None:
     Repository.open(config).engine.dispose()
     ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=_worker, args=(config,), name=f"proxyd-worker-{i}")
+        ctx.Process(target=_worker, args=(config, json_lines), name=f"proxyd-worker-{i}")
         for i in range(workers)
     ]
     for proc in procs:

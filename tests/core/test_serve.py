@@ -120,3 +120,31 @@ def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "[policy] max_proxy_lifetime must be a positive duration" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_logs_are_json_lines_without_secrets(dev_pki: DevPKI, tmp_path: Path) -> None:
+    mp, api = free_port(), free_port()
+    config = _config(dev_pki, tmp_path, mp, api)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxyd.cli.main", "serve", "--config", str(config), "--debug"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    secret = "my very secret passphrase"
+    try:
+        _wait_port(mp, proc)
+        _wait_port(api, proc)
+        with pytest.raises(MyProxyClientError):
+            MyProxyClient("localhost", mp, cert_dir=dev_pki.cert_dir).get("nobody", secret)
+        ctx = ssl.create_default_context(cafile=str(dev_pki.ca_cert))
+        with urllib.request.urlopen(f"https://localhost:{api}/healthz", context=ctx, timeout=10):
+            pass
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    lines = [json.loads(line) for line in err.decode().splitlines() if line.strip()]
+    access = [x for x in lines if x["logger"] == "proxyd.access"]
+    assert {x["interface"] for x in access} == {"myproxy", "https"}
+    myproxy = next(x for x in access if x["interface"] == "myproxy")
+    assert (myproxy["command"], myproxy["outcome"], myproxy["rule"]) == ("GET", "not_found", "credential.not_found")
+    assert secret not in err.decode()

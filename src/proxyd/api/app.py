@@ -505,8 +505,13 @@ async def log_and_problems(request: web.Request, handler: Handler) -> web.Stream
     REQUEST_SECONDS.labels("https", route).observe(elapsed)
     principal = request.get(PRINCIPAL)
     access_log.info(
-        json.dumps(
-            {
+        "%s %s %s",
+        request.method,
+        route,
+        response.status,
+        extra={
+            "fields": {
+                "interface": "https",
                 "method": request.method,
                 "route": route,
                 "status": response.status,
@@ -515,7 +520,7 @@ async def log_and_problems(request: web.Request, handler: Handler) -> web.Stream
                 "peer": request.remote,
                 "rule": rule,
             }
-        )
+        },
     )
     return response
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from ..config import ConfigError, load_config
 from ..errors import ServeError
+from ..logs import configure as configure_logging
 
 
 def _dev_pki(args: argparse.Namespace) -> int:
@@ -31,12 +31,9 @@ def _dev_pki(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from ..serve import serve
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(debug=args.debug, json_lines=args.log_format == "json")
     config = load_config(args.config)
-    serve(config, workers=args.workers)
+    serve(config, workers=args.workers, json_lines=args.log_format == "json")
     return 0
 
 
@@ -54,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the MyProxy and HTTPS listeners")
     p.add_argument("--config", "-c", default="/etc/proxyd/proxyd.toml", help="TOML config file")
     p.add_argument("--debug", action="store_true", help="log at DEBUG level (never secrets)")
+    p.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        default="json",
+        help="log lines as JSON (default) or text",
+    )
     p.add_argument(
         "--workers", type=int, default=1, help="worker processes sharing the ports (SO_REUSEPORT)"
     )

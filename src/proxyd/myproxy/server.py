@@ -19,6 +19,7 @@ import functools
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ from voms_ext import AttributeCertificateError, ValidationResult, VomsExtError, 
 
 from ..config import Config
 from ..issuer import IssueError, VomsRequest
+from ..metrics import REQUEST_SECONDS
 from ..patterns import any_dn_matches
 from ..policy import Operation
 from ..principal import Principal, PrincipalKind, anonymous
@@ -46,6 +48,7 @@ from . import protocol as p
 from .renewal import ChallengeError, make_challenges, parse_challenge_reply, reply_length
 
 log = logging.getLogger("proxyd.myproxy")
+access_log = logging.getLogger("proxyd.access")
 T = TypeVar("T")
 
 SESSION_TIMEOUT = 60.0  # a whole GET takes milliseconds; slowloris gets nothing
@@ -85,6 +88,10 @@ class Session:
         self.reader = reader
         self.writer = writer
         self.buffer = b""
+        self.command: str | None = None
+        self.actor: str | None = None
+        self.outcome = "closed"
+        self.rule: str | None = None
         peer = writer.get_extra_info("peername")
         self.address = peer[0] if isinstance(peer, tuple) else str(peer or "")
 
@@ -100,11 +107,15 @@ class Session:
         try:
             request = p.parse_request(raw)
         except p.ProtocolError as exc:
+            self.outcome = "bad_request"
             await self._send(p.error(str(exc)))
             return
+        self.command = request.command.name
         try:
             principal = self._principal(ssl_object)
+            self.actor = principal.identity
         except VomsExtError as exc:
+            self.outcome = "bad_credential"
             await self._send(p.error(f"authentication failed: {exc}"))
             return
         handler = _COMMANDS.get(request.command)
@@ -113,11 +124,15 @@ class Session:
             return
         try:
             await handler(self, request, principal)
+            self.outcome = "ok"
         except RepositoryError as exc:
+            self.outcome, self.rule = exc.code, exc.rule
             await self._send(_error_message(exc))
         except p.ProtocolError as exc:
+            self.outcome = "bad_request"
             await self._send(p.error(str(exc)))
         except IssueError as exc:
+            self.outcome = "error"
             await self._send(p.error(str(exc)))
 
     # --- I/O helpers -------------------------------------------------------------------
@@ -433,6 +448,7 @@ class MyProxyServer:
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session = Session(self, reader, writer)
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(SESSION_TIMEOUT):
                 await session.run()
@@ -450,6 +466,24 @@ class MyProxyServer:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await session._send(p.error("internal server error; the event is logged"))
         finally:
+            elapsed = time.perf_counter() - started
+            REQUEST_SECONDS.labels("myproxy", session.command or "none").observe(elapsed)
+            access_log.info(
+                "myproxy %s %s",
+                session.command,
+                session.outcome,
+                extra={
+                    "fields": {
+                        "interface": "myproxy",
+                        "command": session.command,
+                        "outcome": session.outcome,
+                        "ms": round(elapsed * 1000, 2),
+                        "actor": session.actor,
+                        "peer": session.address,
+                        "rule": session.rule,
+                    }
+                },
+            )
             writer.close()
             with contextlib.suppress(TimeoutError, ConnectionError, ssl.SSLError, OSError):
                 await asyncio.wait_for(writer.wait_closed(), 2)
