@@ -76,6 +76,9 @@ class PolicyConfig:
     auditors: tuple[str, ...] = ()
     admins: tuple[str, ...] = ()
     payload_lifetime_margin: dt.timedelta = dt.timedelta(minutes=10)
+    passphrase_attempts: int = 5
+    lockout_base: dt.timedelta = dt.timedelta(seconds=2)
+    lockout_max: dt.timedelta = dt.timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -271,6 +274,9 @@ def _policy(source: Path, doc: Mapping[str, Any]) -> PolicyConfig:
         auditors=s.strings("auditors"),
         admins=s.strings("admins"),
         payload_lifetime_margin=s.duration("payload_lifetime_margin", d.payload_lifetime_margin),
+        passphrase_attempts=s.int("passphrase_attempts", d.passphrase_attempts, minimum=1),
+        lockout_base=s.duration("lockout_base", d.lockout_base),
+        lockout_max=s.duration("lockout_max", d.lockout_max),
     )
     s.finish()
     return cfg

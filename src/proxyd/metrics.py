@@ -24,3 +24,7 @@ REQUEST_SECONDS = Histogram(
     ["interface", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+LOCKOUTS = Counter(
+    "proxyd_passphrase_lockouts_total",
+    "Lock-outs started by repeated wrong passphrases (per credential or per peer)",
+)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,10 +51,12 @@ from .issuer import (
     load_authorities,
     merge_voms_requests,
 )
-from .metrics import DECISIONS, ISSUED
+from .keyfiles import check_key_files
+from .metrics import DECISIONS, ISSUED, LOCKOUTS
 from .policy import AuthMethod, Bans, CredentialFacts, Decision, Operation
 from .principal import Principal, is_pilot_identity
 from .principal import classify as classify_principal
+from .ratelimit import FailureLimiter
 from .sealing import (
     MasterKeyring,
     SealedKey,
@@ -229,6 +232,11 @@ class Repository:
         self.trust = trust
         self.authorities = authorities if authorities is not None else load_authorities(config.voms)
         self.audit = AuditLog(engine)
+        self.limiter = FailureLimiter(
+            free_failures=config.policy.passphrase_attempts,
+            base=config.policy.lockout_base.total_seconds(),
+            cap=config.policy.lockout_max.total_seconds(),
+        )
         self._session = session_factory(engine)
         self._argon = {
             "time_cost": config.sealing.argon2_time_cost,
@@ -239,6 +247,7 @@ class Repository:
     @classmethod
     def open(cls, config: Config) -> Repository:
         """Open (and migrate) the database, load the master key, trust dirs and AAs."""
+        check_key_files(config)
         config.server.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         engine = make_engine(config.server.database)
         migrate(engine)
@@ -330,6 +339,32 @@ class Repository:
     ) -> BadPassphrase:
         self._record(principal, op, Decision(False, rule, message), owner=owner, name=name)
         return BadPassphrase(message, rule)
+
+    # --- brute-force limits on passphrases ---------------------------------------------------
+
+    @staticmethod
+    def _lock_keys(principal: Principal, username: str, name: str) -> tuple[tuple[str, ...], ...]:
+        return (("credential", username, name), ("peer", principal.address or ""))
+
+    def _refuse_if_locked(
+        self,
+        principal: Principal,
+        op: Operation,
+        username: str,
+        name: str,
+        owner: str | None = None,
+    ) -> None:
+        wait = self.limiter.locked(self._lock_keys(principal, username, name))
+        if wait > 0:
+            message = f"too many failed passphrase attempts; try again in {math.ceil(wait)} s"
+            self._record(
+                principal, op, Decision(False, "auth.locked_out", message), owner=owner, name=name
+            )
+            raise Denied(message, "auth.locked_out")
+
+    def _count_failure(self, principal: Principal, username: str, name: str) -> None:
+        if self.limiter.failure(self._lock_keys(principal, username, name)):
+            LOCKOUTS.inc()
 
     # --- delegation in (MyProxy PUT, API delegation) ------------------------------------
 
@@ -547,6 +582,7 @@ class Repository:
             name=name,
             record_allow=False,  # recorded once the old passphrase has been proven
         )
+        self._refuse_if_locked(principal, Operation.CHANGE_PASSPHRASE, username, name, row.owner_dn)
         sealed = _sealed(row)
         if not row.has_passphrase:
             raise BadRequest(
@@ -555,6 +591,7 @@ class Repository:
         try:
             updated = rewrap_passphrase(sealed, old, new, aad=_aad(username, name), **self._argon)
         except WrongPassphrase:
+            self._count_failure(principal, username, name)
             raise self._auth_failure(
                 principal,
                 Operation.CHANGE_PASSPHRASE,
@@ -620,6 +657,8 @@ class Repository:
         without the passphrase.
         """
         sealed = _sealed(row)
+        if passphrase:
+            self._refuse_if_locked(principal, op, row.username, row.name, row.owner_dn)
         try:
             key_pem = unseal(
                 sealed,
@@ -631,11 +670,14 @@ class Repository:
                 if not passphrase:
                     raise WrongPassphrase("a passphrase is needed")
                 try:
-                    return serialization.load_pem_private_key(key_pem, password=passphrase.encode())
+                    key = serialization.load_pem_private_key(key_pem, password=passphrase.encode())
                 except ValueError:
                     raise WrongPassphrase("wrong passphrase") from None
-            return serialization.load_pem_private_key(key_pem, password=None)
+            else:
+                key = serialization.load_pem_private_key(key_pem, password=None)
         except WrongPassphrase:
+            if passphrase:
+                self._count_failure(principal, row.username, row.name)
             raise self._auth_failure(
                 principal,
                 op,
@@ -653,6 +695,9 @@ class Repository:
                 "auth.cannot_unseal",
                 "Unable to delegate credentials.",
             ) from None
+        if passphrase:
+            self.limiter.success([("credential", row.username, row.name)])
+        return key
 
     def record_failure(
         self, principal: Principal, op: Operation, username: str, name: str, rule: str, reason: str
@@ -749,10 +794,14 @@ class Repository:
             op, auth = Operation.RETRIEVE, AuthMethod.PASSPHRASE
         else:
             op, auth = Operation.RETRIEVE, AuthMethod.CERTIFICATE
+        if auth is AuthMethod.PASSPHRASE:
+            self._refuse_if_locked(principal, op, username, name, row.owner_dn if row else None)
         if row is None:
             if auth is AuthMethod.PASSPHRASE:
-                # Spend what a wrong passphrase costs, so timing does not reveal existence.
+                # Spend what a wrong passphrase costs, so timing does not reveal existence;
+                # and count it, so guessing usernames is slowed like guessing passphrases.
                 dummy_unseal_cost(**self._argon)
+                self._count_failure(principal, username, name)
             raise self._not_found(principal, op, username, name, auth)
         facts = _row_facts(row, self.config)
         chain = parse_credential_pem(row.chain_pem.encode(), source="stored chain").certificates

@@ -41,6 +41,7 @@ async def run_listeners(
         repo = Repository.open(config)
     except (OSError, VomsExtError, SealingError, IssueError) as exc:
         raise ServeError(f"cannot start: {exc}") from None
+    # ServeError (e.g. a key file readable by others) passes through as it is.
     stop = stop or asyncio.Event()
     runner: web.AppRunner | None = None
     myproxy: asyncio.Server | None = None

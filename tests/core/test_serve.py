@@ -146,5 +146,44 @@ def test_logs_are_json_lines_without_secrets(dev_pki: DevPKI, tmp_path: Path) ->
     access = [x for x in lines if x["logger"] == "proxyd.access"]
     assert {x["interface"] for x in access} == {"myproxy", "https"}
     myproxy = next(x for x in access if x["interface"] == "myproxy")
-    assert (myproxy["command"], myproxy["outcome"], myproxy["rule"]) == ("GET", "not_found", "credential.not_found")
+    assert (myproxy["command"], myproxy["outcome"], myproxy["rule"]) == (
+        "GET",
+        "not_found",
+        "credential.not_found",
+    )
     assert secret not in err.decode()
+
+
+@pytest.mark.parametrize("which", ["host/hostkey.pem", "aa/vomskey.pem", "state/master.key"])
+def test_refuses_to_start_with_readable_key_files(
+    dev_pki: DevPKI, tmp_path: Path, which: str
+) -> None:
+    import shutil
+
+    pki_copy = tmp_path / "pki"
+    shutil.copytree(
+        dev_pki.root, pki_copy, ignore=shutil.ignore_patterns("serve-*.toml", "audit-*.toml")
+    )
+    (pki_copy / "state").mkdir(mode=0o700, exist_ok=True)
+    from proxyd.sealing import MasterKeyring
+
+    MasterKeyring.load_or_create(pki_copy / "state" / "master.key")
+    target = pki_copy / which
+    target.chmod(0o644)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "proxyd.cli.main",
+            "serve",
+            "--config",
+            str(pki_copy / "proxyd.toml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert f"{target} is mode 0644" in proc.stderr
+    assert f"chmod 600 {target}" in proc.stderr
+    assert "Traceback" not in proc.stderr
