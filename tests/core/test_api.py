@@ -104,8 +104,10 @@ def test_every_route_is_described_and_every_described_route_exists(
         )
         assert (
             reply.status not in (404, 405)
-            or (reply.headers.get("content-type", "").startswith("application/problem+json")
-            and "rule" in reply.json)
+            or (
+                reply.headers.get("content-type", "").startswith("application/problem+json")
+                and "rule" in reply.json
+            )
             or reply.json.get("detail", "").startswith("no such")
         ), (method, path, reply.body)
 
