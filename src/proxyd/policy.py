@@ -36,6 +36,10 @@ class Operation(enum.StrEnum):
     PAYLOAD_PROXY = "payload_proxy"
     AUDIT_READ = "audit_read"
     ADMIN = "admin"
+    TASK_SUBMIT = "task_submit"
+    TASK_READ = "task_read"
+    TASK_MATCH = "task_match"
+    TASK_UPDATE = "task_update"
 
 
 class AuthMethod(enum.StrEnum):
@@ -54,12 +58,15 @@ _DELEGATING = {
     Operation.DESTROY,
     Operation.PAYLOAD_PROXY,
     Operation.ISSUE_AC,
+    Operation.TASK_SUBMIT,  # a task later gets a proxy of its owner
 }
 _ISSUING = {Operation.RETRIEVE, Operation.RENEW, Operation.PAYLOAD_PROXY}
 # Storing or managing its own credential gives a pilot nothing new (a VO admin
 # delegates the pilot credential with the pilot certificate); obtaining does.
 _PILOT_MAY = {
     Operation.PAYLOAD_PROXY,
+    Operation.TASK_MATCH,
+    Operation.TASK_UPDATE,
     Operation.INFO,
     Operation.STORE,
     Operation.DESTROY,
@@ -404,6 +411,50 @@ def _listed(patterns_of: str) -> object:
     return handler
 
 
+def _task_submit(
+    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
+) -> Decision:
+    if principal.kind not in (PrincipalKind.USER, PrincipalKind.HOST):
+        return _deny("task.not_owner", "tasks are submitted by users (or services) for themselves")
+    if request.owner != principal.identity:
+        return _deny("task.not_owner", "a task can only be submitted by its owner")
+    if request.fqans and not all(f in request.held_fqans for f in request.fqans):
+        missing = [f for f in request.fqans if f not in request.held_fqans]
+        return _deny("voms.fqan_not_held", f"the owner does not hold: {', '.join(missing)}")
+    return Decision(True, "task.owner", "the owner submits its own task", limited=False)
+
+
+def _task_read(
+    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
+) -> Decision:
+    if request.owner is not None and request.owner == principal.identity:
+        return Decision(True, "task.owner", "the owner reads its own tasks", limited=False)
+    if any_dn_matches((*config.admins, *config.auditors), principal.identity):
+        return Decision(True, "task.admins", "listed in admins or auditors", limited=False)
+    return _deny("task.not_owner", "only the owner, admins and auditors may read these tasks")
+
+
+def _task_match(
+    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
+) -> Decision:
+    if principal.kind is not PrincipalKind.PILOT:
+        return _deny("task.not_pilot", "only pilots match tasks")
+    return Decision(True, "task.pilot", "a pilot asks for work", limited=True)
+
+
+def _task_update(
+    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
+) -> Decision:
+    a = request.assignment
+    if principal.kind is not PrincipalKind.PILOT or a is None or a.pilot != principal.identity:
+        return _deny("task.not_assigned", "only the pilot running a task reports on it")
+    if not a.live:
+        return _deny(
+            "payload.assignment_ended", f"task {a.task_id} is no longer running on this pilot"
+        )
+    return Decision(True, "task.assigned_pilot", f"the pilot of task {a.task_id}", limited=True)
+
+
 _HANDLERS = {
     Operation.STORE: _store,
     Operation.RETRIEVE: _retrieve,
@@ -416,6 +467,10 @@ _HANDLERS = {
     Operation.PAYLOAD_PROXY: _payload_proxy,
     Operation.AUDIT_READ: _listed("auditors"),
     Operation.ADMIN: _listed("admins"),
+    Operation.TASK_SUBMIT: _task_submit,
+    Operation.TASK_READ: _task_read,
+    Operation.TASK_MATCH: _task_match,
+    Operation.TASK_UPDATE: _task_update,
 }
 
 

@@ -16,7 +16,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -70,6 +70,9 @@ from .sealing import (
 from .sealing import change_passphrase as rewrap_passphrase
 from .store.db import make_engine, migrate, session_factory
 from .store.models import BanRow, CredentialRow
+
+if TYPE_CHECKING:
+    from .taskqueue.base import TaskQueue
 
 log = logging.getLogger("proxyd.repository")
 
@@ -150,6 +153,7 @@ class Retrieval:
     chain: tuple[x509.Certificate, ...]
     key: PrivateKeyTypes
     ac_plan: tuple[tuple[AttributeAuthority, tuple[str, ...], tuple[str, ...]], ...]
+    detail: str | None = None  # the audit detail of the issuance (default: limited/full)
 
     def __repr__(self) -> str:
         return f"Retrieval(owner={self.owner!r}, name={self.name!r}, rule={self.decision.rule!r})"
@@ -316,17 +320,39 @@ class Repository:
         *,
         name: str | None,
         record_allow: bool = True,
+        detail: str | None = None,
     ) -> Decision:
         decision = policy.decide(request, principal, facts, self.config.policy, self._bans())
         owner = facts.owner if facts is not None else request.owner
         if not decision.allowed or record_allow:
             self._record(
-                principal, request.operation, decision, owner=owner, name=name, fqans=request.fqans
+                principal,
+                request.operation,
+                decision,
+                owner=owner,
+                name=name,
+                fqans=request.fqans,
+                detail=_with_reason(detail, decision),
             )
         if not decision.allowed:
             cls = NotFound if decision.rule == "credential.not_found" else Denied
             raise cls(decision.reason, decision.rule)
         return decision
+
+    def authorize(
+        self,
+        principal: Principal,
+        request: policy.Request,
+        facts: CredentialFacts | None = None,
+        *,
+        name: str | None = None,
+    ) -> Decision:
+        """Decide and audit (allow and deny); raise Denied/NotFound when refused."""
+        return self._decide(principal, request, facts, name=name)
+
+    def credential_owner(self, username: str, name: str) -> str | None:
+        row = self._find(username, name)
+        return row.owner_dn if row is not None else None
 
     def _auth_failure(
         self,
@@ -879,7 +905,7 @@ class Repository:
             serial=proxy.serial_number,
             lifetime=proxy.not_valid_after_utc - now,
             fqans=tuple(f for ac in issued.acs for f in ac.fqans),
-            detail="limited" if decision.limited else "full",
+            detail=r.detail or ("limited" if decision.limited else "full"),
         )
         return issued
 
@@ -974,6 +1000,99 @@ class Repository:
                 row.master_key_id = updated.master_key_id
                 count += 1
         return count
+
+    # --- payload proxies for pilots (task queue) ---------------------------------------------------
+
+    def payload_proxy(
+        self,
+        principal: Principal,
+        task_id: int,
+        csr: x509.CertificateSigningRequest,
+        queue: TaskQueue,
+    ) -> IssuedProxy:
+        """A limited proxy of a task's owner, for the pilot the queue matched the task to (I2).
+
+        Policy decides with the queue's assignment (which pilot, whether it
+        is live, the task's wall time left) and the facts of the task's
+        stored credential (`credential_username`, `credential_name`): only
+        that pilot, only while the task is matched or running, never a
+        pilot-owned credential. The proxy is always limited, carries a VOMS
+        AC with the task's FQANs (normalised by TaskSpec) first, and lives
+        no longer than the time left plus `payload_lifetime_margin`. Allow
+        and deny are audited; the allow with the serial and "task <id>".
+        """
+        op = Operation.PAYLOAD_PROXY
+        task = queue.get(task_id)
+        if task is None:
+            # The invariants (bans, limited peers, pilots only) still speak first.
+            decision = policy.decide(
+                policy.Request(op), principal, None, self.config.policy, self._bans()
+            )
+            if decision.allowed or decision.rule == "credential.not_found":
+                decision = Decision(False, "payload.not_assigned", f"there is no task {task_id}")
+            self._record(
+                principal,
+                op,
+                decision,
+                owner=None,
+                name=None,
+                detail=f"task {task_id}: no such task",
+            )
+            raise Denied(decision.reason, decision.rule)
+        spec = task.spec
+        try:
+            plan = self._plan_acs(spec.owner, [VomsRequest(spec.vo, spec.fqans)])
+        except BadRequest as exc:
+            self._record(
+                principal,
+                op,
+                Decision(False, exc.rule or "voms.unknown_vo", exc.message),
+                owner=spec.owner,
+                name=spec.credential_name,
+                detail=f"task {task_id}: {exc.message}",
+            )
+            raise
+        row = self._find(spec.credential_username, spec.credential_name)
+        request = policy.Request(
+            op,
+            owner=spec.owner,
+            name=spec.credential_name,
+            lifetime=None,  # the assignment's time left caps it
+            fqans=tuple(f for _, explicit, _ in plan for f in explicit),
+            held_fqans=tuple(f for _, _, held in plan for f in held),
+            assignment=queue.assignment(task_id),
+        )
+        facts = _row_facts(row, self.config) if row is not None else None
+        decision = self._decide(
+            principal,
+            request,
+            facts,
+            name=spec.credential_name,
+            record_allow=False,
+            detail=f"task {task_id}",
+        )
+        assert row is not None  # policy refuses a task whose credential is missing
+        decision = dataclasses.replace(decision, limited=True)  # I2, whatever policy may become
+        chain = parse_credential_pem(row.chain_pem.encode(), source="stored chain").certificates
+        key = self._open_key(principal, op, row, None)
+        retrieval = Retrieval(
+            principal,
+            op,
+            decision,
+            row.owner_dn,
+            spec.credential_name,
+            chain,
+            key,
+            tuple(plan),
+            # "limited" also tells the issuance metrics what kind of proxy this was.
+            detail=f"task {task_id} (limited)",
+        )
+        return self.complete_retrieval(retrieval, csr)
+
+
+def _with_reason(detail: str | None, decision: Decision) -> str | None:
+    """An audit detail that also gives a denial's reason."""
+    return f"{detail}: {decision.reason}" if detail and not decision.allowed else detail
 
 
 def _aad(username: str, name: str) -> bytes:

@@ -98,18 +98,11 @@ def test_every_route_is_described_and_every_described_route_exists(
     registered = {(r.method, r.path) for r in ROUTE_TABLE}
     assert described == registered
     for method, path in described:
-        concrete = re.sub(r"\{[^}]+\}", "x", path)
-        reply = api(server, files, "alice").request(
-            method, concrete, {} if method in ("POST", "PUT") else None
-        )
-        assert (
-            reply.status not in (404, 405)
-            or (
-                reply.headers.get("content-type", "").startswith("application/problem+json")
-                and "rule" in reply.json
-            )
-            or reply.json.get("detail", "").startswith("no such")
-        ), (method, path, reply.body)
+        concrete = re.sub(r"\{[^}]+\}", "1", path)
+        reply = api(server, files, "alice").request(method, concrete, {} if method in ("POST", "PUT") else None)
+        # The router knows the route: never its own 404 ("Not Found") or 405 answer.
+        assert reply.status != 405, (method, path)
+        assert not (reply.status == 404 and reply.json.get("detail") == "Not Found"), (method, path)
 
 
 def test_store_and_issue_end_to_end(

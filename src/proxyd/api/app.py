@@ -7,20 +7,14 @@ a successful answer on a non-open route was preceded by a policy decision.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextvars
 import datetime as dt
-import functools
 import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 from aiohttp import web
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -28,14 +22,13 @@ from voms_ext import VomsExtError, classify, parse_credential_pem, validate_chai
 
 from .. import __version__
 from ..config import Config
-from ..issuer import IssueError, VomsRequest
+from ..issuer import IssueError
 from ..metrics import REQUEST_SECONDS
 from ..policy import DecisionTally, current_tally
-from ..principal import Principal, anonymous
+from ..principal import anonymous
 from ..principal import classify as classify_principal
 from ..repository import (
     DEFAULT_NAME,
-    CredentialInfo,
     NotFound,
     PendingStore,
     Repository,
@@ -45,119 +38,33 @@ from ..repository import (
 from ..tlspeer import verified_chain
 from .openapi import ApiRoute, Handler, build_openapi
 from .problems import Problem, from_repository_error, problem_response
+from .tasks import TASK_ROUTES
+from .util import (
+    PRINCIPAL,
+    blocking,
+    credential_json,
+    field_of,
+    iso,
+    json_body,
+    load_csr,
+    pem_chain,
+    positive_seconds,
+    principal_of,
+    string_list,
+    voms_requests,
+)
 
 log = logging.getLogger("proxyd.api")
 access_log = logging.getLogger("proxyd.access")
-T = TypeVar("T")
 
 CONFIG = web.AppKey("config", Config)
 REPO = web.AppKey("repo", Repository)
 PENDING = web.AppKey("pending", dict)
 OPEN = web.AppKey("open_handlers", set)
 ROUTES = web.AppKey("routes", list)
-PRINCIPAL = web.RequestKey("principal", Principal)
 PENDING_TTL = 300.0
 MAX_PENDING = 10_000
 MAX_BODY = 64 * 1024
-
-# --- helpers ------------------------------------------------------------------------------
-
-
-async def blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run database/crypto work in a thread, in a copy of this request's context (policy tally)."""
-    ctx = contextvars.copy_context()
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, functools.partial(ctx.run, fn, *args, **kwargs))
-
-
-async def json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-        raise Problem(400, "the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise Problem(400, "the request body must be a JSON object")
-    return body
-
-
-def field_of(
-    body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = False
-) -> Any:
-    if name not in body or body[name] is None:
-        if required:
-            raise Problem(400, f"field {name!r} is required")
-        return None
-    value = body[name]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise Problem(400, f"field {name!r} must be of type {names}")
-    return value
-
-
-def string_list(body: dict[str, Any], name: str) -> tuple[str, ...] | None:
-    value = field_of(body, name, list)
-    if value is None:
-        return None
-    if not all(isinstance(v, str) and v for v in value) or len(value) > 64:
-        raise Problem(400, f"field {name!r} must be a list of at most 64 non-empty strings")
-    return tuple(value)
-
-
-def positive_seconds(body: dict[str, Any], name: str) -> dt.timedelta | None:
-    value = field_of(body, name, int)
-    if value is None:
-        return None
-    if not 0 < value <= 10 * 365 * 86400:
-        raise Problem(400, f"field {name!r} must be a positive number of seconds")
-    return dt.timedelta(seconds=value)
-
-
-def load_csr(body: dict[str, Any]) -> x509.CertificateSigningRequest:
-    pem = field_of(body, "csr", str, required=True)
-    try:
-        return x509.load_pem_x509_csr(pem.encode())
-    except ValueError as exc:
-        raise Problem(400, f"field 'csr' is not a PEM PKCS#10 request: {exc}") from None
-
-
-def voms_requests(body: dict[str, Any]) -> list[VomsRequest]:
-    names = string_list(body, "voms") or ()
-    try:
-        return [VomsRequest.parse(v) for v in names]
-    except IssueError as exc:
-        raise Problem(400, str(exc)) from None
-
-
-def iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def credential_json(c: CredentialInfo) -> dict[str, Any]:
-    return {
-        "username": c.username,
-        "name": c.name,
-        "owner": c.owner,
-        "description": c.description,
-        "not_before": iso(c.not_before),
-        "not_after": iso(c.not_after),
-        "max_lifetime": int(c.max_lifetime.total_seconds()),
-        "has_passphrase": c.has_passphrase,
-        "retrievers": list(c.retrievers) if c.retrievers is not None else None,
-        "renewers": list(c.renewers) if c.renewers is not None else None,
-        "trusted_retrievers": list(c.trusted_retrievers)
-        if c.trusted_retrievers is not None
-        else None,
-    }
-
-
-def pem_chain(certs: tuple[x509.Certificate, ...] | list[x509.Certificate]) -> str:
-    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
-
-
-def principal_of(request: web.Request) -> Principal:
-    p: Principal = request[PRINCIPAL]
-    return p
-
 
 # --- open routes ---------------------------------------------------------------------------
 
@@ -470,6 +377,7 @@ ROUTE_TABLE: list[ApiRoute] = [
         ),
     ),
     ApiRoute("GET", "/v1/audit/verify", audit_verify, "Verify the audit hash chain (auditors)"),
+    *TASK_ROUTES,
 ]
 
 # --- middlewares -------------------------------------------------------------------------------
