@@ -1,0 +1,1 @@
+"""The pilot agent: pull a task, fetch its limited proxy, run the payload under watch, report."""

@@ -1,0 +1,217 @@
+"""The pilot agent loop: match, fetch the payload proxy, run under watch, report, clean up.
+
+Every call to proxyd is authenticated with the pilot's own credential; what
+it receives for a task is a limited proxy of the task's owner (I2), written
+0600 into a fresh work directory and removed with it afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from voms_ext import Credential, parse_credential_pem, write_credential_file
+
+from .identity import IdentityError, IdentitySwitch
+from .watchdog import Limits, Outcome, run_watched
+
+log = logging.getLogger("proxyd.pilot")
+LOG_TAIL_BYTES = 16 * 1024
+
+
+class Api(Protocol):
+    def request(self, method: str, path: str, body: Any = None, *, query: Any = None) -> Any: ...
+
+
+@dataclass(frozen=True)
+class PilotSettings:
+    site: str
+    pilot_id: str
+    ce: str = ""
+    platform: str = ""
+    tags: frozenset[str] = frozenset()
+    time_budget_s: int = 24 * 3600  # the pilot's slot: it stops asking for work when spent
+    memory_mb: int = 0
+    workdir_root: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
+    heartbeat_s: float = 60.0
+    max_tasks: int = 0  # 0: no limit
+    cert_dir: str = "/etc/grid-security/certificates"
+    voms_dir: str = "/etc/grid-security/vomsdir"
+    path: str = "/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    failed: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+
+class PilotAgent:
+    def __init__(
+        self,
+        api: Api,
+        settings: PilotSettings,
+        switch: IdentitySwitch,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.api = api
+        self.settings = settings
+        self.switch = switch
+        self.clock = clock
+        self.started = clock()
+
+    def time_left(self) -> int:
+        return max(0, int(self.settings.time_budget_s - (self.clock() - self.started)))
+
+    def run(self) -> Summary:
+        summary = Summary()
+        while self.time_left() > 0 and not (
+            self.settings.max_tasks and summary.done + summary.failed >= self.settings.max_tasks
+        ):
+            task = self.api.request("POST", "/v1/pilot/match", self._capabilities())
+            if not task:
+                log.info("no matching task; the pilot ends")
+                break
+            outcome, reason = self.run_task(task)
+            if outcome is not None and outcome.succeeded:
+                summary.done += 1
+            else:
+                summary.failed += 1
+                summary.reasons.append(f"task {task['id']}: {reason}")
+        return summary
+
+    def _capabilities(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "pilot_id": s.pilot_id,
+            "site": s.site,
+            "ce": s.ce,
+            "platform": s.platform,
+            "tags": sorted(s.tags),
+            "cpu_time_left": self.time_left(),
+            "memory_mb": s.memory_mb,
+        }
+
+    def run_task(self, task: dict[str, Any]) -> tuple[Outcome | None, str]:
+        task_id = int(task["id"])
+        workdir = Path(tempfile.mkdtemp(prefix=f"task-{task_id}-", dir=self.settings.workdir_root))
+        outcome: Outcome | None = None
+        reason = ""
+        try:
+            proxy = workdir / "x509up"
+            self._fetch_proxy(task_id, proxy)
+            payload = task["payload"]
+            argv = [payload["command"], *payload["args"]]
+            launch = self.switch.launch(task["owner"], argv, proxy)
+            self._stage(payload.get("input_files", []), workdir)
+            if launch.uid is not None:
+                for path in (workdir, proxy, *workdir.iterdir()):
+                    os.chown(path, launch.uid, -1)
+            self.api.request("POST", f"/v1/tasks/{task_id}/start", {})
+            limits = Limits(
+                wall_s=min(task["max_wall_s"], self.time_left()),
+                cpu_s=task["max_cpu_s"],
+                memory_mb=task["requirements"].get("memory_mb") or self.settings.memory_mb,
+                heartbeat_s=self.settings.heartbeat_s,
+            )
+            env = {
+                "PATH": self.settings.path,
+                "HOME": str(workdir),
+                "X509_USER_PROXY": str(proxy),
+                "X509_CERT_DIR": self.settings.cert_dir,
+                "X509_VOMS_DIR": self.settings.voms_dir,
+                "PROXYD_TASK_ID": str(task_id),
+            }
+            outcome = run_watched(
+                launch.argv,
+                cwd=workdir,
+                env=env,
+                limits=limits,
+                log_path=workdir / "payload.log",
+                heartbeat=lambda: self.api.request("POST", f"/v1/tasks/{task_id}/heartbeat", {}),
+                preexec=launch.preexec,
+            )
+            tail = _tail(workdir / "payload.log")
+            accounting = {
+                "cpu_s": round(outcome.cpu_s, 3),
+                "wall_s": round(outcome.wall_s, 3),
+                "max_rss_kb": outcome.max_rss_kb,
+                "exit_code": outcome.exit_code,
+                "log_tail": tail,
+            }
+            if outcome.succeeded:
+                self.api.request("POST", f"/v1/tasks/{task_id}/complete", accounting)
+                reason = "done"
+            else:
+                reason = (
+                    f"killed: exceeded its {outcome.killed_for} limit"
+                    if outcome.killed_for
+                    else f"exit code {outcome.exit_code}"
+                    if outcome.exit_code is not None
+                    else f"killed by signal {outcome.signal}"
+                )
+                self.api.request(
+                    "POST", f"/v1/tasks/{task_id}/fail", {"reason": reason, **accounting}
+                )
+        except (IdentityError, OSError) as exc:
+            reason = f"the pilot could not run the payload: {exc}"
+            log.warning("task %s: %s", task_id, reason)
+            with contextlib.suppress(Exception):
+                self.api.request("POST", f"/v1/tasks/{task_id}/fail", {"reason": reason})
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return outcome, reason
+
+    def _fetch_proxy(self, task_id: int, path: Path) -> None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "proxy")]))
+            .sign(key, hashes.SHA256())
+        )
+        answer = self.api.request(
+            "POST",
+            f"/v1/tasks/{task_id}/proxy",
+            {"csr": csr.public_bytes(serialization.Encoding.PEM).decode()},
+        )
+        chain = parse_credential_pem(
+            answer["chain"].encode(), source=f"payload proxy of task {task_id}"
+        )
+        write_credential_file(path, Credential(chain.certificates, key))
+
+    @staticmethod
+    def _stage(files: list[str], workdir: Path) -> None:
+        for name in files:
+            src = Path(name)
+            if not src.is_file():
+                raise OSError(f"input file {name} cannot be staged (not a readable local file)")
+            shutil.copy2(src, workdir / src.name)
+
+
+def _tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - LOG_TAIL_BYTES))
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+__all__ = ["PilotAgent", "PilotSettings", "Summary"]
