@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
@@ -253,16 +254,28 @@ def check_private_file(path: Path, what: str) -> None:
         )
 
 
-def load_user_credential(cert_path: Path, key_path: Path, *, pwstdin: bool) -> UserCredential:
+def load_user_credential(
+    cert_path: Path,
+    key_path: Path,
+    *,
+    pwstdin: bool,
+    announce: Callable[[x509.Certificate], None] | None = None,
+) -> UserCredential:
     """Read the user certificate and key; ask for the key's pass phrase when it is encrypted.
 
     The certificate file's certificates (the user certificate, then any
     intermediate CAs) and the key file's private key; the two may be one file.
+    `announce` is called with the user certificate before any prompt (to
+    print "Your identity: ..." first, as grid-proxy-init does).
     """
     try:
         cert_data = cert_path.read_bytes()
     except OSError as exc:
         fail(f"cannot read the user certificate {cert_path}: {exc.strerror}")
+    cert_blocks = _pem_blocks(cert_data, keys=False)
+    if not cert_blocks:
+        fail(f"{cert_path}: no certificate found")
+    certificates = parse_credential_pem(cert_blocks, source=str(cert_path)).certificates
     try:
         key_data = key_path.read_bytes()
     except OSError as exc:
@@ -271,15 +284,14 @@ def load_user_credential(cert_path: Path, key_path: Path, *, pwstdin: bool) -> U
     key_blocks = _pem_blocks(key_data, keys=True)
     if not key_blocks:
         fail(f"{key_path}: no private key found")
+    if announce is not None:
+        announce(certificates[0])
     passphrase: bytes | None = None
     if _key_is_encrypted(key_blocks):
         text = (
             read_stdin_line("pass phrase of the user key") if pwstdin else prompt_secret(KEY_PROMPT)
         )
         passphrase = text.encode("utf-8")
-    cert_blocks = _pem_blocks(cert_data, keys=False)
-    if not cert_blocks:
-        fail(f"{cert_path}: no certificate found")
     try:
         credential = parse_credential_pem(
             cert_blocks + key_blocks, password=passphrase, source=str(key_path)
@@ -288,7 +300,19 @@ def load_user_credential(cert_path: Path, key_path: Path, *, pwstdin: bool) -> U
         if passphrase is not None and "Incorrect password" in str(exc):
             fail(f"{key_path}: wrong pass phrase (the private key could not be decrypted)")
         raise
-    return UserCredential(cert_path, key_path, credential, passphrase)
+    key = credential.private_key
+    if key is None or _spki(key.public_key()) != _spki(certificates[0].public_key()):
+        fail(f"the private key in {key_path} does not belong to the certificate in {cert_path}")
+    return UserCredential(cert_path, key_path, Credential(certificates, key), passphrase)
+
+
+def _spki(public_key: object) -> bytes:
+    try:
+        return public_key.public_bytes(  # type: ignore[attr-defined, no-any-return]
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    except AttributeError:
+        return b""
 
 
 # --- the HTTPS API client ------------------------------------------------------------------

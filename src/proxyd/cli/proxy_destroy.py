@@ -4,7 +4,7 @@ Like grid-proxy-destroy it unlinks the proxy file; it refuses to remove a
 file whose first certificate is not a proxy (a `--file` pointing at a user
 certificate by mistake). With `--remote` it first destroys the credential
 stored in proxyd (`DELETE /v1/credentials/{name}`), authenticated with the
-local proxy when there is one, else with the user certificate and key.
+local proxy when it is still valid, else with the user certificate and key.
 """
 
 from __future__ import annotations
@@ -15,7 +15,13 @@ import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
-from voms_ext import VomsExtError, classify, dn_to_slash, load_credential_file
+from voms_ext import (
+    VomsExtError,
+    classify,
+    dn_to_slash,
+    load_credential_file,
+    validate_chain,
+)
 
 from .. import __version__
 from .common import (
@@ -23,6 +29,7 @@ from .common import (
     ClientAuth,
     cert_dir,
     fail,
+    load_trust,
     load_user_credential,
     proxy_path,
     run_command,
@@ -84,13 +91,25 @@ def _check_is_proxy(path: Path) -> None:
         )
 
 
+def _usable_proxy(path: Path) -> bool:
+    """A proxy the server will accept for TLS: it validates now, attributes included."""
+    try:
+        credential = load_credential_file(path)
+        if credential.private_key is None:
+            return False
+        validate_chain(credential.certificates, load_trust(with_voms=True))
+    except (VomsExtError, OSError):
+        return False
+    return True
+
+
 def _remote(args: argparse.Namespace, path: Path, local_exists: bool) -> str:
     name = args.name or "default"
     base_url = server_url(args.server)
     whose = f"user {args.username}" if args.username else "your DN"
     if args.dry_run:
         return f"Would destroy credential {name!r} of {whose} on {base_url}"
-    if local_exists:
+    if local_exists and _usable_proxy(path):
         auth = ClientAuth.from_proxy(path)
     else:
         user = load_user_credential(user_cert_path(), user_key_path(), pwstdin=args.pwstdin)

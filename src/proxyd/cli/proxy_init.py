@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import sys
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,8 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="H:MM",
         type=_lifetime,
         default=dt.timedelta(hours=168),
-        help="lifetime of the stored proxy, and the most proxies issued from it may have "
-        "(default 168:00)",
+        help="lifetime of the proxy delegated to the repository (default 168:00)",
+    )
+    store.add_argument(
+        "--max-proxy-lifetime",
+        metavar="H:MM",
+        type=_lifetime,
+        help="the longest proxies later issued from the stored one may live "
+        "(default: the server's maximum)",
     )
     store.add_argument("--name", help="name of the stored credential (default: default)")
     store.add_argument("--username", help="store under this username (default: your DN)")
@@ -206,6 +213,8 @@ def _voms_request(text: str) -> str:
 
 
 class Printer:
+    """Progress lines on stdout (none with --quiet), grid-proxy-init style."""
+
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
 
@@ -213,6 +222,17 @@ class Printer:
         if not self.quiet:
             sys.stdout.write(text + end)
             sys.stdout.flush()
+
+    @contextlib.contextmanager
+    def step(self, text: str) -> Iterator[None]:
+        """`<text> ... Done`, or `<text> ... Failed` before the error is reported."""
+        self(f"{text} ...", end="")
+        try:
+            yield
+        except BaseException:
+            self(" Failed")
+            raise
+        self(" Done")
 
 
 def _store_passphrase(args: argparse.Namespace) -> str | None:
@@ -260,11 +280,10 @@ def store_credential(
     passphrase: str | None,
 ) -> dict[str, Any]:
     """Delegate a proxy to the repository: the server's CSR, signed with the user's key."""
-    request: dict[str, object] = {
-        "name": args.name or "default",
-        "lifetime": int(args.store_lifetime.total_seconds()),
-    }
+    request: dict[str, object] = {"name": args.name or "default"}
+    max_lifetime = args.max_proxy_lifetime
     optional: dict[str, object | None] = {
+        "lifetime": int(max_lifetime.total_seconds()) if max_lifetime is not None else None,
         "username": args.username,
         "passphrase": passphrase,
         "description": args.description,
@@ -315,9 +334,13 @@ def run(args: argparse.Namespace) -> int:
     base_url = server_url(args.server) if needs_server else None
 
     # Everything that asks the user comes first; then the work.
-    user = load_user_credential(cert_path, key_path, pwstdin=args.pwstdin)
+    user = load_user_credential(
+        cert_path,
+        key_path,
+        pwstdin=args.pwstdin,
+        announce=lambda cert: say(f"Your identity: {dn_to_slash(cert.subject)}"),
+    )
     store_passphrase = _store_passphrase(args)
-    say(f"Your identity: {dn_to_slash(user.certificate.subject)}")
 
     client = None
     if base_url is not None:
@@ -326,29 +349,28 @@ def run(args: argparse.Namespace) -> int:
     acs: list[bytes] = []
     if args.voms:
         assert client is not None
-        say(f"Contacting {base_url} for VOMS attributes ({', '.join(args.voms)}) ...", end="")
-        acs = fetch_acs(client, args.voms, args.valid)
-        say(" Done")
+        with say.step(f"Contacting {base_url} for VOMS attributes ({', '.join(args.voms)})"):
+            acs = fetch_acs(client, args.voms, args.valid)
 
-    say("Creating proxy ...", end="")
-    key = rsa.generate_private_key(public_exponent=65537, key_size=args.bits)
-    builder = (
-        ProxyBuilder(user.certificate, user.chain).public_key(key.public_key()).lifetime(args.valid)
-    )
-    if args.limited:
-        builder = builder.limited()
-    if acs:
-        builder = builder.attribute_certificates(acs)
-    proxy = builder.sign(user.private_key)
-    certificates = (proxy, *builder.chain)
-    if args.voms or args.verify:
-        try:
-            validate_chain(certificates, load_trust(with_voms=bool(args.voms)))
-        except VomsExtError as exc:
-            say()
-            fail(f"the new proxy does not validate: {exc}")
-    write_credential_file(out, Credential(certificates, key))
-    say(" Done")
+    with say.step("Creating proxy"):
+        key = rsa.generate_private_key(public_exponent=65537, key_size=args.bits)
+        builder = (
+            ProxyBuilder(user.certificate, user.chain)
+            .public_key(key.public_key())
+            .lifetime(args.valid)
+        )
+        if args.limited:
+            builder = builder.limited()
+        if acs:
+            builder = builder.attribute_certificates(acs)
+        proxy = builder.sign(user.private_key)
+        certificates = (proxy, *builder.chain)
+        if args.voms or args.verify:
+            try:
+                validate_chain(certificates, load_trust(with_voms=bool(args.voms)))
+            except VomsExtError as exc:
+                fail(f"the new proxy does not validate: {exc}")
+        write_credential_file(out, Credential(certificates, key))
     not_after = proxy.not_valid_after_utc
     say(f"Your proxy is valid until: {time.ctime(not_after.timestamp())}")
     requested_end = proxy.not_valid_before_utc + dt.timedelta(minutes=5) + args.valid
@@ -361,9 +383,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.store:
         assert client is not None
-        say(f"Storing a proxy in {base_url} ...", end="")
-        stored = store_credential(client, user, args, store_passphrase)
-        say(" Done")
+        with say.step(f"Storing a proxy in {base_url}"):
+            stored = store_credential(client, user, args, store_passphrase)
         start, end = _parse_time(stored.get("not_before")), _parse_time(stored.get("not_after"))
         seconds = (
             (end - dt.datetime.now(dt.UTC)).total_seconds()
@@ -388,6 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("--name", args.name),
             ("--username", args.username),
             ("--description", args.description),
+            ("--max-proxy-lifetime", args.max_proxy_lifetime),
             ("--retrievers", args.retrievers),
             ("--renewers", args.renewers),
             ("--trusted-retrievers", args.trusted_retrievers),
