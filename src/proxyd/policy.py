@@ -121,6 +121,7 @@ class Request:
     operation: Operation
     owner: str | None = None
     name: str | None = None
+    username: str | None = None  # the MyProxy account name a credential is stored under
     auth: AuthMethod = AuthMethod.NONE
     lifetime: dt.timedelta | None = None
     want_full: bool = False
@@ -262,6 +263,16 @@ def _store(
 ) -> Decision:
     if request.owner != principal.identity:
         return _deny("store.not_owner", "a credential can only be stored by its owner")
+    if (
+        request.username
+        and request.username.startswith("/")
+        and request.username != principal.identity
+    ):
+        # Usernames default to the owner's DN over the API: a DN-shaped username is reserved
+        # for that DN, or one user could squat another's default place.
+        return _deny(
+            "store.username_reserved", "a username that is a DN is reserved for that DN's owner"
+        )
     lifetime = min(request.lifetime or config.max_stored_lifetime, config.max_stored_lifetime)
     return Decision(True, "store.owner", "the owner delegates its own credential", False, lifetime)
 

@@ -412,7 +412,11 @@ class Repository:
             )
             raise Denied(decision.reason, decision.rule)
         request = policy.Request(
-            Operation.STORE, owner=principal.identity, name=options.name, lifetime=options.lifetime
+            Operation.STORE,
+            owner=principal.identity,
+            name=options.name,
+            username=options.username,
+            lifetime=options.lifetime,
         )
         self._decide(principal, request, None, name=options.name, record_allow=False)
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -463,7 +467,11 @@ class Repository:
                 ) from None
             key_pem = private_key_to_pem(key)
         request = policy.Request(
-            Operation.STORE, owner=principal.identity, name=options.name, lifetime=options.lifetime
+            Operation.STORE,
+            owner=principal.identity,
+            name=options.name,
+            username=options.username,
+            lifetime=options.lifetime,
         )
         self._decide(principal, request, None, name=options.name, record_allow=False)
         if encrypted:
@@ -495,7 +503,11 @@ class Repository:
             )
             raise Denied(decision.reason, decision.rule)
         request = policy.Request(
-            Operation.STORE, owner=result.identity, name=options.name, lifetime=options.lifetime
+            Operation.STORE,
+            owner=result.identity,
+            name=options.name,
+            username=options.username,
+            lifetime=options.lifetime,
         )
         decision = self._decide(principal, request, None, name=options.name, record_allow=False)
         max_lifetime = min(
@@ -542,7 +554,9 @@ class Repository:
             )
             row.max_lifetime_s = int(max_lifetime.total_seconds())
             row.not_before = max(c.not_valid_before_utc for c in result.chain)
-            row.not_after = result.not_after
+            # The stored credential is usable for at most max_stored_lifetime, however long
+            # the delegated chain itself is valid (myproxy-server's max_cred_lifetime).
+            row.not_after = min(result.not_after, now + self.config.policy.max_stored_lifetime)
             try:
                 session.flush()
             except IntegrityError:

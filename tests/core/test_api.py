@@ -99,7 +99,9 @@ def test_every_route_is_described_and_every_described_route_exists(
     assert described == registered
     for method, path in described:
         concrete = re.sub(r"\{[^}]+\}", "1", path)
-        reply = api(server, files, "alice").request(method, concrete, {} if method in ("POST", "PUT") else None)
+        reply = api(server, files, "alice").request(
+            method, concrete, {} if method in ("POST", "PUT") else None
+        )
         # The router knows the route: never its own 404 ("Not Found") or 405 answer.
         assert reply.status != 405, (method, path)
         assert not (reply.status == 404 and reply.json.get("detail") == "Not Found"), (method, path)

@@ -98,6 +98,16 @@ MATRIX = [
     # --- users on their own credentials
     ("user-store-own", alice, req(S), None, True, "store.owner", None),
     ("user-store-other", bob, req(S), None, False, "store.not_owner", None),
+    (
+        "user-store-under-other-dn",
+        bob,
+        req(S, BOB, username=ALICE),
+        None,
+        False,
+        "store.username_reserved",
+        None,
+    ),
+    ("user-store-under-own-dn", bob, req(S, BOB, username=BOB), None, True, "store.owner", None),
     ("user-info-own", alice, req(INFO), ALICE_PW, True, "owner.self", None),
     ("user-info-other", bob, req(INFO), ALICE_PW, False, "owner.only", None),
     ("user-destroy-own", alice, req(D), ALICE_PW, True, "owner.self", None),

@@ -359,3 +359,13 @@ def test_weak_csr_is_refused(repo: Repository, ids: dict[str, Identity]) -> None
 
 def test_host_dn_helper() -> None:
     assert host_dn("wms.localhost") == "/C=XX/O=proxyd dev/OU=Hosts/CN=wms.localhost"
+
+
+def test_stored_credential_is_usable_for_at_most_max_stored_lifetime(
+    repo: Repository, ids: dict[str, Identity]
+) -> None:
+    """A 10-day delegation is cut to the server's 7-day maximum (myproxy's max_cred_lifetime)."""
+    delegate(repo, ids["alice"], StoreOptions("alice"), lifetime_h=240)
+    [info] = repo.info(principal(repo, ids["alice"]), "alice")
+    left = info.not_after - dt.datetime.now(dt.UTC)
+    assert dt.timedelta(days=6, hours=23) < left <= repo.config.policy.max_stored_lifetime
