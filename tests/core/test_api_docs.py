@@ -5,51 +5,44 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 from proxyd.devpki import DevPKI
 from tests.support.server import running_server
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
-
-
-def _blocks() -> list[str]:
-    return re.findall(r"```sh\n(.*?)```", DOC.read_text(), re.S)
+MARK = "@@@ example done @@@"
 
 
 def test_api_doc_examples(dev_pki: DevPKI, tmp_path: Path) -> None:
-    blocks = _blocks()
-    assert len(blocks) >= 5
+    blocks = re.findall(r"```sh\n(.*?)```", DOC.read_text(), re.S)
+    assert len(blocks) == 5
     work = tmp_path / "work"
-    work.mkdir()
+    work.mkdir(mode=0o700)
+    script = "".join(f"{block}\necho\necho '{MARK}'\n" for block in blocks)
+    venv_bin = str(Path(sys.executable).parent)
     with running_server(dev_pki, tmp_path / "state") as server:
         env = {
-            "PATH": "/usr/bin:/bin",
+            "PATH": f"{venv_bin}:/usr/bin:/bin",
             "PROXYD": f"https://localhost:{server.api_port}",
             "CERTS": str(dev_pki.root),
+            "HOME": str(work),
         }
-        outputs = []
-        script = ""
-        for block in blocks:
-            script += block  # later examples rely on earlier ones (variables, files)
-            proc = subprocess.run(
-                ["bash", "-e", "-c", script + "\necho"],
-                cwd=work,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert proc.returncode == 0, (block, proc.stdout, proc.stderr)
-            outputs.append(proc.stdout)
-    # each run replays the earlier blocks; the last line(s) belong to the newest block
-    health = json.loads(outputs[1].strip().splitlines()[-1])
-    assert health["status"] == "ok"
-    started = json.loads(outputs[2].strip().splitlines()[-1])
-    assert set(started) == {"id", "csr"}
-    # The delegation above was only started (its second step is proxy-init's job),
-    # so the WMS request finds no credential yet: the answer is a problem document.
-    fetched = json.loads(outputs[3].strip().splitlines()[-1])
-    assert fetched["rule"] in ("credential.not_found", "retrieve.trusted") or "chain" in fetched
-    refused = json.loads(outputs[4].strip().splitlines()[-1])
-    assert refused["status"] in (403, 404) and "rule" in refused
+        proc = subprocess.run(
+            ["bash", "-e", "-c", script],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, (proc.stdout, proc.stderr)
+        outputs = [part.strip() for part in proc.stdout.split(MARK)]
+        events = [e.event.rule for e in reversed(server.repo.audit.query(limit=20))]
+    assert json.loads(outputs[1])["status"] == "ok"
+    fetched = json.loads(outputs[3])
+    assert fetched["limited"] is True and "BEGIN CERTIFICATE" in fetched["chain"]
+    refused = json.loads(outputs[4])
+    assert (refused["status"], refused["rule"]) == (403, "retrieve.not_trusted")
+    assert events[-3:] == ["store.owner", "retrieve.trusted", "retrieve.not_trusted"]
