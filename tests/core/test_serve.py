@@ -16,22 +16,11 @@ import pytest
 
 from proxyd.devpki import DevPKI
 from proxyd.myproxy.client import MyProxyClient, MyProxyClientError
-from tests.support.server import free_port
+from tests.support.server import free_port, write_config
 
 
 def _config(pki: DevPKI, tmp_path: Path, mp: int, api: int) -> Path:
-    text = pki.config.read_text()
-    text = text.replace('listen = "127.0.0.1:7512"', f'listen = "127.0.0.1:{mp}"')
-    text = text.replace('listen = "127.0.0.1:8443"', f'listen = "127.0.0.1:{api}"')
-    text = text.replace('state_dir = "state"', f'state_dir = "{tmp_path / "state"}"')
-    text = text.replace(
-        'master_key_file = "state/master.key"',
-        f'master_key_file = "{tmp_path / "state" / "master.key"}"',
-    )
-    text += "\n[sealing]\nargon2_time_cost = 1\nargon2_memory_kib = 64\n"
-    path = pki.root / f"serve-{mp}.toml"
-    path.write_text(text)
-    return path
+    return write_config(pki, tmp_path / "state", mp, api)
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 30) -> None:

@@ -100,3 +100,23 @@ def running_server(
         loop.add_signal_handler = original  # type: ignore[method-assign]
         if server._repo is not None:
             server._repo.engine.dispose()
+
+
+def write_config(
+    pki: DevPKI, state_dir: Path, myproxy_port: int, api_port: int, *, extra: str = ""
+) -> Path:
+    """A proxyd.toml for a `proxyd serve` process: the dev PKI, these ports, this state dir.
+
+    It is written next to the dev config, so the PKI's relative paths resolve.
+    """
+    text = pki.config.read_text()
+    text = text.replace('listen = "127.0.0.1:7512"', f'listen = "127.0.0.1:{myproxy_port}"')
+    text = text.replace('listen = "127.0.0.1:8443"', f'listen = "127.0.0.1:{api_port}"')
+    text = text.replace('state_dir = "state"', f'state_dir = "{state_dir}"')
+    text = text.replace(
+        'master_key_file = "state/master.key"', f'master_key_file = "{state_dir / "master.key"}"'
+    )
+    text += "\n[sealing]\nargon2_time_cost = 1\nargon2_memory_kib = 64\n" + extra
+    path = pki.root / f"serve-{myproxy_port}.toml"
+    path.write_text(text)
+    return path
