@@ -120,7 +120,7 @@ def test_store_fetch_inspect_audit(
         lines = [re.sub(r"\s+:\s+", " : ", line) for line in theirs.stdout.splitlines()]
         # voms-proxy-info does not tell limited from full ("RFC compliant proxy"); grid-proxy-info does.
         assert "type : RFC compliant proxy" in lines
-        assert f"identity : {ALICE}" in lines and "VO : dteam" in lines
+        assert f"subject : {ALICE}" in lines and "VO : dteam" in lines  # the AC holder
         assert [x for x in lines if x.startswith("attribute : ")] == [
             "attribute : /dteam/Role=NULL/Capability=NULL",
             "attribute : /dteam/analysis/Role=NULL/Capability=NULL",
