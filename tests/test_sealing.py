@@ -123,7 +123,10 @@ def test_rotation_and_rewrap(key_pem: bytes, keyring: MasterKeyring) -> None:
     assert unseal(moved, keyring=reloaded, aad=AAD) == key_pem
     assert rewrap(moved, reloaded, aad=AAD) is moved
     # Once re-wrapped, the record no longer depends on the old key.
-    only_new = MasterKeyring(reloaded.path, {new_id: reloaded.key(new_id)}, new_id)
+    # (a keyring file of its own: the shared one still holds the old key, and would be reread)
+    only_new = MasterKeyring(
+        reloaded.path.with_name("new-only.key"), {new_id: reloaded.key(new_id)}, new_id
+    )
     assert unseal(moved, keyring=only_new, aad=AAD) == key_pem
     with pytest.raises(SealingError, match=f"master key '{old_id}' is not in the keyring"):
         unseal(sealed, keyring=only_new, aad=AAD)
@@ -275,3 +278,14 @@ def test_from_bytes_bounds_argon2_costs(key_pem: bytes) -> None:
     blob[m_at : m_at + 4] = (1 << 30).to_bytes(4, "big")
     with pytest.raises(SealingError, match="memory_kib"):
         SealedKey.from_bytes(bytes(blob))
+
+
+def test_a_rotation_elsewhere_is_picked_up_without_restart(tmp_path: Path) -> None:
+    """A running server's keyring reloads when it meets a key id written by another process."""
+    path = tmp_path / "master.key"
+    running = MasterKeyring.create(path)
+    other = MasterKeyring.load(path)  # e.g. `proxyd admin rotate-master-key`
+    other.rotate()
+    sealed = seal(b"key material", passphrase=None, keyring=other, time_cost=1, memory_kib=64)
+    assert unseal(sealed, keyring=running) == b"key material"
+    assert running.current_id == other.current_id

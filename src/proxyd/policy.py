@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .config import PolicyConfig
@@ -406,7 +406,10 @@ def _payload_proxy(
     return Decision(True, "payload.assigned", f"payload of task {a.task_id}", limited=True)
 
 
-def _listed(patterns_of: str) -> object:
+_Handler = Callable[[Request, Principal, CredentialFacts | None, PolicyConfig], Decision]
+
+
+def _listed(patterns_of: str) -> _Handler:
     def handler(
         request: Request,
         principal: Principal,
@@ -466,6 +469,19 @@ def _task_update(
     return Decision(True, "task.assigned_pilot", f"the pilot of task {a.task_id}", limited=True)
 
 
+_listed_admins = _listed("admins")
+
+
+def _admin(
+    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
+) -> Decision:
+    if principal.kind is PrincipalKind.OPERATOR:
+        return Decision(
+            True, "admin.local_operator", "the local operator of the server", limited=False
+        )
+    return _listed_admins(request, principal, credential, config)
+
+
 _HANDLERS = {
     Operation.STORE: _store,
     Operation.RETRIEVE: _retrieve,
@@ -477,7 +493,7 @@ _HANDLERS = {
     Operation.ISSUE_AC: _issue_ac,
     Operation.PAYLOAD_PROXY: _payload_proxy,
     Operation.AUDIT_READ: _listed("auditors"),
-    Operation.ADMIN: _listed("admins"),
+    Operation.ADMIN: _admin,
     Operation.TASK_SUBMIT: _task_submit,
     Operation.TASK_READ: _task_read,
     Operation.TASK_MATCH: _task_match,

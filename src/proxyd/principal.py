@@ -27,6 +27,9 @@ class PrincipalKind(enum.StrEnum):
     HOST = "host"
     PILOT = "pilot"
     ANONYMOUS = "anonymous"
+    # The local `proxyd admin` command: its credential is access to the server's
+    # configuration and database. Never built from a network peer.
+    OPERATOR = "operator"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,12 @@ class Principal:
 
 def anonymous(address: str | None = None) -> Principal:
     return Principal(ANONYMOUS, PrincipalKind.ANONYMOUS, address=address)
+
+
+def local_operator() -> Principal:
+    import getpass
+
+    return Principal(f"local-operator:{getpass.getuser()}", PrincipalKind.OPERATOR, address="local")
 
 
 def is_pilot_identity(dn: str, fqans: tuple[str, ...], policy: PolicyConfig) -> bool:

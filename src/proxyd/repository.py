@@ -54,7 +54,7 @@ from .issuer import (
 from .keyfiles import check_key_files
 from .metrics import DECISIONS, ISSUED, LOCKOUTS
 from .policy import AuthMethod, Bans, CredentialFacts, Decision, Operation
-from .principal import Principal, is_pilot_identity
+from .principal import Principal, PrincipalKind, is_pilot_identity
 from .principal import classify as classify_principal
 from .ratelimit import FailureLimiter
 from .sealing import (
@@ -466,14 +466,15 @@ class Repository:
                     f"stored credential: the private key cannot be read: {exc}"
                 ) from None
             key_pem = private_key_to_pem(key)
-        request = policy.Request(
-            Operation.STORE,
-            owner=principal.identity,
-            name=options.name,
-            username=options.username,
-            lifetime=options.lifetime,
-        )
-        self._decide(principal, request, None, name=options.name, record_allow=False)
+        if principal.kind is not PrincipalKind.OPERATOR:  # the operator was decided by import_pem
+            request = policy.Request(
+                Operation.STORE,
+                owner=principal.identity,
+                name=options.name,
+                username=options.username,
+                lifetime=options.lifetime,
+            )
+            self._decide(principal, request, None, name=options.name, record_allow=False)
         if encrypted:
             options = dataclasses.replace(options, passphrase=None)
         return self._store_chain(principal, options, chain, key_pem, pem_encrypted=encrypted)
@@ -492,28 +493,36 @@ class Repository:
             result = validate_chain(chain, self.trust, now, check_voms=False)
         except VomsExtError as exc:
             raise BadRequest(f"the delegated chain does not validate: {exc}") from None
-        if result.identity != principal.identity:
-            decision = Decision(
-                False,
-                "store.not_owner",
-                f'the delegated chain belongs to "{result.identity}", not to the client',
+        if principal.kind is PrincipalKind.OPERATOR:
+            # An import by the local operator (proxyd admin import-myproxy): an admin decision.
+            decision = self._decide(
+                principal,
+                policy.Request(Operation.ADMIN),
+                None,
+                name=options.name,
+                record_allow=False,
             )
-            self._record(
-                principal, Operation.STORE, decision, owner=result.identity, name=options.name
+        else:
+            if result.identity != principal.identity:
+                decision = Decision(
+                    False,
+                    "store.not_owner",
+                    f'the delegated chain belongs to "{result.identity}", not to the client',
+                )
+                self._record(
+                    principal, Operation.STORE, decision, owner=result.identity, name=options.name
+                )
+                raise Denied(decision.reason, decision.rule)
+            request = policy.Request(
+                Operation.STORE,
+                owner=result.identity,
+                name=options.name,
+                username=options.username,
+                lifetime=options.lifetime,
             )
-            raise Denied(decision.reason, decision.rule)
-        request = policy.Request(
-            Operation.STORE,
-            owner=result.identity,
-            name=options.name,
-            username=options.username,
-            lifetime=options.lifetime,
-        )
-        decision = self._decide(principal, request, None, name=options.name, record_allow=False)
-        max_lifetime = min(
-            decision.lifetime or self.config.policy.max_stored_lifetime,
-            self.config.policy.max_stored_lifetime,
-        )
+            decision = self._decide(principal, request, None, name=options.name, record_allow=False)
+        ceiling = self.config.policy.max_stored_lifetime
+        max_lifetime = min(options.lifetime or ceiling, ceiling)
         aad = _aad(options.username, options.name)
         passphrase = options.passphrase
         sealed = seal(
@@ -1001,8 +1010,92 @@ class Repository:
 
     # --- administration ----------------------------------------------------------------------------
 
-    def rotate_master_key(self) -> int:
+    def _admin(
+        self,
+        principal: Principal,
+        detail: str,
+        *,
+        owner: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        """Decide an administrative action and audit it with what was done."""
+        decision = self._decide(
+            principal, policy.Request(Operation.ADMIN), None, name=name, record_allow=False
+        )
+        self._record(
+            principal, Operation.ADMIN, decision, owner=owner, name=name, detail=detail[:500]
+        )
+
+    def ban(self, principal: Principal, kind: str, pattern: str, reason: str) -> None:
+        if kind not in ("user", "host"):
+            raise BadRequest("bans are of kind user or host (sites are masked in the task queue)")
+        self._admin(principal, f"ban {kind} {pattern}: {reason}")
+        try:
+            with self._session.begin() as session:
+                session.add(
+                    BanRow(kind=kind, pattern=pattern, reason=reason, created_by=principal.identity)
+                )
+        except IntegrityError:
+            raise BadRequest(f"{kind} {pattern!r} is already banned") from None
+
+    def unban(self, principal: Principal, kind: str, pattern: str) -> bool:
+        self._admin(principal, f"unban {kind} {pattern}")
+        with self._session.begin() as session:
+            result = session.execute(
+                delete(BanRow).where(BanRow.kind == kind, BanRow.pattern == pattern)
+            )
+        return bool(result.rowcount)
+
+    def list_bans(self, principal: Principal) -> list[BanRow]:
+        self._decide(
+            principal, policy.Request(Operation.ADMIN), None, name=None, record_allow=False
+        )
+        with self._session() as session:
+            return list(session.scalars(select(BanRow).order_by(BanRow.kind, BanRow.pattern)))
+
+    def list_credentials(
+        self, principal: Principal, *, owner: str | None = None, expired: bool = False
+    ) -> list[CredentialInfo]:
+        """The inventory (never a key), for operators and the auditor dashboard."""
+        self._decide(
+            principal, policy.Request(Operation.ADMIN), None, name=None, record_allow=False
+        )
+        query = select(CredentialRow).order_by(
+            CredentialRow.owner_dn, CredentialRow.username, CredentialRow.name
+        )
+        if owner:
+            query = query.where(CredentialRow.owner_dn == owner)
+        if expired:
+            query = query.where(CredentialRow.not_after < dt.datetime.now(dt.UTC))
+        with self._session() as session:
+            return [_info(r) for r in session.scalars(query)]
+
+    def expire(self, principal: Principal, *, dry_run: bool = False) -> list[CredentialInfo]:
+        """Delete the credentials that can no longer be used (past their end)."""
+        gone = self.list_credentials(principal, expired=True)
+        if gone and not dry_run:
+            self._admin(principal, f"expired {len(gone)} credential(s)")
+            with self._session.begin() as session:
+                session.execute(
+                    delete(CredentialRow).where(CredentialRow.not_after < dt.datetime.now(dt.UTC))
+                )
+        return gone
+
+    def import_pem(self, principal: Principal, options: StoreOptions, pem: bytes) -> CredentialInfo:
+        """Store a credential read from another repository (e.g. a myproxy-server storage dir).
+
+        Like MyProxy STORE, an encrypted key stays encrypted and opens only
+        with its passphrase; an unencrypted one is sealed under the master key.
+        """
+        self._decide(
+            principal, policy.Request(Operation.ADMIN), None, name=options.name, record_allow=False
+        )
+        return self.store_pem(principal, options, pem)
+
+    def rotate_master_key(self, principal: Principal | None = None) -> int:
         """Re-wrap every master-wrapped key under a new current master key."""
+        if principal is not None:
+            self._admin(principal, "rotate the master key")
         self.keyring.rotate()
         count = 0
         with self._session.begin() as session:

@@ -121,7 +121,15 @@ class MasterKeyring:
         return frozenset(self._keys)
 
     def key(self, key_id: str) -> bytes:
-        """The master key with this id; a record naming an unknown id cannot be opened."""
+        """The master key with this id; a record naming an unknown id cannot be opened.
+
+        An id this copy does not know may have been added by a rotation in
+        another process (`proxyd admin rotate-master-key`, another instance):
+        the file is read again once before giving up, so running servers
+        pick up a rotation without a restart.
+        """
+        if key_id not in self._keys:
+            self.reload()
         try:
             return self._keys[key_id]
         except KeyError:
@@ -129,6 +137,14 @@ class MasterKeyring:
                 f"master key {key_id!r} is not in the keyring {self._path}; "
                 "it was removed, or this instance has an older copy of the keyring"
             ) from None
+
+    def reload(self) -> None:
+        """Read the keyring file again (keys added and the current id changed elsewhere)."""
+        try:
+            fresh = type(self).load(self._path)
+        except (OSError, SealingError):
+            return  # keep what we have; key() reports the unknown id
+        self._keys, self._current_id = fresh._keys, fresh._current_id
 
     @classmethod
     def create(cls, path: str | os.PathLike[str]) -> MasterKeyring:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from ..config import ConfigError, load_config
 from ..errors import ServeError
 from ..logs import configure as configure_logging
+from . import admin
 
 
 def _dev_pki(args: argparse.Namespace) -> int:
@@ -37,11 +38,6 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _admin(args: argparse.Namespace) -> int:
-    print("proxyd admin: not implemented yet", file=sys.stderr)
-    return 2
-
-
 def build_parser() -> argparse.ArgumentParser:
     from pathlib import Path
 
@@ -67,13 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing PKI and its state")
     p.set_defaults(func=_dev_pki)
 
-    p = sub.add_parser("admin", help="administration (bans, site mask, master key, ...)")
-    p.set_defaults(func=_admin)
+    admin.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "admin":
+        return admin.run(args)
     try:
         return int(args.func(args))
     except ConfigError as exc:

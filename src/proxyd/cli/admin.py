@@ -1,0 +1,205 @@
+"""`proxyd admin`: operate a proxyd installation from the server itself.
+
+Every command reads the service's configuration (`--config`), acts on its
+database as the local operator, and is decided by the policy and written
+to the audit log like any other action.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+from ..config import load_config
+from ..principal import local_operator
+from ..repository import DEFAULT_NAME, Repository, RepositoryError, StoreOptions
+from . import common
+
+
+def parse_myproxy_data(text: str) -> dict[str, str]:
+    """A myproxy-server `<user>[-<name>].data` file: KEY=VALUE lines up to END_OPTIONS."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.strip() == "END_OPTIONS":
+            break
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _patterns(value: str | None) -> tuple[str, ...] | None:
+    return tuple(p for p in value.split(",") if p) if value else None
+
+
+def _repo(args: argparse.Namespace) -> Repository:
+    return Repository.open(load_config(args.config))
+
+
+def _ban(args: argparse.Namespace) -> int:
+    kind, dn = ("user", args.user) if args.user else ("host", args.host)
+    _repo(args).ban(local_operator(), kind, dn, args.reason)
+    print(f"banned {kind} {dn}")
+    return 0
+
+
+def _unban(args: argparse.Namespace) -> int:
+    kind, dn = ("user", args.user) if args.user else ("host", args.host)
+    if not _repo(args).unban(local_operator(), kind, dn):
+        common.fail(f"{kind} {dn} was not banned")
+    print(f"unbanned {kind} {dn}")
+    return 0
+
+
+def _bans(args: argparse.Namespace) -> int:
+    for ban in _repo(args).list_bans(local_operator()):
+        print(
+            f"{ban.kind:5}  {ban.pattern}  ({ban.reason}; by {ban.created_by} at {ban.created_at:%Y-%m-%d %H:%M}Z)"
+        )
+    return 0
+
+
+def _site(args: argparse.Namespace, masked: bool) -> int:
+    from ..taskqueue.base import load_taskqueue
+    from ..tasks import TaskService
+
+    repo = _repo(args)
+    service = TaskService(repo, load_taskqueue("sql", repo.engine, audit=repo.audit))
+    service.mask_site(local_operator(), args.site, masked, args.reason)
+    print(f"site {args.site} {'masked' if masked else 'unmasked'}")
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    count = _repo(args).rotate_master_key(local_operator())
+    print(f"master key rotated; {count} credential(s) re-wrapped")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    creds = _repo(args).list_credentials(local_operator(), owner=args.owner, expired=args.expired)
+    now = dt.datetime.now(dt.UTC)
+    for c in creds:
+        left = common.format_hms(max(c.not_after - now, dt.timedelta(0)))
+        lock = "passphrase" if c.has_passphrase else "trusted"
+        print(f"{c.username}\t{c.name}\t{c.owner}\t{left}\t{lock}")
+    print(f"{len(creds)} credential(s)", file=sys.stderr)
+    return 0
+
+
+def _expire(args: argparse.Namespace) -> int:
+    gone = _repo(args).expire(local_operator(), dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for c in gone:
+        print(f"{verb} {c.username}/{c.name} of {c.owner} (ended {c.not_after:%Y-%m-%d %H:%M}Z)")
+    print(f"{len(gone)} expired credential(s) {verb}", file=sys.stderr)
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    _repo(args)  # opening the repository runs the migrations to the newest revision
+    print("database schema is at the newest revision")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    operator = local_operator()
+    imported = failed = 0
+    for data_file in sorted(Path(args.directory).glob("*.data")):
+        creds = data_file.with_suffix(".creds")
+        meta = parse_myproxy_data(data_file.read_text(errors="replace"))
+        username = meta.get("USERNAME") or data_file.stem.split("-", 1)[0]
+        name = meta.get("NAME") or DEFAULT_NAME
+        lifetime = int(meta["LIFETIME"]) if meta.get("LIFETIME", "").isdigit() else None
+        options = StoreOptions(
+            username=username,
+            name=name,
+            lifetime=dt.timedelta(seconds=lifetime) if lifetime else None,
+            description=meta.get("DESCRIPTION"),
+            retrievers=_patterns(meta.get("RETRIEVERS")),
+            renewers=_patterns(meta.get("RENEWERS")),
+            trusted_retrievers=_patterns(meta.get("TRUSTED_RETRIEVERS")),
+            key_retrievers=_patterns(meta.get("KEYRETRIEVERS")),
+        )
+        try:
+            pem = creds.read_bytes()
+            if args.dry_run:
+                print(f"would import {username}/{name} ({data_file.name})")
+            else:
+                info = repo.import_pem(operator, options, pem)
+                if meta.get("OWNER") and meta["OWNER"] != info.owner:
+                    print(
+                        f"note: {data_file.name} names owner {meta['OWNER']}; the chain says {info.owner}"
+                    )
+                print(f"imported {username}/{name} of {info.owner}")
+            imported += 1
+        except (OSError, RepositoryError) as exc:
+            failed += 1
+            reason = exc.message if isinstance(exc, RepositoryError) else str(exc)
+            print(f"skipped {data_file.name}: {reason}", file=sys.stderr)
+    print(f"{imported} imported, {failed} skipped", file=sys.stderr)
+    return 1 if failed and not imported else 0
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    admin = sub.add_parser(
+        "admin", help="administration: bans, site mask, master key, credentials, import"
+    )
+    admin.add_argument(
+        "--config", "-c", default="/etc/proxyd/proxyd.toml", help="the service's proxyd.toml"
+    )
+    cmds = admin.add_subparsers(dest="admin_command", required=True)
+
+    def who(p: argparse.ArgumentParser) -> None:
+        g = p.add_mutually_exclusive_group(required=True)
+        g.add_argument("--user", metavar="DN", help="a user DN (pattern)")
+        g.add_argument("--host", metavar="DN", help="a host DN (pattern)")
+
+    p = cmds.add_parser("ban", help="refuse a user or host before any other rule (I5)")
+    who(p)
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=_ban)
+    p = cmds.add_parser("unban")
+    who(p)
+    p.set_defaults(func=_unban)
+    p = cmds.add_parser("bans", help="list bans")
+    p.set_defaults(func=_bans)
+    p = cmds.add_parser("mask-site", help="stop matching tasks at a site")
+    p.add_argument("site")
+    p.add_argument("--reason", default="")
+    p.set_defaults(func=lambda a: _site(a, True))
+    p = cmds.add_parser("unmask-site")
+    p.add_argument("site")
+    p.add_argument("--reason", default="")
+    p.set_defaults(func=lambda a: _site(a, False))
+    p = cmds.add_parser(
+        "rotate-master-key", help="new master key; re-wrap every credential under it"
+    )
+    p.set_defaults(func=_rotate)
+    p = cmds.add_parser("list", help="stored credentials (never keys)")
+    p.add_argument("--owner", help="only this owner DN")
+    p.add_argument("--expired", action="store_true", help="only those past their end")
+    p.set_defaults(func=_list)
+    p = cmds.add_parser("expire", help="delete credentials past their end")
+    p.add_argument("--dry-run", action="store_true")
+    p.set_defaults(func=_expire)
+    p = cmds.add_parser("migrate", help="bring the database schema to the newest revision")
+    p.set_defaults(func=_migrate)
+    p = cmds.add_parser("import-myproxy", help="import a myproxy-server storage directory")
+    p.add_argument("directory", type=Path, help="e.g. /var/lib/myproxy")
+    p.add_argument("--dry-run", action="store_true")
+    p.set_defaults(func=_import)
+
+
+def run(args: argparse.Namespace) -> int:
+    def body() -> int:
+        try:
+            return int(args.func(args))
+        except RepositoryError as exc:
+            rule = f" [rule {exc.rule}]" if exc.rule else ""
+            common.fail(f"{exc.message}{rule}")
+
+    return common.run_command("proxyd admin", body)
