@@ -16,6 +16,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Dialect,
+    Float,
     Index,
     Integer,
     LargeBinary,
@@ -27,7 +28,18 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["AuditHeadRow", "AuditRow", "BanRow", "Base", "CredentialRow", "UTCDateTime"]
+__all__ = [
+    "AuditHeadRow",
+    "AuditRow",
+    "BanRow",
+    "Base",
+    "CredentialRow",
+    "FairShareRow",
+    "SiteMaskRow",
+    "TaskAccountingRow",
+    "TaskRow",
+    "UTCDateTime",
+]
 
 # Deterministic constraint names, so migrations can name what they alter.
 NAMING_CONVENTION = {
@@ -175,3 +187,143 @@ class AuditHeadRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     last_seq: Mapped[int] = mapped_column(BigInteger)
     last_hash: Mapped[str] = mapped_column(String(HASH_LEN))
+
+
+# --- the task queue (proxyd.taskqueue.sql; migration 0002) ------------------------------
+
+TASK_STATES = (
+    "waiting",
+    "matched",
+    "running",
+    "done",
+    "failed",
+    "stalled",
+    "rescheduled",
+    "cancelled",
+)
+QUEUED_STATES = ("waiting", "rescheduled")
+
+
+class TaskRow(Base):
+    """One task: what its owner asked for, and where it is in its life cycle.
+
+    Lists (FQANs, sites, tags, arguments) are JSON. `attempts` counts
+    matches; `pilot_dn`/`site` stay after the task ends, so the
+    assignment can say whose it was (and that it is over).
+    """
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ({})".format(", ".join(f"'{s}'" for s in TASK_STATES)), name="state"
+        ),
+        Index("ix_tasks_state_heartbeat_at", "state", "heartbeat_at"),
+        Index("ix_tasks_owner_dn_state", "owner_dn", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner_dn: Mapped[str] = mapped_column(String(DN_LEN))
+    vo: Mapped[str] = mapped_column(String(64))
+    group_name: Mapped[str] = mapped_column(String(255))
+    fqans: Mapped[list[str]] = mapped_column(JSON)
+    credential_username: Mapped[str] = mapped_column(String(255))
+    credential_name: Mapped[str] = mapped_column(String(255))
+    priority: Mapped[int] = mapped_column(Integer)
+    sites_allowed: Mapped[list[str]] = mapped_column(JSON)
+    sites_banned: Mapped[list[str]] = mapped_column(JSON)
+    platform: Mapped[str | None] = mapped_column(String(64))
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    cpu_time_s: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    command: Mapped[str] = mapped_column(Text)
+    args: Mapped[list[str]] = mapped_column(JSON)
+    input_files: Mapped[list[str]] = mapped_column(JSON)
+    max_wall_s: Mapped[int] = mapped_column(Integer)
+    max_cpu_s: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    pilot_dn: Mapped[str | None] = mapped_column(String(DN_LEN))
+    pilot_id: Mapped[str | None] = mapped_column(String(255))
+    site: Mapped[str | None] = mapped_column(String(255))
+    ce: Mapped[str | None] = mapped_column(String(255))
+    submitted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    matched_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+# Matching reads one (group, owner) at a time in priority-then-submission order; the
+# index holds queued tasks only, so it stays small however many tasks have finished.
+Index(
+    "ix_tasks_queue",
+    TaskRow.group_name,
+    TaskRow.owner_dn,
+    TaskRow.priority.desc(),
+    TaskRow.id,
+    postgresql_where=TaskRow.state.in_(QUEUED_STATES),
+    sqlite_where=TaskRow.state.in_(QUEUED_STATES),
+)
+
+
+class TaskAccountingRow(Base):
+    """What one attempt of a task used, as its pilot reported it.
+
+    No foreign key to `tasks`: accounting is history and outlives purged tasks.
+    """
+
+    __tablename__ = "task_accounting"
+    __table_args__ = (
+        UniqueConstraint("task_id", "attempt"),
+        CheckConstraint("outcome IN ('done', 'failed')", name="outcome"),
+        Index("ix_task_accounting_owner_dn_finished_at", "owner_dn", "finished_at"),
+        Index("ix_task_accounting_group_name_finished_at", "group_name", "finished_at"),
+        Index("ix_task_accounting_site_finished_at", "site", "finished_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    owner_dn: Mapped[str] = mapped_column(String(DN_LEN))
+    vo: Mapped[str] = mapped_column(String(64))
+    group_name: Mapped[str] = mapped_column(String(255))
+    site: Mapped[str] = mapped_column(String(255))
+    pilot_dn: Mapped[str] = mapped_column(String(DN_LEN))
+    outcome: Mapped[str] = mapped_column(String(16))
+    cpu_s: Mapped[float] = mapped_column(Float)
+    wall_s: Mapped[float] = mapped_column(Float)
+    max_rss_kb: Mapped[int] = mapped_column(BigInteger)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    finished_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class SiteMaskRow(Base):
+    """A site's mask state (I5: a masked site gets no work) and who set it last."""
+
+    __tablename__ = "site_mask"
+
+    site: Mapped[str] = mapped_column(String(255), primary_key=True)
+    masked: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(Text)
+    changed_by: Mapped[str] = mapped_column(String(DN_LEN))
+    changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class FairShareRow(Base):
+    """The usage of one owner in one group, for fair-share matching.
+
+    `used_s` is finished wall time as it stood at `used_at` (it decays from
+    there); `reserved_s` is the requested wall time of the pair's matched
+    and running tasks. One row per pair that ever submitted.
+    """
+
+    __tablename__ = "fair_share"
+    __table_args__ = (UniqueConstraint("group_name", "owner_dn"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_name: Mapped[str] = mapped_column(String(255))
+    owner_dn: Mapped[str] = mapped_column(String(DN_LEN))
+    used_s: Mapped[float] = mapped_column(Float)
+    used_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    reserved_s: Mapped[int] = mapped_column(BigInteger)

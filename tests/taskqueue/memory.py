@@ -1,0 +1,311 @@
+"""A task queue in a dict: the smallest complete backend, and the example in docs/taskqueue.md.
+
+It keeps everything in memory behind one lock, so it suits one process and
+tests only. The shared pieces do the real work: `next_state` (life cycle),
+`Requirements.unmet` (matching), `fairshare` (ranking), `assignment_of`
+(the policy's view) and `queue_event` (audit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import itertools
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from proxyd.patterns import any_dn_matches
+from proxyd.policy import Assignment
+from proxyd.taskqueue.base import (
+    RULE_MATCH,
+    RULE_PILOT_REPORT,
+    RULE_REQUEST,
+    RULE_TIMEOUT,
+    AccountingKey,
+    AuditSink,
+    queue_event,
+)
+from proxyd.taskqueue.fairshare import FairShare, PairUsage, match_key, ranking
+from proxyd.taskqueue.model import (
+    ACTIVE,
+    QUEUED,
+    SYSTEM_ACTOR,
+    Accounting,
+    AccountingTotal,
+    NotAssigned,
+    PilotCapabilities,
+    Task,
+    TaskEvent,
+    TaskFilter,
+    TaskSpec,
+    TaskState,
+    UnknownTask,
+    assignment_of,
+    next_state,
+)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class MemoryTaskQueue:
+    name = "memory"
+
+    def __init__(
+        self,
+        source: Any = None,  # what load_taskqueue passes; nothing to open here
+        *,
+        audit: AuditSink | None = None,
+        fair_share: FairShare | None = None,
+        clock: Callable[[], dt.datetime] = _utcnow,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._tasks: dict[int, Task] = {}
+        self._used: dict[tuple[str, str], float] = {}  # wall seconds used, not decayed here
+        self._accounting: list[tuple[Task, TaskState, Accounting, dt.datetime]] = []
+        self._masked: set[str] = set()
+        self._bans: set[str] = set()
+        self._audit = audit
+        self._fair = fair_share or FairShare()
+        self._clock = clock
+
+    def _log(self, *events: Any) -> None:
+        if self._audit is not None:
+            self._audit.append_many(events)
+
+    def submit(self, spec: TaskSpec) -> Task:
+        with self._lock:
+            task = Task(next(self._ids), spec, TaskState.WAITING, self._clock())
+            self._tasks[task.id] = task
+        return task
+
+    def submit_many(self, specs: Sequence[TaskSpec]) -> list[int]:
+        return [self.submit(spec).id for spec in specs]
+
+    def match(self, capabilities: PilotCapabilities) -> Task | None:
+        caps = capabilities
+        with self._lock:
+            if caps.site in self._masked:
+                return None
+            ranks = ranking(self._usages(), self._fair)
+            fits = [
+                t
+                for t in self._tasks.values()
+                if t.state in QUEUED
+                and not any_dn_matches(tuple(self._bans), t.spec.owner)
+                and t.spec.requirements.unmet(caps) is None
+            ]
+            if not fits:
+                return None
+            best = min(
+                fits,
+                key=lambda t: match_key(t.spec.priority, t.spec.group, t.spec.owner, t.id, ranks),
+            )
+            now = self._clock()
+            task = dataclasses.replace(
+                best,
+                state=next_state(best.state, TaskEvent.MATCH, best.id),
+                pilot=caps.pilot_dn,
+                pilot_id=caps.pilot_id,
+                site=caps.site,
+                ce=caps.ce or None,
+                matched_at=now,
+                heartbeat_at=now,
+                attempts=best.attempts + 1,
+                reason=None,
+            )
+            self._tasks[task.id] = task
+        event = queue_event(
+            "task.match",
+            RULE_MATCH,
+            caps.pilot_dn,
+            actor_kind="pilot",
+            task=task,
+            detail=f"task {task.id}",
+        )
+        self._log(event)
+        return task
+
+    def _usages(self) -> list[PairUsage]:
+        """Per (group, owner): wall seconds used, and max_wall_s of its active tasks."""
+        reserved: dict[tuple[str, str], float] = {}
+        for t in self._tasks.values():
+            pair = (t.spec.group, t.spec.owner)
+            reserved[pair] = reserved.get(pair, 0.0) + (
+                t.spec.max_wall_s if t.state in ACTIVE else 0
+            )
+        return [PairUsage(g, o, self._used.get((g, o), 0.0), r) for (g, o), r in reserved.items()]
+
+    def _apply(
+        self,
+        task_id: int,
+        event: TaskEvent,
+        *,
+        pilot: str | None = None,
+        by: str | None = None,
+        reason: str | None = None,
+        accounting: Accounting | None = None,
+    ) -> Task:
+        with self._lock:
+            before = self._tasks.get(task_id)
+            if before is None:
+                raise UnknownTask(task_id)
+            if pilot is not None and before.pilot != pilot:
+                raise NotAssigned(task_id, pilot, before.pilot)
+            now = self._clock()
+            state = next_state(before.state, event, task_id)
+            task = dataclasses.replace(before, state=state, reason=reason or before.reason)
+            if event is TaskEvent.START:
+                task = dataclasses.replace(task, started_at=now, heartbeat_at=now)
+            if event is TaskEvent.HEARTBEAT:
+                task = dataclasses.replace(task, heartbeat_at=now)
+            if state in (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED):
+                task = dataclasses.replace(task, finished_at=now)
+            if state is TaskState.RESCHEDULED:
+                task = dataclasses.replace(
+                    task,
+                    pilot=None,
+                    pilot_id=None,
+                    site=None,
+                    ce=None,
+                    matched_at=None,
+                    started_at=None,
+                    heartbeat_at=None,
+                    finished_at=None,
+                )
+            if before.state in ACTIVE and state not in ACTIVE:
+                pair = (before.spec.group, before.spec.owner)
+                began = before.started_at or before.matched_at or now
+                wall = accounting.wall_s if accounting else (now - began).total_seconds()
+                self._used[pair] = self._used.get(pair, 0.0) + wall
+            if accounting is not None:
+                self._accounting.append((before, state, accounting, now))
+            self._tasks[task_id] = task
+        if event not in (TaskEvent.START, TaskEvent.HEARTBEAT, TaskEvent.STALL):
+            rule, actor, kind = (
+                (RULE_PILOT_REPORT, pilot, "pilot") if pilot else (RULE_REQUEST, by, None)
+            )
+            detail = f"task {task_id} {before.state.value} -> {state.value}: {task.reason or ''}"
+            self._log(
+                queue_event(
+                    f"task.{event.value}",
+                    rule,
+                    actor or SYSTEM_ACTOR,
+                    actor_kind=kind,
+                    task=task,
+                    detail=detail,
+                )
+            )
+        return task
+
+    def start(self, task_id: int, pilot: str) -> Task:
+        return self._apply(task_id, TaskEvent.START, pilot=pilot)
+
+    def heartbeat(self, task_id: int, pilot: str) -> Task:
+        return self._apply(task_id, TaskEvent.HEARTBEAT, pilot=pilot)
+
+    def complete(self, task_id: int, pilot: str, accounting: Accounting) -> Task:
+        return self._apply(task_id, TaskEvent.COMPLETE, pilot=pilot, accounting=accounting)
+
+    def fail(
+        self, task_id: int, pilot: str, reason: str, accounting: Accounting | None = None
+    ) -> Task:
+        return self._apply(
+            task_id, TaskEvent.FAIL, pilot=pilot, reason=reason, accounting=accounting
+        )
+
+    def reschedule(self, task_id: int, *, by: str = SYSTEM_ACTOR, reason: str = "") -> Task:
+        return self._apply(task_id, TaskEvent.RESCHEDULE, by=by, reason=reason)
+
+    def cancel(self, task_id: int, *, by: str = SYSTEM_ACTOR, reason: str = "") -> Task:
+        return self._apply(task_id, TaskEvent.CANCEL, by=by, reason=reason)
+
+    def get(self, task_id: int) -> Task | None:
+        return self._tasks.get(task_id)
+
+    def query(self, filters: TaskFilter) -> list[Task]:
+        with self._lock:
+            found = sorted(
+                (t for t in self._tasks.values() if filters.matches(t)), key=lambda t: t.id
+            )
+        return found[: filters.limit]
+
+    def assignment(self, task_id: int) -> Assignment | None:
+        task = self._tasks.get(task_id)
+        return assignment_of(task, self._clock()) if task is not None else None
+
+    def set_site_mask(self, site: str, masked: bool, by: str, reason: str = "") -> None:
+        with self._lock:
+            (self._masked.add if masked else self._masked.discard)(site)
+        self._log(
+            queue_event(
+                "site.mask" if masked else "site.unmask",
+                RULE_REQUEST,
+                by,
+                detail=f"site {site}: {reason}",
+            )
+        )
+
+    def masked_sites(self) -> frozenset[str]:
+        return frozenset(self._masked)
+
+    def ban_owner(self, dn: str, by: str, reason: str = "") -> None:
+        with self._lock:
+            self._bans.add(dn)
+        event = queue_event("owner.ban", RULE_REQUEST, by, detail=f"owner {dn}: {reason}")
+        self._log(dataclasses.replace(event, owner_dn=dn))
+
+    def unban_owner(self, dn: str, by: str) -> bool:
+        with self._lock:
+            removed = dn in self._bans
+            self._bans.discard(dn)
+        event = queue_event("owner.unban", RULE_REQUEST, by, detail=f"owner {dn}")
+        self._log(dataclasses.replace(event, owner_dn=dn))
+        return removed
+
+    def mark_stalled(self, heartbeat_timeout: dt.timedelta) -> list[int]:
+        limit = self._clock() - heartbeat_timeout
+        silent = [
+            t.id
+            for t in list(self._tasks.values())
+            if t.state in ACTIVE and t.heartbeat_at is not None and t.heartbeat_at < limit
+        ]
+        for task_id in silent:
+            self._apply(task_id, TaskEvent.STALL)
+        for task_id in silent:
+            self._log(
+                queue_event("task.stall", RULE_TIMEOUT, SYSTEM_ACTOR, task=self._tasks[task_id])
+            )
+        return silent
+
+    def accounting(
+        self,
+        by: AccountingKey,
+        *,
+        owner: str | None = None,
+        group: str | None = None,
+        site: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+    ) -> list[AccountingTotal]:
+        totals: dict[str, list[Any]] = {}
+        for task, outcome, acc, at in self._accounting:
+            values = {"owner": task.spec.owner, "group": task.spec.group, "site": task.site or ""}
+            if (
+                (owner is not None and values["owner"] != owner)
+                or (group is not None and values["group"] != group)
+                or (site is not None and values["site"] != site)
+                or (since is not None and at < since)
+                or (until is not None and at >= until)
+            ):
+                continue
+            t = totals.setdefault(values[by], [0, 0, 0.0, 0.0, 0])
+            t[0] += 1
+            t[1] += outcome is TaskState.FAILED
+            t[2] += acc.cpu_s
+            t[3] += acc.wall_s
+            t[4] = max(t[4], acc.max_rss_kb)
+        return [AccountingTotal(k, *v) for k, v in sorted(totals.items())]

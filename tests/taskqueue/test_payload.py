@@ -1,0 +1,203 @@
+"""Payload proxies (I2): only the matched pilot, only while the task is live, only limited."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from proxyd.devpki import PILOT_DN, DevPKI, user_dn
+from proxyd.principal import Principal, PrincipalKind
+from proxyd.repository import Denied, Repository, StoreOptions
+from proxyd.sealing import MasterKeyring
+from proxyd.store.db import make_engine, migrate
+from proxyd.taskqueue import Accounting, Payload, PilotCapabilities, TaskSpec
+from proxyd.taskqueue.sql import SqlTaskQueue
+from tests.support.grid import (
+    Identity,
+    csr_for,
+    delegate,
+    load_identity,
+    make_test_config,
+    principal,
+    spare_key,
+    trust_of,
+)
+from voms_ext import validate_chain
+from voms_ext.asn1 import OID_POLICY_LIMITED, OID_PROXY_CERT_INFO
+from voms_ext.proxy import decode_proxy_cert_info
+
+ALICE = user_dn("alice")
+CAROL = user_dn("carol")  # a second pilot identity in these tests (policy.pilot_dns)
+LIMITED = "1.3.6.1.4.1.3536.1.1.1.9"
+
+
+@dataclasses.dataclass
+class World:
+    repo: Repository
+    queue: SqlTaskQueue
+    ids: dict[str, Identity]
+
+    def who(self, name: str) -> Principal:
+        return principal(self.repo, self.ids[name])
+
+    def match(self, who: str = "pilot") -> int:
+        dn = self.who(who).identity
+        task = self.queue.match(PilotCapabilities(dn, f"{who}-1", "SITE-A", cpu_time_left=10**5))
+        assert task is not None
+        return task.id
+
+    def handoff(self, who: str, task_id: int) -> x509.Certificate:
+        issued = self.repo.payload_proxy(self.who(who), task_id, csr_for(spare_key(3)), self.queue)
+        return issued.proxy
+
+    def denied(self, who: str, task_id: int) -> str:
+        with pytest.raises(Denied) as err:
+            self.handoff(who, task_id)
+        assert err.value.rule is not None
+        return err.value.rule
+
+
+@pytest.fixture(scope="module")
+def ids(dev_pki: DevPKI) -> dict[str, Identity]:
+    return {n: load_identity(dev_pki, n) for n in ("alice", "bob", "carol", "pilot")}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def world(
+    request: pytest.FixtureRequest, dev_pki: DevPKI, tmp_path: Path, ids: dict[str, Identity]
+) -> Iterator[World]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'state' / 'proxyd.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    config = make_test_config(dev_pki, url, tmp_path / "state")
+    policy = dataclasses.replace(config.policy, pilot_dns=(*config.policy.pilot_dns, CAROL))
+    config = dataclasses.replace(config, policy=policy)
+    config.server.state_dir.mkdir(mode=0o700, exist_ok=True)
+    engine = make_engine(url)
+    migrate(engine)
+    keyring = MasterKeyring.load_or_create(config.server.master_key_file)
+    repo = Repository(config, engine, keyring, trust_of(dev_pki))
+    delegate(repo, ids["alice"], StoreOptions("alice"))  # no passphrase: for trusted use
+    yield World(repo, SqlTaskQueue(engine, audit=repo.audit), ids)
+    engine.dispose()
+
+
+def task_of(owner: str, username: str, *fqans: str, group: str = "/dteam") -> TaskSpec:
+    return TaskSpec(
+        owner=owner,
+        vo="dteam",
+        group=group,
+        fqans=fqans,
+        credential_username=username,
+        payload=Payload("/usr/bin/analysis", ("--events", "1000")),
+        max_wall_s=3600,
+    )
+
+
+def policy_oid(cert: x509.Certificate) -> str:
+    ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(OID_PROXY_CERT_INFO))
+    return decode_proxy_cert_info(ext.value.value).policy_language  # type: ignore[attr-defined]
+
+
+def test_the_matched_pilot_gets_a_limited_proxy_with_the_task_fqans(world: World) -> None:
+    spec = task_of(
+        ALICE,
+        "alice",
+        "/dteam/analysis/Role=NULL",
+        "/dteam/Role=production",
+        group="/dteam/analysis",
+    )
+    task = world.queue.submit(spec)
+    assert world.who("pilot").kind is PrincipalKind.PILOT
+    assert world.match() == task.id
+    proxy = world.handoff("pilot", task.id)
+
+    assert OID_POLICY_LIMITED == LIMITED and policy_oid(proxy) == LIMITED
+    issued = world.repo.payload_proxy(
+        world.who("pilot"), task.id, csr_for(spare_key(3)), world.queue
+    )
+    result = validate_chain(issued.certificates, world.repo.trust)
+    assert result.identity == ALICE and result.is_limited
+    assert result.fqans[:2] == (
+        "/dteam/analysis/Role=NULL/Capability=NULL",
+        "/dteam/Role=production/Capability=NULL",
+    )  # the task's FQANs first (VOMS order); further groups alice holds may follow
+    margin = world.repo.config.policy.payload_lifetime_margin
+    left = proxy.not_valid_after_utc - dt.datetime.now(dt.UTC)
+    assert dt.timedelta(seconds=3600) < left <= dt.timedelta(seconds=3600) + margin  # I4
+
+    events = world.repo.audit.query(operation="payload_proxy", newest_first=False)
+    assert [(e.event.decision, e.event.rule) for e in events] == [
+        ("allow", "payload.assigned"),
+        ("allow", "payload.assigned"),
+    ]
+    first = events[0].event
+    assert first.serial == str(proxy.serial_number) and first.detail == f"task {task.id} (limited)"
+    assert (first.actor_dn, first.actor_kind, first.owner_dn) == (PILOT_DN, "pilot", ALICE)
+
+
+def test_another_pilot_is_refused(world: World) -> None:
+    task = world.queue.submit(task_of(ALICE, "alice"))
+    world.match("pilot")
+    assert world.who("carol").kind is PrincipalKind.PILOT
+    assert world.denied("carol", task.id) == "payload.not_assigned"
+    [deny] = world.repo.audit.query(operation="payload_proxy", decision="deny")
+    assert deny.event.actor_dn == CAROL and deny.event.rule == "payload.not_assigned"
+    assert (deny.event.detail or "").startswith(f"task {task.id}: ")
+
+
+def test_no_proxy_before_the_match_or_after_the_end(world: World) -> None:
+    first, second = world.queue.submit_many([task_of(ALICE, "alice"), task_of(ALICE, "alice")])
+    assert world.denied("pilot", first) == "payload.not_assigned"  # queued, nobody's yet
+    world.match()
+    world.queue.start(first, PILOT_DN)
+    world.handoff("pilot", first)
+    world.queue.complete(first, PILOT_DN, Accounting(cpu_s=1, wall_s=2))
+    assert world.denied("pilot", first) == "payload.assignment_ended"
+
+    world.match()
+    world.queue.reschedule(second, reason="operator")
+    assert world.denied("pilot", second) == "payload.not_assigned"  # back in the queue
+    assert world.denied("pilot", 10**6) == "payload.not_assigned"  # no such task
+    rules = [
+        e.event.rule
+        for e in world.repo.audit.query(
+            operation="payload_proxy", decision="deny", newest_first=False
+        )
+    ]
+    assert rules == [
+        "payload.not_assigned",
+        "payload.assignment_ended",
+        "payload.not_assigned",
+        "payload.not_assigned",
+    ]
+
+
+def test_a_pilot_never_gets_a_pilot_credential(world: World) -> None:
+    delegate(world.repo, world.ids["pilot"], StoreOptions("pilot"))  # the pilot stores its own
+    task = world.queue.submit(task_of(PILOT_DN, "pilot", "/dteam/Role=pilot"))
+    world.match()
+    assert world.denied("pilot", task.id) == "pilot.pilot_credential"
+
+
+def test_only_pilots_get_payload_proxies(world: World) -> None:
+    task = world.queue.submit(task_of(ALICE, "alice"))
+    world.match()
+    assert world.denied("alice", task.id) == "payload.not_pilot"
+    assert world.denied("bob", 10**6) == "payload.not_pilot"
+
+
+def test_owner_ban_and_unheld_fqans_refuse_the_handoff(world: World) -> None:
+    grabby = world.queue.submit(task_of(ALICE, "alice", "/dteam/Role=lcgadmin"))
+    world.match()
+    assert world.denied("pilot", grabby.id) == "voms.fqan_not_held"
+    plain = world.queue.submit(task_of(ALICE, "alice"))
+    world.match()
+    world.queue.ban_owner(ALICE, by=user_dn("admin"), reason="compromised")
+    assert world.denied("pilot", plain.id) == "ban.owner"  # I5: runtime bans are shared
