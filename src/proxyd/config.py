@@ -94,6 +94,14 @@ class VoConfig:
 
 
 @dataclass(frozen=True)
+class TaskQueueConfig:
+    backend: str | None = "sql"  # None: no task queue on this server
+    heartbeat_timeout: dt.timedelta = dt.timedelta(minutes=30)
+    shares: Mapping[str, float] = field(default_factory=dict)  # group FQAN -> share
+    usage_half_life: dt.timedelta = dt.timedelta(hours=24)
+
+
+@dataclass(frozen=True)
 class SealingConfig:
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
@@ -109,6 +117,7 @@ class Config:
     policy: PolicyConfig
     voms: tuple[VoConfig, ...]
     sealing: SealingConfig
+    taskqueue: TaskQueueConfig = field(default_factory=TaskQueueConfig)
 
     def vo(self, name: str) -> VoConfig | None:
         for vo in self.voms:
@@ -336,7 +345,7 @@ def parse_config(text: str, source: str | Path = "<string>") -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    known = {"server", "myproxy", "api", "policy", "voms", "sealing"}
+    known = {"server", "myproxy", "api", "policy", "voms", "sealing", "taskqueue"}
     unknown = sorted(set(doc) - known)
     if unknown:
         raise ConfigError(
@@ -363,6 +372,20 @@ def parse_config(text: str, source: str | Path = "<string>") -> Config:
         argon2_parallelism=g.int("argon2_parallelism", 1, minimum=1),
     )
     g.finish()
+    t = _section(path, doc, "taskqueue")
+    backend = t.str("backend", "sql")
+    shares: dict[str, float] = {}
+    for group, share in t.table("shares").items():
+        if isinstance(share, bool) or not isinstance(share, int | float) or share <= 0:
+            raise ConfigError(f"{t.where('shares')}: {group!r} must map to a positive number")
+        shares[group] = float(share)
+    taskqueue = TaskQueueConfig(
+        backend=None if backend == "off" else backend,
+        heartbeat_timeout=t.duration("heartbeat_timeout", dt.timedelta(minutes=30)),
+        shares=shares,
+        usage_half_life=t.duration("usage_half_life", dt.timedelta(hours=24)),
+    )
+    t.finish()
     return Config(
         source=path,
         server=server,
@@ -371,6 +394,7 @@ def parse_config(text: str, source: str | Path = "<string>") -> Config:
         policy=_policy(path, doc),
         voms=_voms(path, doc),
         sealing=sealing,
+        taskqueue=taskqueue,
     )
 
 

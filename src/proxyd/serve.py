@@ -18,6 +18,7 @@ from aiohttp import web
 from voms_ext import VomsExtError
 
 from .api.app import make_app
+from .api.tasks import TASKS
 from .config import Config
 from .errors import ServeError
 from .issuer import IssueError
@@ -25,6 +26,10 @@ from .logs import configure as configure_logging
 from .myproxy.server import MyProxyServer
 from .repository import Repository
 from .sealing import SealingError
+from .taskqueue.base import load_taskqueue
+from .taskqueue.fairshare import FairShare
+from .taskqueue.model import TaskQueueError
+from .tasks import TaskService
 from .tlsctx import server_context
 
 log = logging.getLogger("proxyd.serve")
@@ -45,6 +50,8 @@ async def run_listeners(
     stop = stop or asyncio.Event()
     runner: web.AppRunner | None = None
     myproxy: asyncio.Server | None = None
+    sweeper: asyncio.Task[None] | None = None
+    tasks = _task_service(repo)
     try:
         if config.myproxy.listen is not None:
             listen = config.myproxy.listen
@@ -56,7 +63,11 @@ async def run_listeners(
                 raise ServeError(f"cannot listen for MyProxy on {listen}: {exc.strerror}") from None
             log.info("MyProxy listening on %s", listen)
         if config.api.listen is not None:
-            runner = web.AppRunner(make_app(config, repo), access_log=None)
+            app = make_app(config, repo)
+            if tasks is not None:
+                app[TASKS] = tasks
+                sweeper = asyncio.create_task(_sweep_stalled(tasks, config))
+            runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             site = web.TCPSite(
                 runner,
@@ -80,12 +91,44 @@ async def run_listeners(
         await stop.wait()
     finally:
         log.info("shutting down")
+        if sweeper is not None:
+            sweeper.cancel()
         if myproxy is not None:
             myproxy.close()
             await myproxy.wait_closed()
         if runner is not None:
             await runner.cleanup()
         repo.engine.dispose()
+
+
+def _task_service(repo: Repository) -> TaskService | None:
+    tq = repo.config.taskqueue
+    if tq.backend is None:
+        return None
+    options: dict[str, object] = {"audit": repo.audit}
+    if tq.backend == "sql":
+        options["fair_share"] = FairShare(shares=dict(tq.shares), half_life=tq.usage_half_life)
+    try:
+        queue = load_taskqueue(tq.backend, repo.engine, **options)
+    except TaskQueueError as exc:
+        raise ServeError(f"cannot start the task queue: {exc}") from None
+    return TaskService(repo, queue)
+
+
+async def _sweep_stalled(tasks: TaskService, config: Config) -> None:
+    """Mark tasks whose pilot stopped sending heartbeats as stalled (they get rescheduled)."""
+    interval = min(60.0, config.taskqueue.heartbeat_timeout.total_seconds() / 4)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            stalled = await asyncio.to_thread(
+                tasks.queue.mark_stalled, config.taskqueue.heartbeat_timeout
+            )
+        except Exception:
+            log.exception("stalled-task sweep failed; it runs again in %.0f s", interval)
+            continue
+        if stalled:
+            log.info("marked %d task(s) stalled: %s", len(stalled), stalled[:20])
 
 
 def _worker(config: Config, json_lines: bool) -> None:

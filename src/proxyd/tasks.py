@@ -70,6 +70,10 @@ class TaskService:
             raise NotFound(f"no task {task_id}", "task.not_found")
         return task
 
+    def log_tail(self, principal: Principal, task_id: int) -> str | None:
+        self.task(principal, task_id)  # the owner, admins and auditors
+        return self.queue.log_tail(task_id)
+
     def cancel(self, principal: Principal, task_id: int) -> Task:
         task = self.task(principal, task_id)
         return self.queue.cancel(task.id, by=principal.identity, reason="cancelled by request")

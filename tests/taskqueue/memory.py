@@ -281,6 +281,10 @@ class MemoryTaskQueue:
             )
         return silent
 
+    def log_tail(self, task_id: int) -> str | None:
+        tails = [acc.log_tail for task, _, acc, _ in self._accounting if task.id == task_id]
+        return tails[-1] if tails else None
+
     def accounting(
         self,
         by: AccountingKey,

@@ -170,6 +170,11 @@ async def get_task(request: web.Request) -> web.Response:
     return web.json_response(task_json(task))
 
 
+async def task_log(request: web.Request) -> web.Response:
+    tail = await blocking(_service(request).log_tail, principal_of(request), _task_id(request))
+    return web.json_response({"id": _task_id(request), "log_tail": tail})
+
+
 async def cancel_task(request: web.Request) -> web.Response:
 
     task = await blocking(_service(request).cancel, principal_of(request), _task_id(request))
@@ -233,6 +238,7 @@ def _accounting(body: dict[str, Any]) -> Accounting:
             wall_s=float(_get(body, "wall_s", (int, float), 0.0)),
             max_rss_kb=_get(body, "max_rss_kb", int, 0),
             exit_code=_get(body, "exit_code", int),
+            log_tail=_get(body, "log_tail", str, ""),
         )
     except (ValueError, TaskQueueError) as exc:
         raise Problem(400, str(exc)) from None
@@ -341,6 +347,7 @@ TASK_ROUTES: list[ApiRoute] = [
     ),
     ApiRoute("GET", "/v1/tasks/{id}", get_task, "One task", response=_TASK),
     ApiRoute("DELETE", "/v1/tasks/{id}", cancel_task, "Cancel a task", response=_TASK),
+    ApiRoute("GET", "/v1/tasks/{id}/log", task_log, "The log tail of the latest attempt"),
     ApiRoute(
         "POST",
         "/v1/pilot/match",

@@ -295,6 +295,7 @@ class TaskAccountingRow(Base):
     wall_s: Mapped[float] = mapped_column(Float)
     max_rss_kb: Mapped[int] = mapped_column(BigInteger)
     exit_code: Mapped[int | None] = mapped_column(Integer)
+    log_tail: Mapped[str | None] = mapped_column(Text)
     finished_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 

@@ -156,6 +156,10 @@ class TaskQueue(Protocol):
         """Matched or running tasks silent for longer than the timeout → stalled. Audited."""
         ...
 
+    def log_tail(self, task_id: int) -> str | None:
+        """The end of the payload output its pilot reported for the latest finished attempt."""
+        ...
+
     def accounting(
         self,
         by: AccountingKey,

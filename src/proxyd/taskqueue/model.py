@@ -336,6 +336,9 @@ class PilotCapabilities:
         _count("PilotCapabilities.memory_mb", self.memory_mb)
 
 
+LOG_TAIL_MAX = 16 * 1024
+
+
 @dataclass(frozen=True)
 class Accounting:
     """What one attempt of a task used, as its pilot measured it."""
@@ -344,8 +347,12 @@ class Accounting:
     wall_s: float
     max_rss_kb: int = 0
     exit_code: int | None = None
+    log_tail: str = ""  # the end of the payload's output, at most LOG_TAIL_MAX characters
 
     def __post_init__(self) -> None:
+        if not isinstance(self.log_tail, str):
+            raise _bad("Accounting.log_tail", "must be a string")
+        object.__setattr__(self, "log_tail", self.log_tail[-LOG_TAIL_MAX:])
         for name in ("cpu_s", "wall_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:

@@ -681,6 +681,14 @@ class SqlTaskQueue:
         task = self.get(task_id)
         return assignment_of(task, self._clock()) if task is not None else None
 
+    def log_tail(self, task_id: int) -> str | None:
+        """The log tail its pilot reported for the task's latest finished attempt."""
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(A.log_tail).where(A.task_id == task_id).order_by(A.attempt.desc()).limit(1)
+            ).first()
+        return row[0] if row is not None else None
+
     def accounting(
         self,
         by: AccountingKey,
@@ -892,6 +900,7 @@ def _record_accounting(
             wall_s=accounting.wall_s,
             max_rss_kb=accounting.max_rss_kb,
             exit_code=accounting.exit_code,
+            log_tail=accounting.log_tail or None,
             finished_at=now,
         )
     )

@@ -98,6 +98,7 @@ def upgrade() -> None:
         sa.Column("wall_s", sa.Float(), nullable=False),
         sa.Column("max_rss_kb", sa.BigInteger(), nullable=False),
         sa.Column("exit_code", sa.Integer(), nullable=True),
+        sa.Column("log_tail", sa.Text(), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_task_accounting"),
         sa.UniqueConstraint("task_id", "attempt", name="uq_task_accounting_task_id_attempt"),
