@@ -98,8 +98,11 @@ class Assignment:
     task_id: int
     owner: str
     credential_name: str
-    live: bool
+    live: bool  # matched or running, with wall time left: proxies may be handed out
     time_left: dt.timedelta
+    # Matched or running, whatever the time left: the pilot may still report on it
+    # (a payload killed for exceeding its wall time is, by definition, out of time).
+    active: bool = False
 
 
 @dataclass(frozen=True)
@@ -462,7 +465,7 @@ def _task_update(
     a = request.assignment
     if principal.kind is not PrincipalKind.PILOT or a is None or a.pilot != principal.identity:
         return _deny("task.not_assigned", "only the pilot running a task reports on it")
-    if not a.live:
+    if not a.active:
         return _deny(
             "payload.assignment_ended", f"task {a.task_id} is no longer running on this pilot"
         )

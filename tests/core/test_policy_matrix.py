@@ -7,6 +7,7 @@ tests of the ARCHITECTURE.md invariants.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import replace
 
@@ -529,6 +530,92 @@ MATRIX = [
         "voms.fqan_not_held",
         None,
     ),
+    # --- the task queue
+    (
+        "task-submit-own",
+        alice,
+        req(Operation.TASK_SUBMIT, fqans=("/dteam",), held_fqans=("/dteam",)),
+        None,
+        True,
+        "task.owner",
+        None,
+    ),
+    ("task-submit-for-other", bob, req(Operation.TASK_SUBMIT), None, False, "task.not_owner", None),
+    (
+        "task-submit-unheld-fqan",
+        alice,
+        req(Operation.TASK_SUBMIT, fqans=("/dteam/Role=admin",), held_fqans=("/dteam",)),
+        None,
+        False,
+        "voms.fqan_not_held",
+        None,
+    ),
+    (
+        "I1-task-submit-limited",
+        alice_limited,
+        req(Operation.TASK_SUBMIT),
+        None,
+        False,
+        "limited.peer",
+        None,
+    ),
+    (
+        "I2-pilot-submits-task",
+        pilot,
+        req(Operation.TASK_SUBMIT, PILOT),
+        None,
+        False,
+        "pilot.restricted",
+        None,
+    ),
+    ("task-match-pilot", pilot, req(Operation.TASK_MATCH, None), None, True, "task.pilot", True),
+    (
+        "task-match-not-pilot",
+        wms,
+        req(Operation.TASK_MATCH, None),
+        None,
+        False,
+        "task.not_pilot",
+        None,
+    ),
+    (
+        "task-report-assigned",
+        pilot,
+        req(Operation.TASK_UPDATE, assignment=dataclasses.replace(LIVE, active=True)),
+        None,
+        True,
+        "task.assigned_pilot",
+        True,
+    ),
+    (
+        "task-report-after-wall-time",
+        pilot,
+        req(Operation.TASK_UPDATE, assignment=dataclasses.replace(LIVE, live=False, active=True)),
+        None,
+        True,
+        "task.assigned_pilot",
+        True,
+    ),
+    (
+        "task-report-finished",
+        pilot,
+        req(Operation.TASK_UPDATE, assignment=dataclasses.replace(LIVE, live=False, active=False)),
+        None,
+        False,
+        "payload.assignment_ended",
+        None,
+    ),
+    (
+        "task-report-other-pilot",
+        fqan_pilot,
+        req(Operation.TASK_UPDATE, assignment=dataclasses.replace(LIVE, active=True)),
+        None,
+        False,
+        "task.not_assigned",
+        None,
+    ),
+    ("task-read-own", alice, req(Operation.TASK_READ), None, True, "task.owner", None),
+    ("task-read-other", bob, req(Operation.TASK_READ), None, False, "task.not_owner", None),
     # --- auditors and admins
     (
         "audit-read-not-listed",

@@ -443,4 +443,5 @@ def assignment_of(task: Task, now: dt.datetime) -> Assignment | None:
         credential_name=task.spec.credential_name,
         live=task.state in ACTIVE and left > dt.timedelta(0),
         time_left=left,
+        active=task.state in ACTIVE,
     )

@@ -1,0 +1,374 @@
+"""Pilots drain the queue with real processes: payloads run only on limited proxies of their owners.
+
+3 users submit 30 tasks; 4 `proxyd-pilot` processes on 2 sites drain the queue.
+Each payload inspects its X509_USER_PROXY with voms_ext and writes what it saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+from proxyd.config import load_config
+from proxyd.devpki import DevPKI, user_dn
+from proxyd.repository import StoreOptions
+from tests.support.grid import Identity, csr_for, delegate, load_identity, spare_key
+from tests.support.https import ApiClient
+from tests.support.server import RunningServer, running_server, write_config
+from voms_ext import Credential, write_credential_file
+
+BIN = Path(sys.executable).parent
+USERS = {"alice": ("dteam", "/dteam"), "bob": ("dteam", "/dteam"), "carol": ("ops", "/ops")}
+PILOT2 = "/C=XX/O=proxyd dev/OU=Pilots/CN=pilot2"
+
+PAYLOAD = r"""
+import json, os, stat, sys, time
+from voms_ext import TrustStore, load_credential_file, validate_chain
+proxy = os.environ["X509_USER_PROXY"]
+trust = TrustStore.from_dirs(os.environ["X509_CERT_DIR"], os.environ["X509_VOMS_DIR"])
+result = validate_chain(load_credential_file(proxy).certificates, trust)
+deadline = time.process_time() + float(sys.argv[2])
+while time.process_time() < deadline:
+    pass
+with open(os.path.join(sys.argv[1], os.environ["PROXYD_TASK_ID"] + ".json"), "w") as out:
+    json.dump({"task": int(os.environ["PROXYD_TASK_ID"]), "identity": result.identity,
+               "limited": result.is_limited, "fqans": list(result.fqans),
+               "mode": stat.S_IMODE(os.stat(proxy).st_mode), "uid": os.getuid(),
+               "cpu": time.process_time(), "proxy": proxy, "cwd": os.getcwd()}, out)
+print("payload of task", os.environ["PROXYD_TASK_ID"], "done")
+"""
+
+
+def _pilot2(dev_pki: DevPKI, out: Path) -> Path:
+    """A second pilot identity, issued by the dev CA."""
+    ca = x509.load_pem_x509_certificate(dev_pki.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(dev_pki.ca_key.read_bytes(), None)
+    key = spare_key(6)
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.COUNTRY_NAME, "XX"),
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "proxyd dev"),
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Pilots"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, "pilot2"),
+                ]
+            )
+        )
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, True, True, False, False, False, False, False), critical=True
+        )
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    path = out / "pilot2.pem"
+    write_credential_file(path, Credential((cert,), key))
+    return path
+
+
+@dataclasses.dataclass
+class Bed:
+    server: RunningServer
+    config_file: Path
+    creds: dict[str, Path]
+    results: Path
+    workroot: Path
+    payload: Path
+
+    def api(self, who: str) -> ApiClient:
+        return ApiClient(self.server.api_port, self.server.pki.cert_dir, self.creds[who])
+
+    def submit(
+        self,
+        who: str,
+        n: int,
+        *,
+        priority: int = 0,
+        cpu: float = 0.05,
+        sites: tuple[str, ...] = (),
+        max_cpu_s: int = 60,
+        max_wall_s: int = 120,
+        command: list[str] | None = None,
+    ) -> list[int]:
+        vo, fqan = USERS.get(who, ("dteam", "/dteam"))
+        ids = []
+        for _ in range(n):
+            argv = command or [sys.executable, str(self.payload), str(self.results), str(cpu)]
+            reply = self.api(who).request(
+                "POST",
+                "/v1/tasks",
+                {
+                    "vo": vo,
+                    "group": fqan,
+                    "fqans": [fqan],
+                    "priority": priority,
+                    "credential": {"username": who, "name": "default"},
+                    "requirements": {"sites_allowed": list(sites)},
+                    "payload": {"command": argv[0], "args": argv[1:]},
+                    "max_cpu_s": max_cpu_s,
+                    "max_wall_s": max_wall_s,
+                },
+            )
+            assert reply.status == 201, reply.body
+            ids.append(reply.json["id"])
+        return ids
+
+    def pilot(self, site: str, who: str = "pilot", *extra: str) -> subprocess.Popen[str]:
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(self.workroot),
+            "X509_USER_PROXY": str(self.creds[who]),
+            "X509_CERT_DIR": str(self.server.pki.cert_dir),
+            "X509_VOMS_DIR": str(self.server.pki.voms_dir),
+            "PROXYD_URL": f"https://localhost:{self.server.api_port}",
+        }
+        return subprocess.Popen(
+            [
+                str(BIN / "proxyd-pilot"),
+                "--site",
+                site,
+                "--workdir",
+                str(self.workroot),
+                "--heartbeat",
+                "1",
+                "--time",
+                "600",
+                *extra,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def task(self, who: str, task_id: int) -> dict[str, object]:
+        return self.api(who).request("GET", f"/v1/tasks/{task_id}").json  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def bed(dev_pki: DevPKI, tmp_path: Path) -> Iterator[Bed]:
+    tmp_path.chmod(0o700)
+    base = load_config(dev_pki.config).policy
+    policy = dataclasses.replace(
+        base,
+        pilot_dns=("/C=XX/O=proxyd dev/OU=Pilots/*",),
+        auditors=(user_dn("carol"),),
+        passphrase_attempts=10_000,
+    )
+    state = tmp_path / "state"
+    with running_server(dev_pki, state, policy=policy) as server:
+        creds: dict[str, Path] = {}
+        for who in ("alice", "bob", "carol", "pilot"):
+            ident: Identity = load_identity(dev_pki, who)
+            creds[who] = tmp_path / f"{who}.pem"
+            write_credential_file(creds[who], Credential(ident.certificates, ident.key))
+            if who != "pilot":
+                delegate(server.repo, ident, StoreOptions(who))
+        creds["pilot2"] = _pilot2(dev_pki, tmp_path)
+        results, workroot = tmp_path / "results", tmp_path / "work"
+        results.mkdir()
+        workroot.mkdir(mode=0o711)
+        payload = tmp_path / "payload.py"
+        payload.write_text(PAYLOAD)
+        results.chmod(0o777)
+        config_file = write_config(dev_pki, state, server.myproxy_port, server.api_port)
+        yield Bed(server, config_file, creds, results, workroot, payload)
+
+
+def _finish(procs: list[subprocess.Popen[str]]) -> list[str]:
+    logs = []
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        logs.append(err)
+    return logs
+
+
+def test_four_pilots_on_two_sites_drain_thirty_tasks(bed: Bed) -> None:
+    ids: dict[str, list[int]] = {}
+    for who, prio in (("alice", 5), ("bob", 1), ("carol", 3)):
+        ids[who] = bed.submit(who, 10, priority=prio)
+    pilots = [bed.pilot(site) for site in ("SITE-A", "SITE-A", "SITE-B", "SITE-B")]
+    _finish(pilots)
+
+    seen = {int(p.stem): json.loads(p.read_text()) for p in bed.results.glob("*.json")}
+    assert sorted(seen) == sorted(i for v in ids.values() for i in v)
+    for who, task_ids in ids.items():
+        for task_id in task_ids:
+            s = seen[task_id]
+            assert (s["identity"], s["limited"], s["mode"]) == (user_dn(who), True, 0o600)
+            assert s["fqans"][0] == f"{USERS[who][1]}/Role=NULL/Capability=NULL"
+            assert bed.task(who, task_id)["state"] == "done"
+    assert list(bed.workroot.iterdir()) == [], "proxy files or work directories left behind"
+
+    totals = bed.api("carol").request("GET", "/v1/accounting?by=owner").json["totals"]
+    by_owner = {t["key"]: t for t in totals}
+    for who, task_ids in ids.items():
+        used = sum(seen[t]["cpu"] for t in task_ids)
+        reported = by_owner[user_dn(who)]
+        assert reported["attempts"] == 10 and reported["failed"] == 0
+        assert (
+            used * 0.8 <= reported["cpu_s"] <= used + 10 * 1.0
+        )  # the interpreter's start-up on top
+
+    handoffs = [
+        e
+        for e in bed.server.repo.audit.query(
+            operation="payload_proxy", decision="allow", limit=1000
+        )
+    ]
+    assert sorted(int(e.event.detail.split()[1]) for e in handoffs) == sorted(seen)
+    assert bed.server.repo.audit.verify().ok
+    log = bed.api("alice").request("GET", f"/v1/tasks/{ids['alice'][0]}/log").json
+    assert f"payload of task {ids['alice'][0]} done" in log["log_tail"]
+
+
+def test_site_mask_and_user_ban_take_effect_without_restart(bed: Bed) -> None:
+    admin = [str(BIN / "proxyd"), "admin", "--config", str(bed.config_file)]
+    subprocess.run(
+        [*admin, "mask-site", "SITE-A", "--reason", "downtime"], check=True, capture_output=True
+    )
+    bed.submit("alice", 2)
+    a = bed.pilot("SITE-A")
+    _finish([a])
+    assert list(bed.results.iterdir()) == []  # nothing ran at the masked site
+    subprocess.run([*admin, "unmask-site", "SITE-A"], check=True, capture_output=True)
+    subprocess.run(
+        [*admin, "ban", "--user", user_dn("bob"), "--reason", "abuse"],
+        check=True,
+        capture_output=True,
+    )
+    bob_ids = bed.submit("alice", 0) or []
+    with pytest.raises(AssertionError):  # bob is banned: his submission is refused (ban.peer)
+        bed.submit("bob", 1)
+    _finish([bed.pilot("SITE-A")])
+    assert len(list(bed.results.iterdir())) == 2 and not bob_ids
+    rules = {e.event.operation for e in bed.server.repo.audit.query(limit=200)}
+    assert {"site.mask", "site.unmask", "admin"} <= rules
+
+
+def test_I2_a_pilot_gets_only_its_own_live_assignment(bed: Bed) -> None:
+    [task_id] = bed.submit("alice", 1)
+    pilot1 = bed.api("pilot")
+    matched = pilot1.request("POST", "/v1/pilot/match", {"site": "SITE-A", "cpu_time_left": 3600})
+    assert matched.status == 200 and matched.json["id"] == task_id
+    csr = csr_for(spare_key(3)).public_bytes(serialization.Encoding.PEM).decode()
+    other = bed.api("pilot2").request("POST", f"/v1/tasks/{task_id}/proxy", {"csr": csr})
+    assert (other.status, other.json["rule"]) == (403, "payload.not_assigned")
+    own = bed.api("pilot").request(
+        "POST", "/v1/credentials/default/proxy?username=pilot", {"csr": csr}
+    )
+    assert own.status in (403, 404) and own.json["rule"] in (
+        "pilot.pilot_credential",
+        "credential.not_found",
+        "pilot.restricted",
+    )
+    ok = pilot1.request("POST", f"/v1/tasks/{task_id}/proxy", {"csr": csr})
+    assert ok.status == 200, ok.body
+    pilot1.request("POST", f"/v1/tasks/{task_id}/start", {})
+    pilot1.request("POST", f"/v1/tasks/{task_id}/complete", {"cpu_s": 0.1, "wall_s": 0.2})
+    after = pilot1.request("POST", f"/v1/tasks/{task_id}/proxy", {"csr": csr})
+    assert (after.status, after.json["rule"]) == (403, "payload.assignment_ended")
+    denials = {
+        e.event.rule
+        for e in bed.server.repo.audit.query(operation="payload_proxy", decision="deny")
+    }
+    assert {"payload.not_assigned", "payload.assignment_ended"} <= denials
+
+
+def test_watchdog_kills_payloads_over_their_limits(bed: Bed, tmp_path: Path) -> None:
+    spin = tmp_path / "spin.py"
+    spin.write_text(
+        "import os, time\nchild = os.fork()\nif child == 0:\n    time.sleep(600)\n"
+        "open(os.path.join(os.environ['HOME'], '..', 'child.pid'), 'w').write(str(child))\n"
+        "while True:\n    pass\n"
+    )
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    [cpu_task] = bed.submit(
+        "alice", 1, command=[sys.executable, str(spin)], max_cpu_s=2, max_wall_s=60
+    )
+    [wall_task] = bed.submit("bob", 1, command=sleeper, max_cpu_s=60, max_wall_s=3)
+    started = time.monotonic()
+    _finish([bed.pilot("SITE-A")])
+    assert time.monotonic() - started < 60
+    cpu, wall = bed.task("alice", cpu_task), bed.task("bob", wall_task)
+    assert cpu["state"] == "failed" and "CPU time" in str(cpu["reason"])
+    assert wall["state"] == "failed" and "wall time" in str(wall["reason"])
+    child_pid = int((bed.workroot / "child.pid").read_text())
+    assert not Path(f"/proc/{child_pid}").exists(), "the payload's child survived"
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("useradd") is None, reason="needs root and useradd"
+)
+def test_account_map_runs_each_payload_as_its_owner(bed: Bed) -> None:
+    """As root, the pilot drops to the owner's mapped account and hands it the proxy (0600)."""
+    import pwd
+    import tempfile
+
+    accounts = {"alice": "proxyd-t-alice", "bob": "proxyd-t-bob"}
+    for name in accounts.values():
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+            check=False,
+            capture_output=True,
+        )
+    # The mapped accounts cannot enter pytest's 0700 temporary tree: use a world-traversable one.
+    shared = Path(tempfile.mkdtemp(prefix="proxyd-accounts-"))
+    try:
+        shared.chmod(0o755)
+        results, work = shared / "results", shared / "work"
+        results.mkdir(mode=0o777)
+        results.chmod(0o1777)
+        work.mkdir(mode=0o711)
+        mapfile = shared / "accounts"
+        mapfile.write_text("".join(f'"{user_dn(u)}" {a}\n' for u, a in accounts.items()))
+        report = (
+            'printf \'{"uid": %s, "proxy_uid": %s, "mode": "%s"}\' "$(id -u)" '
+            '"$(stat -c %u "$X509_USER_PROXY")" "$(stat -c %a "$X509_USER_PROXY")" '
+            f"> {results}/$PROXYD_TASK_ID.json"
+        )
+        ids = {u: bed.submit(u, 1, command=["/bin/sh", "-c", report])[0] for u in accounts}
+        bed.workroot = work
+        _finish(
+            [
+                bed.pilot(
+                    "SITE-A",
+                    "pilot",
+                    "--identity-switch",
+                    "account-map",
+                    "--account-map",
+                    str(mapfile),
+                )
+            ]
+        )
+        for user, task_id in ids.items():
+            uid = pwd.getpwnam(accounts[user]).pw_uid
+            seen = json.loads((results / f"{task_id}.json").read_text())
+            assert seen == {"uid": uid, "proxy_uid": uid, "mode": "600"}
+            assert bed.task(user, task_id)["state"] == "done"
+        assert list(work.iterdir()) == []
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+        for name in accounts.values():
+            subprocess.run(["userdel", name], check=False, capture_output=True)
