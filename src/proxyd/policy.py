@@ -265,7 +265,15 @@ def _store(
     request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
 ) -> Decision:
     if request.owner != principal.identity:
-        return _deny("store.not_owner", "a credential can only be stored by its owner")
+        return _deny(
+            "store.not_owner", f'a credential can only be stored by its owner ("{request.owner}")'
+        )
+    if credential is not None and credential.owner != principal.identity:
+        # The place (username, name) holds another owner's credential: no overwriting it.
+        return _deny(
+            "store.not_owner",
+            f'credentials for username "{request.username}" belong to another owner',
+        )
     if (
         request.username
         and request.username.startswith("/")

@@ -400,25 +400,7 @@ class Repository:
             raise BadRequest(
                 f"Pass phrase too short.  Must be at least {MIN_PASSPHRASE} characters long."
             )
-        existing = self._find(options.username, options.name)
-        if existing is not None and existing.owner_dn != principal.identity:
-            decision = Decision(
-                False,
-                "store.not_owner",
-                f'credentials for username "{options.username}" belong to another owner',
-            )
-            self._record(
-                principal, Operation.STORE, decision, owner=existing.owner_dn, name=options.name
-            )
-            raise Denied(decision.reason, decision.rule)
-        request = policy.Request(
-            Operation.STORE,
-            owner=principal.identity,
-            name=options.name,
-            username=options.username,
-            lifetime=options.lifetime,
-        )
-        self._decide(principal, request, None, name=options.name, record_allow=False)
+        self._decide_store(principal, options, owner=principal.identity)
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         csr = (
             x509.CertificateSigningRequestBuilder()
@@ -439,6 +421,19 @@ class Repository:
         if not isinstance(leaf_key, rsa.RSAPublicKey) or leaf_key.public_numbers() != ours:
             raise BadRequest("the delegated certificate is not for the key this server generated")
         return self._store_chain(principal, options, tuple(chain), private_key_to_pem(pending.key))
+
+    def _decide_store(self, principal: Principal, options: StoreOptions, *, owner: str) -> Decision:
+        """The policy on storing `owner`'s credential at (username, name), given what is there now."""
+        existing = self._find(options.username, options.name)
+        request = policy.Request(
+            Operation.STORE,
+            owner=owner,
+            name=options.name,
+            username=options.username,
+            lifetime=options.lifetime,
+        )
+        facts = _row_facts(existing, self.config) if existing is not None else None
+        return self._decide(principal, request, facts, name=options.name, record_allow=False)
 
     def store_pem(self, principal: Principal, options: StoreOptions, pem: bytes) -> CredentialInfo:
         """MyProxy STORE: certificate, key and chain as PEM text, the key possibly encrypted.
@@ -467,14 +462,7 @@ class Repository:
                 ) from None
             key_pem = private_key_to_pem(key)
         if principal.kind is not PrincipalKind.OPERATOR:  # the operator was decided by import_pem
-            request = policy.Request(
-                Operation.STORE,
-                owner=principal.identity,
-                name=options.name,
-                username=options.username,
-                lifetime=options.lifetime,
-            )
-            self._decide(principal, request, None, name=options.name, record_allow=False)
+            self._decide_store(principal, options, owner=principal.identity)
         if encrypted:
             options = dataclasses.replace(options, passphrase=None)
         return self._store_chain(principal, options, chain, key_pem, pem_encrypted=encrypted)
@@ -503,24 +491,7 @@ class Repository:
                 record_allow=False,
             )
         else:
-            if result.identity != principal.identity:
-                decision = Decision(
-                    False,
-                    "store.not_owner",
-                    f'the delegated chain belongs to "{result.identity}", not to the client',
-                )
-                self._record(
-                    principal, Operation.STORE, decision, owner=result.identity, name=options.name
-                )
-                raise Denied(decision.reason, decision.rule)
-            request = policy.Request(
-                Operation.STORE,
-                owner=result.identity,
-                name=options.name,
-                username=options.username,
-                lifetime=options.lifetime,
-            )
-            decision = self._decide(principal, request, None, name=options.name, record_allow=False)
+            decision = self._decide_store(principal, options, owner=result.identity)
         ceiling = self.config.policy.max_stored_lifetime
         max_lifetime = min(options.lifetime or ceiling, ceiling)
         aad = _aad(options.username, options.name)
@@ -533,47 +504,60 @@ class Repository:
             **self._argon,
         )
         chain_pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain)
-        with self._session.begin() as session:
-            row = session.scalars(
-                select(CredentialRow).where(
-                    CredentialRow.username == options.username, CredentialRow.name == options.name
+        try:
+            with self._session.begin() as session:
+                row = session.scalars(
+                    select(CredentialRow).where(
+                        CredentialRow.username == options.username,
+                        CredentialRow.name == options.name,
+                    )
+                ).one_or_none()
+                if row is not None and row.owner_dn != result.identity:
+                    raise Denied(
+                        f'credentials for username "{options.username}" belong to another owner',
+                        "store.not_owner",
+                    )
+                if row is None:
+                    row = CredentialRow(username=options.username, name=options.name)
+                    session.add(row)
+                row.owner_dn = result.identity
+                row.description = options.description
+                row.chain_pem = chain_pem
+                row.sealed_key = sealed.to_bytes()
+                row.master_key_id = sealed.master_key_id
+                row.has_passphrase = passphrase is not None or pem_encrypted
+                row.retrievers = (
+                    list(options.retrievers) if options.retrievers is not None else None
                 )
-            ).one_or_none()
-            if row is not None and row.owner_dn != result.identity:
-                raise Denied(
-                    f'credentials for username "{options.username}" belong to another owner',
-                    "store.not_owner",
+                row.renewers = list(options.renewers) if options.renewers is not None else None
+                row.trusted_retrievers = (
+                    list(options.trusted_retrievers)
+                    if options.trusted_retrievers is not None
+                    else None
                 )
-            if row is None:
-                row = CredentialRow(username=options.username, name=options.name)
-                session.add(row)
-            row.owner_dn = result.identity
-            row.description = options.description
-            row.chain_pem = chain_pem
-            row.sealed_key = sealed.to_bytes()
-            row.master_key_id = sealed.master_key_id
-            row.has_passphrase = passphrase is not None or pem_encrypted
-            row.retrievers = list(options.retrievers) if options.retrievers is not None else None
-            row.renewers = list(options.renewers) if options.renewers is not None else None
-            row.trusted_retrievers = (
-                list(options.trusted_retrievers) if options.trusted_retrievers is not None else None
+                row.key_retrievers = (
+                    list(options.key_retrievers) if options.key_retrievers is not None else None
+                )
+                row.max_lifetime_s = int(max_lifetime.total_seconds())
+                row.not_before = max(c.not_valid_before_utc for c in result.chain)
+                # The stored credential is usable for at most max_stored_lifetime, however long
+                # the delegated chain itself is valid (myproxy-server's max_cred_lifetime).
+                row.not_after = min(result.not_after, now + self.config.policy.max_stored_lifetime)
+                try:
+                    session.flush()
+                except IntegrityError:
+                    raise Denied(
+                        f'credentials for username "{options.username}" were stored concurrently',
+                        "store.conflict",
+                    ) from None
+                info = _info(row)
+        except Denied as exc:
+            # Lost a race after the policy decision (a concurrent store): audit the refusal (I6).
+            refusal = Decision(False, exc.rule or "store.conflict", exc.message)
+            self._record(
+                principal, Operation.STORE, refusal, owner=result.identity, name=options.name
             )
-            row.key_retrievers = (
-                list(options.key_retrievers) if options.key_retrievers is not None else None
-            )
-            row.max_lifetime_s = int(max_lifetime.total_seconds())
-            row.not_before = max(c.not_valid_before_utc for c in result.chain)
-            # The stored credential is usable for at most max_stored_lifetime, however long
-            # the delegated chain itself is valid (myproxy-server's max_cred_lifetime).
-            row.not_after = min(result.not_after, now + self.config.policy.max_stored_lifetime)
-            try:
-                session.flush()
-            except IntegrityError:
-                raise Denied(
-                    f'credentials for username "{options.username}" were stored concurrently',
-                    "store.conflict",
-                ) from None
-            info = _info(row)
+            raise
         self._record(
             principal,
             Operation.STORE,
@@ -1067,6 +1051,21 @@ class Repository:
             query = query.where(CredentialRow.owner_dn == owner)
         if expired:
             query = query.where(CredentialRow.not_after < dt.datetime.now(dt.UTC))
+        with self._session() as session:
+            return [_info(r) for r in session.scalars(query)]
+
+    def inventory(self, principal: Principal, *, limit: int = 1000) -> list[CredentialInfo]:
+        """The read-only credential inventory for auditors (never a key), by owner, username, name.
+
+        Decided and audited as `audit_read` (auditors), where `list_credentials`
+        is an administrative read. At most `limit` credentials.
+        """
+        self._decide(principal, policy.Request(Operation.AUDIT_READ), None, name=None)
+        query = (
+            select(CredentialRow)
+            .order_by(CredentialRow.owner_dn, CredentialRow.username, CredentialRow.name)
+            .limit(max(1, limit))
+        )
         with self._session() as session:
             return [_info(r) for r in session.scalars(query)]
 

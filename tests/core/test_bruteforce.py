@@ -11,19 +11,17 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from proxyd.config import load_config
 from proxyd.devpki import DevPKI, user_dn
 from proxyd.ratelimit import FailureLimiter
 from proxyd.repository import BadPassphrase, Denied, NotFound, Repository, StoreOptions
-from proxyd.sealing import MasterKeyring
-from proxyd.store.db import make_engine, migrate
 from tests.support.grid import (
     csr_for,
     delegate,
     load_identity,
-    make_test_config,
+    make_repository,
     principal,
     spare_key,
-    trust_of,
 )
 
 PASS = "correct horse battery"
@@ -48,21 +46,10 @@ def test_limiter_backs_off_exponentially() -> None:
 
 @pytest.fixture
 def repo(dev_pki: DevPKI, tmp_path: Path) -> Iterator[Repository]:
-    state = tmp_path / "state"
-    state.mkdir(mode=0o700)
-    config = make_test_config(dev_pki, f"sqlite:///{state / 'proxyd.db'}", state)
-    config = dataclasses.replace(
-        config, policy=dataclasses.replace(config.policy, passphrase_attempts=3)
-    )
-    engine = make_engine(config.server.database)
-    migrate(engine)
-    yield Repository(
-        config,
-        engine,
-        MasterKeyring.load_or_create(config.server.master_key_file),
-        trust_of(dev_pki),
-    )
-    engine.dispose()
+    policy = dataclasses.replace(load_config(dev_pki.config).policy, passphrase_attempts=3)
+    repo = make_repository(dev_pki, tmp_path / "state", policy=policy)
+    yield repo
+    repo.engine.dispose()
 
 
 def _lockouts() -> float:

@@ -29,6 +29,7 @@ from tests.support.grid import (
     delegate,
     load_identity,
     make_proxy,
+    make_repository,
     make_test_config,
     principal,
     spare_key,
@@ -44,17 +45,10 @@ PASS = "correct horse battery"
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def repo(request: pytest.FixtureRequest, dev_pki: DevPKI, tmp_path: Path) -> Iterator[Repository]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'state' / 'proxyd.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    config = make_test_config(dev_pki, url, tmp_path / "state")
-    config.server.state_dir.mkdir(mode=0o700, exist_ok=True)
-    engine = make_engine(url)
-    migrate(engine)
-    keyring = MasterKeyring.load_or_create(config.server.master_key_file)
-    yield Repository(config, engine, keyring, trust_of(dev_pki))
-    engine.dispose()
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    repo = make_repository(dev_pki, tmp_path / "state", database=url)
+    yield repo
+    repo.engine.dispose()
 
 
 @pytest.fixture(scope="module")

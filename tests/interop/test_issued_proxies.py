@@ -11,17 +11,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from proxyd.devpki import DevPKI, user_dn
 from proxyd.issuer import VomsRequest
 from proxyd.repository import Repository, StoreOptions
-from proxyd.sealing import MasterKeyring
-from proxyd.store.db import make_engine, migrate
 from tests.support.grid import (
     Identity,
     csr_for,
     delegate,
     load_identity,
-    make_test_config,
+    make_repository,
     principal,
     spare_key,
-    trust_of,
 )
 from tests.support.tools import run_tool
 from tests.support.vomscheck import check_proxy
@@ -32,18 +29,9 @@ pytestmark = pytest.mark.interop
 
 @pytest.fixture
 def repo(dev_pki: DevPKI, tmp_path: Path) -> Iterator[Repository]:
-    state = tmp_path / "state"
-    state.mkdir(mode=0o700)
-    config = make_test_config(dev_pki, f"sqlite:///{state / 'proxyd.db'}", state)
-    engine = make_engine(config.server.database)
-    migrate(engine)
-    yield Repository(
-        config,
-        engine,
-        MasterKeyring.load_or_create(config.server.master_key_file),
-        trust_of(dev_pki),
-    )
-    engine.dispose()
+    repo = make_repository(dev_pki, tmp_path / "state")
+    yield repo
+    repo.engine.dispose()
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from proxyd.config import Config, SealingConfig, load_config
+from proxyd.config import Config, PolicyConfig, SealingConfig, load_config
 from proxyd.devpki import DevPKI
 from proxyd.principal import Principal, anonymous
 from proxyd.principal import classify as classify_principal
 from proxyd.repository import PendingStore, Repository, StoreOptions
+from proxyd.sealing import MasterKeyring
+from proxyd.store.db import make_engine, migrate
 from voms_ext import ProxyBuilder, TrustStore, load_credential_file, validate_chain
 
 FAST_SEALING = SealingConfig(argon2_time_cost=1, argon2_memory_kib=64, argon2_parallelism=1)
@@ -112,3 +114,18 @@ def delegate(
 
 def trust_of(pki: DevPKI) -> TrustStore:
     return TrustStore.from_dirs(pki.cert_dir, pki.voms_dir)
+
+
+def make_repository(
+    pki: DevPKI, state_dir: Path, *, database: str | None = None, policy: PolicyConfig | None = None
+) -> Repository:
+    """A migrated Repository on a fresh state dir (SQLite unless `database` is given), fast sealing."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    config = make_test_config(pki, database or f"sqlite:///{state_dir / 'proxyd.db'}", state_dir)
+    if policy is not None:
+        config = dataclasses.replace(config, policy=policy)
+    engine = make_engine(config.server.database)
+    migrate(engine)
+    return Repository(
+        config, engine, MasterKeyring.load_or_create(config.server.master_key_file), trust_of(pki)
+    )
