@@ -1,0 +1,1 @@
+"""proxyd benchmarks: run with `make bench`, or `python -m bench.<script> --help`."""
