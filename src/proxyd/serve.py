@@ -141,7 +141,10 @@ def serve(config: Config, workers: int = 1, *, json_lines: bool = True) -> None:
         asyncio.run(run_listeners(config))
         return
     # Migrate and create the master key once, before workers race for them.
-    Repository.open(config).engine.dispose()
+    try:
+        Repository.open(config).engine.dispose()
+    except (OSError, VomsExtError, SealingError, IssueError) as exc:
+        raise ServeError(f"cannot start: {exc}") from None
     ctx = multiprocessing.get_context("spawn")
     procs = [
         ctx.Process(target=_worker, args=(config, json_lines), name=f"proxyd-worker-{i}")

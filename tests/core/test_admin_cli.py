@@ -163,3 +163,17 @@ def test_import_from_myproxy_server(
     ]
     assert work.description == "work cred" and work.max_lifetime == dt.timedelta(hours=1)
     assert {e.event.rule for e in repo.audit.query(operation="store")} == {"admin.local_operator"}
+
+
+def test_startup_problems_are_one_line_not_tracebacks(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["admin", "--config", str(config.with_name("missing.toml")), "list"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot read configuration" in err and "Traceback" not in err
+    repo_of(config).engine.dispose()  # creates the state dir and the master key
+    key = load_config(config).server.master_key_file
+    key.chmod(0o644)
+    assert main(["admin", "--config", str(config), "list"]) == 1
+    err = capsys.readouterr().err
+    assert f"{key} is mode 0644" in err and "Traceback" not in err

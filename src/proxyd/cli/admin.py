@@ -12,9 +12,13 @@ import datetime as dt
 import sys
 from pathlib import Path
 
-from ..config import load_config
+from voms_ext import TrustStoreError
+
+from ..config import ConfigError, load_config
+from ..errors import ServeError
 from ..principal import local_operator
 from ..repository import DEFAULT_NAME, Repository, RepositoryError, StoreOptions
+from ..sealing import SealingError
 from . import common
 
 
@@ -35,7 +39,10 @@ def _patterns(value: str | None) -> tuple[str, ...] | None:
 
 
 def _repo(args: argparse.Namespace) -> Repository:
-    return Repository.open(load_config(args.config))
+    try:
+        return Repository.open(load_config(args.config))
+    except (ConfigError, ServeError, SealingError, TrustStoreError) as exc:
+        common.fail(str(exc))
 
 
 def _ban(args: argparse.Namespace) -> int:
