@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import logging
 import math
 import re
+import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,7 +73,7 @@ from .sealing import (
 )
 from .sealing import change_passphrase as rewrap_passphrase
 from .store.db import make_engine, migrate, session_factory, write_transaction
-from .store.models import BanRow, CredentialRow
+from .store.models import BanRow, CredentialRow, PendingDelegationRow
 
 if TYPE_CHECKING:
     from .taskqueue.base import TaskQueue
@@ -81,6 +83,7 @@ log = logging.getLogger("proxyd.repository")
 DEFAULT_NAME = "default"
 MIN_PASSPHRASE = 6  # what myproxy-server enforces
 MIN_RSA_BITS = 2048
+MAX_PENDING_PER_ACTOR = 100
 _KEY_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----\n?", re.DOTALL
 )
@@ -163,12 +166,18 @@ class Retrieval:
 
 @dataclass(frozen=True)
 class PendingStore:
-    """A delegation in progress: the server's fresh key and the CSR the client signs."""
+    """A delegation in progress: the server's fresh key, sealed already, and the CSR to sign.
+
+    `key` is the key itself while the delegation stays in this process
+    (MyProxy PUT); a delegation saved for another request (HTTPS) carries
+    only `sealed`.
+    """
 
     principal: Principal
     options: StoreOptions
-    key: rsa.RSAPrivateKey
+    key: rsa.RSAPrivateKey | None
     csr: x509.CertificateSigningRequest
+    sealed: SealedKey
 
     def __repr__(self) -> str:
         return f"PendingStore(username={self.options.username!r}, name={self.options.name!r})"
@@ -424,7 +433,72 @@ class Repository:
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "proxy")]))
             .sign(key, hashes.SHA256())
         )
-        return PendingStore(principal, options, key, csr)
+        sealed = self._seal(private_key_to_pem(key), options)
+        return PendingStore(principal, options, key, csr, sealed)
+
+    def _seal(self, key_pem: bytes, options: StoreOptions) -> SealedKey:
+        """Under the passphrase when there is one (then only it opens the key), else the master key."""
+        return seal(
+            key_pem,
+            passphrase=options.passphrase,
+            keyring=None if options.passphrase else self.keyring,
+            aad=_aad(options.username, options.name),
+            **self._argon,
+        )
+
+    def save_pending(
+        self, pending: PendingStore, ttl: dt.timedelta = dt.timedelta(minutes=5)
+    ) -> str:
+        """Keep a delegation for its second request, on any worker or instance; returns its token."""
+        token = secrets.token_urlsafe(24)
+        now = dt.datetime.now(dt.UTC)
+        options = dataclasses.asdict(dataclasses.replace(pending.options, passphrase=None))
+        options["lifetime"] = (
+            int(pending.options.lifetime.total_seconds()) if pending.options.lifetime else None
+        )
+        with self._writing() as session:
+            session.execute(
+                delete(PendingDelegationRow).where(PendingDelegationRow.expires_at < now)
+            )
+            waiting = session.scalar(
+                select(func.count())
+                .select_from(PendingDelegationRow)
+                .where(PendingDelegationRow.actor_dn == pending.principal.identity)
+            )
+            if (waiting or 0) >= MAX_PENDING_PER_ACTOR:
+                raise BadRequest(
+                    f"{waiting} delegations of yours are already in progress; finish or let them expire"
+                )
+            session.add(
+                PendingDelegationRow(
+                    token_hash=_token_hash(token),
+                    actor_dn=pending.principal.identity,
+                    options=options,
+                    sealed_key=pending.sealed.to_bytes(),
+                    csr_pem=pending.csr.public_bytes(serialization.Encoding.PEM).decode(),
+                    expires_at=now + ttl,
+                )
+            )
+        return token
+
+    def take_pending(self, token: str, principal: Principal) -> PendingStore | None:
+        """The saved delegation for `token`, if it is the caller's and not expired (single use)."""
+        now = dt.datetime.now(dt.UTC)
+        with self._writing() as session:
+            row = session.get(PendingDelegationRow, _token_hash(token))
+            if row is None or row.actor_dn != principal.identity:
+                return None
+            session.delete(row)
+            if row.expires_at < now:
+                return None
+            o = dict(row.options)
+            lifetime = dt.timedelta(seconds=o.pop("lifetime")) if o.get("lifetime") else None
+            for key in ("retrievers", "renewers", "trusted_retrievers", "key_retrievers"):
+                if o.get(key) is not None:
+                    o[key] = tuple(o[key])
+            options = StoreOptions(**{**o, "lifetime": lifetime})
+            csr = x509.load_pem_x509_csr(row.csr_pem.encode())
+            return PendingStore(principal, options, None, csr, SealedKey.from_bytes(row.sealed_key))
 
     def finish_store(
         self, pending: PendingStore, chain: Sequence[x509.Certificate]
@@ -433,11 +507,10 @@ class Repository:
         principal, options = pending.principal, pending.options
         if not chain:
             raise BadRequest("no certificates received")
-        ours = pending.key.public_key().public_numbers()
-        leaf_key = chain[0].public_key()
-        if not isinstance(leaf_key, rsa.RSAPublicKey) or leaf_key.public_numbers() != ours:
+        ours = _spki(pending.csr.public_key())
+        if _spki(chain[0].public_key()) != ours:
             raise BadRequest("the delegated certificate is not for the key this server generated")
-        return self._store_chain(principal, options, tuple(chain), private_key_to_pem(pending.key))
+        return self._store_chain(principal, options, tuple(chain), None, sealed=pending.sealed)
 
     def _decide_store(self, principal: Principal, options: StoreOptions, *, owner: str) -> Decision:
         """The policy on storing `owner`'s credential at (username, name), given what is there now."""
@@ -489,10 +562,12 @@ class Repository:
         principal: Principal,
         options: StoreOptions,
         chain: tuple[x509.Certificate, ...],
-        key_pem: bytes,
+        key_pem: bytes | None,
         *,
         pem_encrypted: bool = False,
+        sealed: SealedKey | None = None,
     ) -> CredentialInfo:
+        """Validate and store a chain with its key (given as PEM, or sealed already)."""
         now = dt.datetime.now(dt.UTC)
         try:
             result = validate_chain(chain, self.trust, now, check_voms=False)
@@ -511,15 +586,9 @@ class Repository:
             decision = self._decide_store(principal, options, owner=result.identity)
         ceiling = self.config.policy.max_stored_lifetime
         max_lifetime = min(options.lifetime or ceiling, ceiling)
-        aad = _aad(options.username, options.name)
-        passphrase = options.passphrase
-        sealed = seal(
-            key_pem,
-            passphrase=passphrase,
-            keyring=None if passphrase else self.keyring,
-            aad=aad,
-            **self._argon,
-        )
+        if sealed is None:
+            assert key_pem is not None
+            sealed = self._seal(key_pem, options)
         chain_pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain)
         try:
             with self._writing() as session:
@@ -542,7 +611,7 @@ class Repository:
                 row.chain_pem = chain_pem
                 row.sealed_key = sealed.to_bytes()
                 row.master_key_id = sealed.master_key_id
-                row.has_passphrase = passphrase is not None or pem_encrypted
+                row.has_passphrase = sealed.has_passphrase or pem_encrypted
                 row.retrievers = (
                     list(options.retrievers) if options.retrievers is not None else None
                 )
@@ -1220,6 +1289,16 @@ class Repository:
 def _with_reason(detail: str | None, decision: Decision) -> str | None:
     """An audit detail that also gives a denial's reason."""
     return f"{detail}: {decision.reason}" if detail and not decision.allowed else detail
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _spki(key: object) -> bytes:
+    return key.public_bytes(  # type: ignore[attr-defined,no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def _aad(username: str, name: str) -> bytes:

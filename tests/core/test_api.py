@@ -195,7 +195,7 @@ def test_audit_is_for_auditors(server: RunningServer, files: dict[str, Path]) ->
         ("POST", "/v1/delegations", b'{"lifetime": "forever"}', 400),
         ("POST", "/v1/credentials/default/proxy", b'{"csr": "not a csr"}', 400),
         ("POST", "/v1/credentials/default/proxy", b"{}", 400),
-        ("PUT", "/v1/delegations/nope", b'{"chain": "x"}', 404),
+        ("PUT", "/v1/delegations/nope", b'{"chain": "x"}', 400),  # input checked first
         ("GET", "/v1/nothing-here", b"", 404),
         ("PATCH", "/healthz", b"", 405),
         ("POST", "/v1/voms/ac", b'{"voms": ["atlas"]}', 400),
@@ -290,3 +290,20 @@ def test_no_input_makes_the_api_fail_with_5xx(
         route.method, path, body if route.method in ("POST", "PUT") else None
     )  # type: ignore[attr-defined]
     assert reply.status < 500, (route, body, query, reply.body)
+
+
+def test_delegation_tokens_are_single_use_and_personal(
+    server: RunningServer, files: dict[str, Path], dev_pki: DevPKI
+) -> None:
+    alice = load_identity(dev_pki, "alice")
+    started = api(server, files, "alice").request("POST", "/v1/delegations", {"name": "once"})
+    token = started.json["id"]
+    csr = x509.load_pem_x509_csr(started.json["csr"].encode())
+    proxy = ProxyBuilder(alice.cert).from_csr(csr).lifetime(dt.timedelta(days=1)).sign(alice.key)
+    chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (proxy, alice.cert)).decode()
+    stolen = api(server, files, "bob").request("PUT", f"/v1/delegations/{token}", {"chain": chain})
+    assert stolen.status == 404  # another client cannot finish (or even see) it
+    done = api(server, files, "alice").request("PUT", f"/v1/delegations/{token}", {"chain": chain})
+    assert done.status == 201, done.body
+    again = api(server, files, "alice").request("PUT", f"/v1/delegations/{token}", {"chain": chain})
+    assert again.status == 404

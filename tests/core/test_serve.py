@@ -176,3 +176,60 @@ def test_refuses_to_start_with_readable_key_files(
     assert f"{target} is mode 0644" in proc.stderr
     assert f"chmod 600 {target}" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_two_step_delegation_works_across_workers(dev_pki: DevPKI, tmp_path: Path) -> None:
+    """Regression: pending API delegations lived in one worker's memory, so with --workers 2
+    the second request often reached the other worker ("no such delegation", 4 of 6 failed)."""
+    import datetime as dt
+
+    from cryptography import x509 as cx509
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.support.grid import load_identity
+    from tests.support.https import ApiClient
+    from voms_ext import Credential, ProxyBuilder, write_credential_file
+
+    mp, api = free_port(), free_port()
+    config = _config(dev_pki, tmp_path, mp, api)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "proxyd.cli.main",
+            "serve",
+            "--config",
+            str(config),
+            "--workers",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    alice = load_identity(dev_pki, "alice")
+    cred = tmp_path / "alice.pem"
+    tmp_path.chmod(0o700)
+    write_credential_file(cred, Credential(alice.certificates, alice.key))
+    try:
+        _wait_port(api, proc)
+        for i in range(8):
+            client = ApiClient(api, dev_pki.cert_dir, cred)
+            started = client.request("POST", "/v1/delegations", {"name": f"d{i}"})
+            assert started.status == 201, started.body
+            csr = cx509.load_pem_x509_csr(started.json["csr"].encode())
+            proxy = (
+                ProxyBuilder(alice.cert)
+                .from_csr(csr)
+                .lifetime(dt.timedelta(days=1))
+                .sign(alice.key)
+            )
+            chain = b"".join(
+                c.public_bytes(serialization.Encoding.PEM) for c in (proxy, alice.cert)
+            )
+            done = ApiClient(api, dev_pki.cert_dir, cred).request(
+                "PUT", f"/v1/delegations/{started.json['id']}", {"chain": chain.decode()}
+            )
+            assert done.status == 201, done.body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)

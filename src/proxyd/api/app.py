@@ -11,7 +11,6 @@ import base64
 import datetime as dt
 import json
 import logging
-import secrets
 import time
 
 from aiohttp import web
@@ -30,7 +29,6 @@ from ..principal import classify as classify_principal
 from ..repository import (
     DEFAULT_NAME,
     NotFound,
-    PendingStore,
     Repository,
     RepositoryError,
     StoreOptions,
@@ -39,6 +37,7 @@ from ..tlspeer import verified_chain
 from .openapi import ApiRoute, Handler, build_openapi
 from .problems import Problem, from_repository_error, problem_response
 from .tasks import TASK_ROUTES
+from .ui import UI_ROUTES
 from .util import (
     PRINCIPAL,
     blocking,
@@ -59,11 +58,8 @@ access_log = logging.getLogger("proxyd.access")
 
 CONFIG = web.AppKey("config", Config)
 REPO = web.AppKey("repo", Repository)
-PENDING = web.AppKey("pending", dict)
 OPEN = web.AppKey("open_handlers", set)
 ROUTES = web.AppKey("routes", list)
-PENDING_TTL = 300.0
-MAX_PENDING = 10_000
 MAX_BODY = 64 * 1024
 
 # --- open routes ---------------------------------------------------------------------------
@@ -85,12 +81,6 @@ async def openapi(request: web.Request) -> web.Response:
 # --- delegation ----------------------------------------------------------------------------
 
 
-def _expire_pending(pending: dict[str, tuple[PendingStore, float]]) -> None:
-    now = time.monotonic()
-    for key in [k for k, (_, exp) in pending.items() if exp < now]:
-        del pending[key]
-
-
 async def create_delegation(request: web.Request) -> web.Response:
     body = await json_body(request)
     principal = principal_of(request)
@@ -104,32 +94,27 @@ async def create_delegation(request: web.Request) -> web.Response:
         renewers=string_list(body, "renewers"),
         trusted_retrievers=string_list(body, "trusted_retrievers"),
     )
-    pending = request.app[PENDING]
-    _expire_pending(pending)
-    if len(pending) >= MAX_PENDING:
-        raise Problem(503, "too many delegations in progress; try again shortly")
-    store = await blocking(request.app[REPO].begin_store, principal, options)
-    key = secrets.token_urlsafe(24)
-    pending[key] = (store, time.monotonic() + PENDING_TTL)
-    csr = store.csr.public_bytes(serialization.Encoding.PEM).decode()
-    return web.json_response({"id": key, "csr": csr}, status=201)
+    repo = request.app[REPO]
+    pending = await blocking(repo.begin_store, principal, options)
+    # Kept in the database, sealed: the second request may reach another worker or instance.
+    token = await blocking(repo.save_pending, pending)
+    csr = pending.csr.public_bytes(serialization.Encoding.PEM).decode()
+    return web.json_response({"id": token, "csr": csr}, status=201)
 
 
 async def finish_delegation(request: web.Request) -> web.Response:
     body = await json_body(request)
     principal = principal_of(request)
-    pending = request.app[PENDING]
-    _expire_pending(pending)
-    entry = pending.get(request.match_info["id"])
-    if entry is None or entry[0].principal.identity != principal.identity:
-        raise Problem(404, "no such delegation in progress (it may have expired after 5 minutes)")
-    del pending[request.match_info["id"]]
     chain_pem = field_of(body, "chain", str, required=True)
     try:
         chain = parse_credential_pem(chain_pem.encode(), source="field 'chain'").certificates
     except VomsExtError as exc:
         raise Problem(400, str(exc)) from None
-    info = await blocking(request.app[REPO].finish_store, entry[0], chain)
+    repo = request.app[REPO]
+    pending = await blocking(repo.take_pending, request.match_info["id"], principal)
+    if pending is None:
+        raise Problem(404, "no such delegation in progress (it may have expired after 5 minutes)")
+    info = await blocking(repo.finish_store, pending, chain)
     return web.json_response(credential_json(info), status=201)
 
 
@@ -378,6 +363,7 @@ ROUTE_TABLE: list[ApiRoute] = [
     ),
     ApiRoute("GET", "/v1/audit/verify", audit_verify, "Verify the audit hash chain (auditors)"),
     *TASK_ROUTES,
+    *UI_ROUTES,
 ]
 
 # --- middlewares -------------------------------------------------------------------------------
@@ -463,7 +449,6 @@ def make_app(config: Config, repo: Repository) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[log_and_problems, authenticate])
     app[CONFIG] = config
     app[REPO] = repo
-    app[PENDING] = {}
     app[ROUTES] = ROUTE_TABLE
     app[OPEN] = {r.handler for r in ROUTE_TABLE if r.open}
     for r in ROUTE_TABLE:

@@ -299,6 +299,25 @@ class TaskAccountingRow(Base):
     finished_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
+class PendingDelegationRow(Base):
+    """A delegation between its two HTTPS requests, so any worker or instance can finish it.
+
+    The key the server made is already sealed (under the passphrase, or the
+    master key) and bound to its (username, name); no secret is kept here.
+    Rows are single-use and expire after a few minutes.
+    """
+
+    __tablename__ = "pending_delegations"
+    __table_args__ = (Index("ix_pending_delegations_expires_at", "expires_at"),)
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    actor_dn: Mapped[str] = mapped_column(String(DN_LEN))
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    sealed_key: Mapped[bytes] = mapped_column(LargeBinary)
+    csr_pem: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
 class SiteMaskRow(Base):
     """A site's mask state (I5: a masked site gets no work) and who set it last."""
 
