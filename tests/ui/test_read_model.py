@@ -1,0 +1,94 @@
+"""The dashboard's aggregate queries on SQLite and PostgreSQL: UTC days, states, pilots.
+
+On PostgreSQL the session runs in Pacific/Auckland (UTC+13 in November), so
+an event at 23:59:59 UTC falls on the next *local* day: the chart must
+still count it on its UTC day.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from proxyd.api.ui import daily_counts, recent_tasks, task_states, tasks_by_pilot
+from proxyd.audit import AuditEvent, AuditLog
+from proxyd.store.db import make_engine, migrate
+from proxyd.taskqueue import Accounting, Payload, PilotCapabilities, TaskSpec, load_taskqueue
+
+D1 = dt.date(2026, 11, 20)
+D2 = D1 + dt.timedelta(days=1)
+UTC = dt.UTC
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        tmp_path.chmod(0o700)
+        url = f"sqlite:///{tmp_path / 'proxyd.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url") + "?options=-c%20timezone%3DPacific/Auckland"
+    engine = make_engine(url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+def _event(when: dt.datetime, decision: str, serial: str | None = None) -> AuditEvent:
+    return AuditEvent(
+        time=when,
+        actor_dn="/CN=wms",
+        actor_kind="host",
+        peer="127.0.0.1",
+        operation="retrieve",
+        rule="retrieve.trusted" if decision == "allow" else "retrieve.not_trusted",
+        decision=decision,  # type: ignore[arg-type]
+        serial=serial,
+    )
+
+
+def test_daily_counts_are_per_utc_day(engine: Engine) -> None:
+    at = dt.datetime.combine
+    AuditLog(engine).append_many(
+        [
+            _event(at(D1 - dt.timedelta(days=1), dt.time(12), UTC), "deny"),  # before `since`
+            _event(at(D1, dt.time(23, 59, 59), UTC), "deny"),
+            _event(at(D2, dt.time(0, 0, 1), UTC), "allow", serial="17"),
+            _event(at(D2, dt.time(12), UTC), "allow"),  # allowed, but nothing was signed
+            _event(at(D2, dt.time(13), UTC), "deny"),
+        ]
+    )
+    assert daily_counts(engine, at(D1, dt.time(), UTC)) == {D1: (0, 1), D2: (1, 1)}
+
+
+def test_task_views(engine: Engine) -> None:
+    queue = load_taskqueue("sql", engine, audit=AuditLog(engine))
+    spec = TaskSpec(
+        owner="/CN=alice",
+        vo="dteam",
+        group="/dteam",
+        credential_username="alice",
+        credential_name="default",
+        payload=Payload("/bin/true"),
+    )
+    ids = [queue.submit(spec).id for _ in range(4)]
+    at_a = PilotCapabilities("/CN=pilot", "job-1", "SITE-A")
+    first = queue.match(at_a)
+    second = queue.match(PilotCapabilities("/CN=pilot", "job-2", "SITE-B"))
+    assert first is not None and second is not None
+    queue.start(first.id, "/CN=pilot")
+    queue.complete(first.id, "/CN=pilot", Accounting(cpu_s=5.0, wall_s=10.0))
+
+    assert task_states(engine) == {"done": 1, "matched": 1, "waiting": 2}
+    assert [r.id for r in recent_tasks(engine, limit=3)] == sorted(ids, reverse=True)[:3]
+    pilots = tasks_by_pilot(engine)
+    assert [(p, s, states) for p, s, states, _ in pilots] == [
+        ("/CN=pilot", "SITE-A", {"done": 1}),
+        ("/CN=pilot", "SITE-B", {"matched": 1}),
+    ]
+    for *_, last in pilots:
+        assert last is not None and last.tzinfo is not None
+        assert abs(last - dt.datetime.now(UTC)) < dt.timedelta(minutes=5)
