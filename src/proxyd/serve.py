@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
+import shutil
 import signal
 from collections.abc import Callable
 
@@ -145,6 +147,12 @@ def serve(config: Config, workers: int = 1, *, json_lines: bool = True) -> None:
         Repository.open(config).engine.dispose()
     except (OSError, VomsExtError, SealingError, IssueError) as exc:
         raise ServeError(f"cannot start: {exc}") from None
+    # Workers write their metrics to files that /metrics (on any worker) sums up;
+    # set before they start, so each imports prometheus_client in multiprocess mode.
+    metrics_dir = config.server.state_dir / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(mode=0o700, parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     ctx = multiprocessing.get_context("spawn")
     procs = [
         ctx.Process(target=_worker, args=(config, json_lines), name=f"proxyd-worker-{i}")

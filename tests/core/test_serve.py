@@ -230,6 +230,17 @@ def test_two_step_delegation_works_across_workers(dev_pki: DevPKI, tmp_path: Pat
                 "PUT", f"/v1/delegations/{started.json['id']}", {"chain": chain.decode()}
             )
             assert done.status == 201, done.body
+        # /metrics sums every worker: 8 stores counted, whichever worker answers, every time.
+        for _ in range(4):
+            text = ApiClient(api, dev_pki.cert_dir).request("GET", "/metrics").body.decode()
+            stores = [
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("proxyd_decisions_total{")
+                and 'operation="store"' in line
+                and 'decision="allow"' in line
+            ]
+            assert sum(stores) == 8, text[:2000]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)

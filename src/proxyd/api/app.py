@@ -11,11 +11,13 @@ import base64
 import datetime as dt
 import json
 import logging
+import os
 import time
 
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from voms_ext import VomsExtError, classify, parse_credential_pem, validate_chain
 
@@ -71,7 +73,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several workers: sum what every worker process recorded.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        body = generate_latest(registry)
+    else:
+        body = generate_latest()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def openapi(request: web.Request) -> web.Response:
