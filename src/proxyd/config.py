@@ -158,8 +158,13 @@ class _Section:
         value = self.str(key, default, required=required)
         if value is None:
             return None
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else (self.source.parent / p).resolve()
+        if "\0" in value:
+            raise ConfigError(f"{self.where(key)} contains a NUL character")
+        try:
+            p = Path(value).expanduser()
+            return p if p.is_absolute() else (self.source.parent / p).resolve()
+        except (RuntimeError, OSError, ValueError) as exc:  # e.g. ~nosuchuser/...
+            raise ConfigError(f"{self.where(key)}: cannot use the path {value!r}: {exc}") from None
 
     def int(self, key: str, default: int, *, minimum: int = 0) -> int:
         value = self._get(key, False)
@@ -181,7 +186,11 @@ class _Section:
         value = self._get(key, False)
         if value is None:
             return default
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and 0 < value <= 100 * 365 * 86400
+        ):
             return dt.timedelta(seconds=value)
         match = _DURATION.match(value) if isinstance(value, str) else None
         if match is None or int(match.group(1)) == 0:
@@ -189,7 +198,10 @@ class _Section:
                 f'{self.where(key)} must be a positive duration such as "12h", "30m", '
                 f'"7d" or a number of seconds, got {value!r}'
             )
-        return dt.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+        seconds = int(match.group(1)) * _UNITS[match.group(2)]
+        if seconds > 100 * 365 * 86400:
+            raise ConfigError(f"{self.where(key)} is longer than 100 years: {value!r}")
+        return dt.timedelta(seconds=seconds)
 
     def strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
         value = self._get(key, False)
@@ -244,6 +256,8 @@ def _server(source: Path, doc: Mapping[str, Any]) -> ServerConfig:
     state_dir = s.path("state_dir", "state")
     assert state_dir is not None
     database = s.str("database") or f"sqlite:///{state_dir / 'proxyd.db'}"
+    if "\0" in database:
+        raise ConfigError(f"{s.where('database')} contains a NUL character")
     if database.startswith("sqlite:///") and not database.startswith("sqlite:////"):
         rel = database.removeprefix("sqlite:///")
         if rel and not rel.startswith(":memory:"):
@@ -297,6 +311,8 @@ def _voms(source: Path, doc: Mapping[str, Any]) -> tuple[VoConfig, ...]:
         raise ConfigError(f"{source}: voms must be an array of tables ([[voms]])")
     out: list[VoConfig] = []
     for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{source}: voms entry {index + 1} must be a table ([[voms]])")
         s = _Section(source, f"voms #{index + 1}", entry)
         vo = s.str("vo", required=True)
         assert vo is not None
@@ -345,6 +361,16 @@ def parse_config(text: str, source: str | Path = "<string>") -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
+    try:
+        return _parse(path, doc)
+    except (TypeError, ValueError, OverflowError, AttributeError) as exc:
+        # A value of a shape TOML allows and the schema does not, not caught above.
+        raise ConfigError(f"{path}: invalid configuration: {exc}") from None
+
+
+def _parse(path: Path, doc: Mapping[str, Any]) -> Config:
     known = {"server", "myproxy", "api", "policy", "voms", "sealing", "taskqueue"}
     unknown = sorted(set(doc) - known)
     if unknown:

@@ -44,3 +44,7 @@ def configure(*, debug: bool = False, json_lines: bool = True) -> None:
     # Library chatter that would otherwise drown the request lines.
     for noisy in ("alembic", "aiohttp.access", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # aiohttp.server logs every unparsable request, raw client bytes included, at ERROR:
+    # any client could flood the log with text of its choosing. Our middleware logs the
+    # requests that reach proxyd (one JSON line each, no client bytes).
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
@@ -220,9 +221,12 @@ def _info(row: CredentialRow) -> CredentialInfo:
 
 def check_public_key(csr: x509.CertificateSigningRequest) -> None:
     """A CSR whose signature verifies and whose key is strong enough to carry a credential."""
-    if not csr.is_signature_valid:
-        raise BadRequest("certificate request: its signature does not verify")
-    key = csr.public_key()
+    try:
+        if not csr.is_signature_valid:
+            raise BadRequest("certificate request: its signature does not verify")
+        key = csr.public_key()
+    except (UnsupportedAlgorithm, ValueError, TypeError) as exc:
+        raise BadRequest(f"certificate request: its public key cannot be used: {exc}") from None
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
             raise BadRequest(

@@ -25,7 +25,7 @@ from .config import Config
 from .errors import ServeError
 from .issuer import IssueError
 from .logs import configure as configure_logging
-from .myproxy.server import MyProxyServer
+from .myproxy.server import SESSION_TIMEOUT, MyProxyServer
 from .repository import Repository
 from .sealing import SealingError
 from .taskqueue.base import load_taskqueue
@@ -69,7 +69,8 @@ async def run_listeners(
             if tasks is not None:
                 app[TASKS] = tasks
                 sweeper = asyncio.create_task(_sweep_stalled(tasks, config))
-            runner = web.AppRunner(app, access_log=None)
+            # Idle keep-alive connections are dropped like MyProxy sessions, not after aiohttp's hour.
+            runner = web.AppRunner(app, access_log=None, keepalive_timeout=SESSION_TIMEOUT)
             await runner.setup()
             site = web.TCPSite(
                 runner,

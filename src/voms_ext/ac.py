@@ -62,7 +62,7 @@ _STRING_CODECS = {
     0x1C: "utf-32-be",
     0x1E: "utf-16-be",
 }
-_URI = re.compile(r"^(?P<host>[^:/\s]+):(?P<port>\d{1,5})$")
+_URI = re.compile(r"(?P<host>[^:/\s]+):(?P<port>\d{1,5})\Z")
 
 
 @dataclass(frozen=True)

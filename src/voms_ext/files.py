@@ -73,7 +73,7 @@ def parse_credential_pem(
         if label == b"CERTIFICATE":
             try:
                 certs.append(x509.load_pem_x509_certificate(block))
-            except ValueError as exc:
+            except (ValueError, x509.InvalidVersion) as exc:
                 raise CredentialFileError(
                     f"{source}: PEM block {number} (CERTIFICATE) is not a valid certificate: {exc}"
                 ) from None

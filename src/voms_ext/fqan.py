@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .errors import FqanError
 
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_NAME = re.compile(r"[A-Za-z0-9_.\-]+\Z")
 
 
 @dataclass(frozen=True, order=True)

@@ -73,6 +73,13 @@ def slash_to_name(dn: str) -> x509.Name:
 
     Raises DistinguishedNameError naming the component that cannot be read.
     """
+    try:
+        return _slash_to_name(dn)
+    except (ValueError, TypeError) as exc:  # cryptography refusing an OID, a value or a duplicate
+        raise DistinguishedNameError(f"DN {dn!r}: {exc}") from None
+
+
+def _slash_to_name(dn: str) -> x509.Name:
     if not dn.startswith("/"):
         raise DistinguishedNameError(
             f"DN {dn!r} does not start with '/' (expected /C=../O=../CN=..)"

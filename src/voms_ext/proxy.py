@@ -112,7 +112,7 @@ class CertificateKind:
 def _subject(cert: x509.Certificate) -> str:
     try:
         return dn_to_slash(cert.subject)
-    except ValueError:
+    except (ValueError, TypeError):
         return "<unreadable subject>"
 
 
@@ -178,7 +178,7 @@ def classify(cert: x509.Certificate) -> CertificateKind:
     """
     try:
         return _classify(cert)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise ProxyError(f"certificate {_subject(cert)}: unreadable: {exc}") from None
 
 

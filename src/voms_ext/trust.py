@@ -31,7 +31,7 @@ _SHA256 = hashes.SHA256()
 def _slash(name: x509.Name) -> str:
     try:
         return dn_to_slash(name)
-    except ValueError:
+    except (ValueError, TypeError):
         return "<unreadable name>"
 
 

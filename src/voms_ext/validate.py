@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from . import asn1
@@ -79,7 +79,7 @@ class ValidationResult:
 def _slash(cert: x509.Certificate) -> str:
     try:
         return dn_to_slash(cert.subject)
-    except ValueError:
+    except (ValueError, TypeError):
         return "<unreadable subject>"
 
 
@@ -205,13 +205,25 @@ def validate_chain(
         raise ChainError("empty certificate chain")
     try:
         return _validate(tuple(certificates), trust, at or dt.datetime.now(dt.UTC), check_voms)
-    except ValueError as exc:  # `cryptography` refusing to read a name or extension
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        # `cryptography` refusing to read a name, an extension or a key type
         raise ChainError(f"unreadable certificate in the chain: {exc}") from None
 
 
 def _validate(
     certs: tuple[x509.Certificate, ...], trust: TrustStore, at: dt.datetime, check_voms: bool
 ) -> ValidationResult:
+    for position, cert in enumerate(certs, start=1):
+        try:
+            cert.subject, cert.issuer  # noqa: B018 - cryptography parses names lazily
+        except (ValueError, TypeError) as exc:
+            if position < len(certs):  # before the last: a proxy, in a proxy chain
+                raise ProxyError(
+                    f"proxy <unreadable subject> (certificate {position} of the chain): {exc}"
+                ) from None
+            raise ChainError(
+                f"certificate {position} of the chain has an unreadable name: {exc}"
+            ) from None
     kinds: list[CertificateKind] = []
     for cert in certs:
         kind = classify(cert)

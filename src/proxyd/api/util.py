@@ -33,7 +33,7 @@ async def blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 async def json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError):
         raise Problem(400, "the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise Problem(400, "the request body must be a JSON object")

@@ -132,7 +132,7 @@ def parse_request(data: bytes) -> Request:
             except ValueError:
                 raise ProtocolError(ERR_COMMAND) from None
         elif key == "LIFETIME":
-            if not value.isdigit() or len(value) > 10:
+            if not (value.isascii() and value.isdigit()) or len(value) > 10:
                 raise ProtocolError(ERR_PARSE + " (LIFETIME must be a number of seconds)")
             values["lifetime"] = int(value)
         elif key == "VONAME":
@@ -297,7 +297,7 @@ def parse_certificates(data: bytes) -> list[x509.Certificate]:
         try:
             _, _, end = read_tlv(data, pos)
             certs.append(x509.load_der_x509_certificate(data[pos:end]))
-        except (DecodeError, ValueError) as exc:
+        except (DecodeError, ValueError, x509.InvalidVersion) as exc:
             raise ProtocolError(
                 f"certificate {index + 1} of the chain is not valid DER: {exc}"
             ) from None
@@ -310,5 +310,5 @@ def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
         raise ProtocolError("certificate request must be raw DER PKCS#10 (PEM is refused)")
     try:
         return x509.load_der_x509_csr(data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise ProtocolError(f"certificate request is not valid DER PKCS#10: {exc}") from None

@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
@@ -78,7 +78,10 @@ def parse_challenge_reply(data: bytes, challenges: tuple[Challenge, ...]) -> lis
     except p.ProtocolError as exc:
         raise ChallengeError(str(exc)) from None
     digest = _digest(method_id)
-    key = chain[0].public_key()
+    try:
+        key = chain[0].public_key()
+    except (UnsupportedAlgorithm, ValueError) as exc:
+        raise ChallengeError(f"the renewal credential's key cannot be used: {exc}") from None
     message = challenge.hex.encode("ascii")
     try:
         if isinstance(key, rsa.RSAPublicKey):
