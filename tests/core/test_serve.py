@@ -23,6 +23,15 @@ def _config(pki: DevPKI, tmp_path: Path, mp: int, api: int) -> Path:
     return write_config(pki, tmp_path / "state", mp, api)
 
 
+def _serve(config: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`proxyd serve` on `config` as a child process, its output captured."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "proxyd.cli.main", "serve", "--config", str(config), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
 def _wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -43,20 +52,7 @@ def test_serve_answers_on_both_ports_and_stops_cleanly(
 ) -> None:
     mp, api = free_port(), free_port()
     config = _config(dev_pki, tmp_path, mp, api)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "proxyd.cli.main",
-            "serve",
-            "--config",
-            str(config),
-            "--workers",
-            str(workers),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = _serve(config, "--workers", str(workers))
     try:
         _wait_port(mp, proc)
         _wait_port(api, proc)
@@ -114,11 +110,7 @@ def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
 def test_logs_are_json_lines_without_secrets(dev_pki: DevPKI, tmp_path: Path) -> None:
     mp, api = free_port(), free_port()
     config = _config(dev_pki, tmp_path, mp, api)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxyd.cli.main", "serve", "--config", str(config), "--debug"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = _serve(config, "--debug")
     secret = "my very secret passphrase"
     try:
         _wait_port(mp, proc)
@@ -192,20 +184,7 @@ def test_two_step_delegation_works_across_workers(dev_pki: DevPKI, tmp_path: Pat
 
     mp, api = free_port(), free_port()
     config = _config(dev_pki, tmp_path, mp, api)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "proxyd.cli.main",
-            "serve",
-            "--config",
-            str(config),
-            "--workers",
-            "2",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = _serve(config, "--workers", "2")
     alice = load_identity(dev_pki, "alice")
     cred = tmp_path / "alice.pem"
     tmp_path.chmod(0o700)
