@@ -300,7 +300,9 @@ def test_delegation_tokens_are_single_use_and_personal(
     token = started.json["id"]
     csr = x509.load_pem_x509_csr(started.json["csr"].encode())
     proxy = ProxyBuilder(alice.cert).from_csr(csr).lifetime(dt.timedelta(days=1)).sign(alice.key)
-    chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (proxy, alice.cert)).decode()
+    chain = b"".join(
+        c.public_bytes(serialization.Encoding.PEM) for c in (proxy, alice.cert)
+    ).decode()
     stolen = api(server, files, "bob").request("PUT", f"/v1/delegations/{token}", {"chain": chain})
     assert stolen.status == 404  # another client cannot finish (or even see) it
     done = api(server, files, "alice").request("PUT", f"/v1/delegations/{token}", {"chain": chain})
