@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python -m bench.myproxy_vs_real --quick
 	$(BIN)/python -m bench.issuance --quick
 	$(BIN)/python -m bench.profile_hot_paths --quick
+	$(BIN)/python -m bench.scale --quick
 
 # Fuzzing, apart from `make test`: the atheris harnesses of tests/fuzz, FUZZ_RUNS inputs each,
 # from a seed corpus built on a fresh dev PKI. Crashes land in $(FUZZ_DIR)/crashes; reported

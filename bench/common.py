@@ -27,14 +27,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from proxyd.devpki import DevPKI
+from proxyd.devpki import DevPKI, generate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -128,6 +128,29 @@ def process_tree(root: int, procs: dict[int, ProcStat] | None = None) -> list[Pr
     return out
 
 
+def tree_cpu_by_pid(roots: Sequence[int]) -> dict[int, float]:
+    """CPU seconds so far of each process in the trees under `roots` (see tree_cpu_seconds)."""
+    procs = all_processes()
+    out: dict[int, float] = {}
+    for root in roots:
+        for st in process_tree(root, procs):
+            out[st.pid] = st.ticks / CLK_TCK
+    return out
+
+
+def cpu_between(before: dict[int, float], after: dict[int, float], *, reaped: bool) -> float:
+    """CPU used between two `tree_cpu_by_pid` samples.
+
+    reaped=True: processes that exit in between are reaped by a parent in
+    the trees, which then counts their whole time (cutime), so the sums are
+    subtracted. reaped=False (unrelated processes, such as the PostgreSQL
+    backends of a load): only processes alive at both samples count; one
+    that exits in between would otherwise take its earlier time away."""
+    if reaped:
+        return sum(after.values()) - sum(before.values())
+    return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
+
+
 def tree_cpu_seconds(roots: Sequence[int]) -> float:
     """CPU seconds (user + system) used so far by `roots` and all their descendants.
 
@@ -145,6 +168,16 @@ def tree_cpu_seconds(roots: Sequence[int]) -> float:
                 seen.add(st.pid)
                 ticks += st.ticks
     return ticks / CLK_TCK
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores so far, from /proc/stat: everyone's load, not ours."""
+    with contextlib.suppress(OSError):
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        total = sum(fields[:8])  # guest time is already inside user time
+        return total - idle, total
+    return 0, 0
 
 
 # --- statistics --------------------------------------------------------------------------------
@@ -173,10 +206,11 @@ class Operation(Protocol):
     `setup` runs once per load thread, inside a load process, and returns the
     callable that performs one request. That callable raises on any failure,
     including a reply that does not check out (so failures are never counted
-    as successes).
+    as successes). What it returns, if not None, is collected for every call
+    (warm-up included) into `LoadResult.values`, e.g. the task ids a pilot got.
     """
 
-    def setup(self, slot: int) -> Callable[[], None]: ...
+    def setup(self, slot: int) -> Callable[[], object]: ...
 
 
 @dataclasses.dataclass
@@ -188,6 +222,8 @@ class LoadResult:
     errors: Counter[str]
     server_cpu: float | None  # CPU seconds of the watched server trees during the window
     client_cpu: float  # CPU seconds of the load processes during the window
+    values: list[Any] = dataclasses.field(default_factory=list)  # non-None returns, all calls
+    machine_busy: float | None = None  # share of all cores busy during the window (anyone's)
 
     @property
     def ops(self) -> int:
@@ -239,15 +275,20 @@ class _ThreadTally:
 
     latencies: list[float] = dataclasses.field(default_factory=list)
     errors: Counter[str] = dataclasses.field(default_factory=Counter)
+    values: list[Any] = dataclasses.field(default_factory=list)
 
 
-def _thread_loop(run: Callable[[], None], schedule: Any, go: MpEvent, tally: _ThreadTally) -> None:
+def _thread_loop(
+    run: Callable[[], object], schedule: Any, go: MpEvent, tally: _ThreadTally
+) -> None:
     go.wait()
     _, window_start, window_end = schedule[:]
     while (t0 := time.monotonic()) < window_end:
         try:
-            run()
+            value = run()
             failure = None
+            if value is not None:
+                tally.values.append(value)
         except Exception as exc:
             failure = f"{type(exc).__name__}: {exc}"[:160]
         t1 = time.monotonic()
@@ -286,7 +327,8 @@ def _load_process(
     errors: Counter[str] = Counter()
     for tally in tallies:
         errors.update(tally.errors)
-    results.put((os.getpid(), (latencies, dict(errors)), None))
+    values = [v for tally in tallies for v in tally.values]
+    results.put((os.getpid(), (latencies, dict(errors), values), None))
 
 
 def run_load(
@@ -296,14 +338,17 @@ def run_load(
     concurrency: int,
     duration: float,
     warmup: float = 1.0,
-    servers: Sequence[int] = (),
+    servers: Sequence[int] | Callable[[], Sequence[int]] = (),
     processes: int | None = None,
 ) -> LoadResult:
     """Run `concurrency` closed-loop clients of `op` for `warmup + duration` seconds.
 
     Only requests that complete inside the measured window count; server
     CPU (the trees under the `servers` pids) and client CPU are sampled at
-    the window's edges.
+    the window's edges. `servers` may be a callable, asked for the pids when
+    the window opens (for servers whose processes appear during the warm-up,
+    such as the PostgreSQL backends of the load's connections); those count
+    while they live through the window (see `cpu_between`).
     """
     ctx = multiprocessing.get_context("spawn")
     nproc = max(1, min(concurrency, processes or os.cpu_count() or 1))
@@ -328,20 +373,25 @@ def run_load(
         go.set()
         client_pids = [p.pid for p in procs if p.pid is not None]
         _sleep_until(window_start)
-        server0 = tree_cpu_seconds(servers) if servers else None
+        server_pids = servers() if callable(servers) else servers
+        server0 = tree_cpu_by_pid(server_pids) if server_pids else None
         client0 = tree_cpu_seconds(client_pids)
+        machine0 = machine_cpu()
         _sleep_until(window_end)
-        server1 = tree_cpu_seconds(servers) if servers else None
+        server1 = tree_cpu_by_pid(server_pids) if server_pids else None
         client1 = tree_cpu_seconds(client_pids)
+        machine1 = machine_cpu()
         latencies: list[float] = []
         errors: Counter[str] = Counter()
+        values: list[Any] = []
         for _ in procs:
             pid, payload, failure = results.get(timeout=120 + duration)
             if failure:
                 raise RuntimeError(f"load process {pid}: {failure}")
-            lat, errs = payload
+            lat, errs, vals = payload
             latencies += lat
             errors.update(errs)
+            values += vals
     finally:
         for p in procs:
             p.join(5)
@@ -349,9 +399,23 @@ def run_load(
                 p.kill()
                 p.join()
     latencies.sort()
-    server_cpu = None if server0 is None or server1 is None else server1 - server0
+    server_cpu = (
+        None
+        if server0 is None or server1 is None
+        else cpu_between(server0, server1, reaped=not callable(servers))
+    )
+    busy = machine1[0] - machine0[0]
+    total = machine1[1] - machine0[1]
     return LoadResult(
-        label, concurrency, duration, latencies, errors, server_cpu, client1 - client0
+        label,
+        concurrency,
+        duration,
+        latencies,
+        errors,
+        server_cpu,
+        client1 - client0,
+        values,
+        busy / total if total else None,
     )
 
 
@@ -422,6 +486,35 @@ def write_proxyd_config(pki: DevPKI, myproxy_port: int, api_port: int) -> Path:
     path = pki.root / "bench.toml"
     path.write_text(text)
     return path
+
+
+class BenchSetup(NamedTuple):
+    """What every bench script starts from: a dev PKI, client credentials, keys, a config."""
+
+    pki: DevPKI
+    alice: Path  # alice's certificate and key, one 0600 PEM file
+    wms: Path  # the trusted WMS host's, likewise
+    keys: tuple[str, ...]  # pre-generated RSA-2048 keys for the clients' CSRs
+    mp_port: int
+    api_port: int
+    config: Path  # proxyd.toml of the PKI on those ports
+
+
+def bench_setup(root: Path, nkeys: int = 8) -> BenchSetup:
+    """A dev PKI under `root`, alice's and the WMS host's credentials, keys and a proxyd.toml."""
+    pki = generate(root / "pki")
+    creds = root / "creds"
+    creds.mkdir()
+    mp_port, api_port = free_port(), free_port()
+    return BenchSetup(
+        pki=pki,
+        alice=write_credential_file(*pki.user("alice"), creds / "alice.pem"),
+        wms=write_credential_file(*pki.host("wms"), creds / "wms.pem"),
+        keys=tuple(str(p) for p in write_keys(root / "keys", nkeys)),
+        mp_port=mp_port,
+        api_port=api_port,
+        config=write_proxyd_config(pki, mp_port, api_port),
+    )
 
 
 # --- servers -----------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from bench.common import (
     LOOPBACK,
     LoadResult,
     ProxydServer,
-    free_port,
+    bench_setup,
     heading,
     load_cert,
     load_key,
@@ -59,12 +59,8 @@ from bench.common import (
     running,
     same_public_key,
     say,
-    what_if_env,
-    write_credential_file,
-    write_keys,
-    write_proxyd_config,
 )
-from proxyd.devpki import WMS_HOST, DevPKI, generate, user_dn
+from proxyd.devpki import WMS_HOST, DevPKI, user_dn
 from voms_ext import ProxyBuilder, classify
 
 CRED_NAME = "bench"
@@ -245,12 +241,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--workers", default="1,2", help="proxyd --workers values to run")
     ap.add_argument("--no-voms", action="store_true", help="plain limited proxies, no AC")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    ap.add_argument(
-        "--what-if-skip-key-check",
-        action="store_true",
-        help="run proxyd with a start-up patch that loads stored keys without OpenSSL's RSA "
-        "consistency check (a measured what-if for docs/performance.md; src/ is untouched)",
-    )
     args = ap.parse_args(argv)
     duration = args.duration or (4.0 if args.quick else 20.0)
     warmup = 1.0 if args.quick else 3.0
@@ -261,8 +251,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
 
     say(machine_line())
-    if args.what_if_skip_key_check:
-        say("WHAT-IF: proxyd loads stored keys without the RSA consistency check (patched)")
     say(
         f"run: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}Z, {duration:.0f} s per point after "
         f"{warmup:.0f} s warm-up; limited proxy + VOMS AC {list(voms)}; keep-alive HTTPS"
@@ -270,14 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="proxyd-bench-issuance-"))
     points: list[Point] = []
     try:
-        pki = generate(root / "pki")
-        creds = root / "creds"
-        creds.mkdir()
-        alice = write_credential_file(*pki.user("alice"), creds / "alice.pem")
-        wms = write_credential_file(*pki.host("wms"), creds / "wms.pem")
-        keys = tuple(str(p) for p in write_keys(root / "keys", 8))
-        mp_port, api_port = free_port(), free_port()
-        config = write_proxyd_config(pki, mp_port, api_port)
+        pki, alice, wms, keys, mp_port, api_port, config = bench_setup(root)
 
         before = signing_limit(Path(keys[0]), sign_seconds)
         say(
@@ -293,7 +274,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workers=workers,
                 log=root / "proxyd.log",
                 ports=(mp_port, api_port),
-                env=what_if_env(root / "what-if") if args.what_if_skip_key_check else None,
             )
             heading(f"proxyd serve --workers {workers}")
             with running(server):

@@ -37,6 +37,7 @@ from bench.common import (
     Operation,
     ProxydServer,
     RealMyProxyServer,
+    bench_setup,
     free_port,
     heading,
     load_cert,
@@ -47,13 +48,9 @@ from bench.common import (
     running,
     same_public_key,
     say,
-    what_if_env,
-    write_credential_file,
-    write_keys,
-    write_proxyd_config,
 )
 from proxyd.config import SealingConfig, load_config
-from proxyd.devpki import WMS_HOST, DevPKI, generate, user_dn
+from proxyd.devpki import WMS_HOST, DevPKI, user_dn
 from proxyd.myproxy.client import ClientCredential, MyProxyClient
 from proxyd.sealing import dummy_unseal_cost
 
@@ -237,20 +234,14 @@ def real_server_config(pki: DevPKI) -> str:
     )
 
 
-def prepare(root: Path, workers: int, nkeys: int, *, what_if: bool = False) -> Bench:
-    pki = generate(root / "pki")
-    creds = root / "creds"
-    creds.mkdir()
-    alice = write_credential_file(*pki.user("alice"), creds / "alice.pem")
-    wms = write_credential_file(*pki.host("wms"), creds / "wms.pem")
-    keys = tuple(str(p) for p in write_keys(root / "keys", nkeys))
-    mp_port, api_port, real_port = free_port(), free_port(), free_port()
+def prepare(root: Path, workers: int, nkeys: int) -> Bench:
+    pki, alice, wms, keys, mp_port, api_port, config = bench_setup(root, nkeys)
+    real_port = free_port()
     proxyd = ProxydServer(
-        write_proxyd_config(pki, mp_port, api_port),
+        config,
         workers=workers,
         log=root / "proxyd.log",
         ports=(mp_port, api_port),
-        env=what_if_env(root / "what-if") if what_if else None,
     )
     host_cert, host_key = pki.host("host")
     real = RealMyProxyServer(
@@ -416,12 +407,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="proxyd serve --workers")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument(
-        "--what-if-skip-key-check",
-        action="store_true",
-        help="run proxyd with a start-up patch that loads stored keys without OpenSSL's RSA "
-        "consistency check (a measured what-if for docs/performance.md; src/ is untouched)",
-    )
-    ap.add_argument(
         "--cases",
         default="cert,pass,put,info,logon",
         help="any of cert,pass,put,info,logon (comma-separated)",
@@ -445,9 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="proxyd-bench-"))
     pairs: list[Pair] = []
     try:
-        bench = prepare(root, args.workers, nkeys=8, what_if=args.what_if_skip_key_check)
-        if args.what_if_skip_key_check:
-            say("WHAT-IF: proxyd loads stored keys without the RSA consistency check (patched)")
+        bench = prepare(root, args.workers, nkeys=8)
         with running(bench.proxyd, bench.real):
             seed(bench)
             sealing, argon_ms = argon2_cost_ms(bench.proxyd.config)

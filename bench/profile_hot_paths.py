@@ -1,32 +1,38 @@
-"""Where proxyd's CPU goes on its two hot paths: cert-auth MyProxy GET and HTTPS issuance.
+"""Where proxyd's CPU goes on its hot paths: cert-auth MyProxy GET, MyProxy INFO, HTTPS issuance.
 
     .venv/bin/python -m bench.profile_hot_paths [--quick]
 
-Two views, because each alone misleads:
+Four views, because each alone misleads. The live ones run the real server
+(`proxyd serve --workers 1`, so one process holds all the work) under load
+at C=8 with the bench client, next to the server CPU per request that /proc
+reports for the same window.
 
-1. py-spy samples the real server (`proxyd serve --workers 1`, so one
-   process holds all the work) under load at C=8, next to the server CPU
-   per request that /proc reports for the same window. Samples are put in
-   buckets by the innermost frame that says what the work is (RSA signing,
-   RSA key loading, TLS, database, ...); time inside OpenSSL, SQLite or
-   Rust is attributed through the Python line that called it. These are
-   wall-clock shares of busy threads, not CPU: a thread blocked on the GIL
-   or on the SQLite write lock is counted where it waits.
-   py-spy is a profiling tool, not a proxyd dependency:
-   `.venv/bin/pip install py-spy`; without it this view is skipped.
-2. cProfile, deterministic, in this process: the same Repository calls the
-   MyProxy edge and the HTTPS route make per request (chain validation,
-   authorize + issue, audit), without TLS or the event loop, on the same
-   database, one request at a time (so no lock waits). Its clock is this
-   thread's CPU time, so other load on the machine does not inflate it.
-   Its top entries by own time, minus signing, TLS and database, are the
-   overheads worth removing.
+1. perf (CPU samples, if `perf` works here): the server's CPU per request
+   split by where the instructions ran: the system OpenSSL behind Python's
+   `ssl` (TLS handshakes and records), `cryptography`'s Rust/OpenSSL (proxy
+   signatures, CSR and chain checks, X.509 parsing), SQLite, the Python
+   interpreter with libc, and the kernel (syscalls, loopback TCP, thread
+   wake-ups, fsync). This is the CPU view; the others say which Python code.
+2. The floor: a bare asyncio TLS server with proxyd's own MyProxy TLS
+   context answers every connection with a canned INFO reply, driven by the
+   same client. Its CPU per connection is what any asyncio edge pays before
+   proxyd does anything; once with the trust anchors looked up in the
+   hashed CA directory per handshake (as proxyd does), once loaded in memory.
+3. py-spy (if installed: `.venv/bin/pip install py-spy`; not a proxyd
+   dependency) samples the live server; samples go in buckets by the
+   innermost frame that says what the work is. Wall-clock shares of busy
+   threads, not CPU: a thread waiting for the GIL or a lock counts where
+   it waits.
+4. cProfile, deterministic, in this process: the Repository calls the two
+   edges make per request (the peer chain through the PeerCache, authorize +
+   issue, audit), without TLS or the event loop, one request at a time. Its
+   clock is this thread's CPU time. Its top entries by own time, minus
+   signing, TLS and database, are the overheads left to remove.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import dataclasses
 import datetime as dt
@@ -39,19 +45,18 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from sqlalchemy import event
 
 from bench.common import (
     VENV_BIN,
     LoadResult,
     Operation,
     ProxydServer,
+    bench_setup,
     free_port,
     heading,
     load_cert,
@@ -60,18 +65,18 @@ from bench.common import (
     run_load,
     running,
     say,
-    write_credential_file,
+    wait_for_port,
     write_keys,
-    write_proxyd_config,
 )
 from bench.issuance import Issue, delegate
-from bench.myproxy_vs_real import PROXYD, TRUSTED, Get, Target
+from bench.myproxy_vs_real import ALICE, PROXYD, TRUSTED, Get, Info, Target
 from proxyd.config import load_config
-from proxyd.devpki import generate, user_dn
+from proxyd.devpki import user_dn
 from proxyd.issuer import VomsRequest
-from proxyd.principal import classify as classify_principal
 from proxyd.repository import Repository
-from voms_ext import load_credential_file, validate_chain
+from voms_ext import load_credential_file
+
+DER = serialization.Encoding.DER
 
 # Each sample is put in one bucket: the innermost Python frame that matches a rule decides,
 # matched as "function (path:line) :: source line" so that a frame calling into native code
@@ -187,6 +192,140 @@ def report_spy(title: str, prof: SpyProfile, result: LoadResult) -> None:
         say(f"    {n / prof.samples * 100:5.1f}%  {frame}")
 
 
+# --- perf: CPU by component --------------------------------------------------------------------
+
+# Shared objects, in order of the first match, and what their instructions are.
+COMPONENTS: list[tuple[str, re.Pattern[str]]] = [
+    ("TLS: system OpenSSL behind Python's ssl", re.compile(r"^lib(ssl|crypto)\.so")),
+    ("cryptography (Rust + its OpenSSL): sign, verify, X.509", re.compile(r"_rust\.abi3\.so")),
+    ("SQLite", re.compile(r"libsqlite3")),
+    ("kernel: syscalls, loopback TCP, wake-ups, fsync", re.compile(r"\[kernel")),
+    (
+        "Python interpreter, libc, extension modules",
+        re.compile(r"libpython|^libc[.-]|cpython-|^ld-linux|\[vdso\]|libm[.-]|libz|libffi"),
+    ),
+]
+
+
+def have_perf() -> bool:
+    if shutil.which("perf") is None:
+        return False
+    probe = subprocess.run(
+        ["perf", "stat", "-e", "task-clock", "true"], capture_output=True, check=False
+    )
+    return probe.returncode == 0
+
+
+def perf_record(pids: list[int], seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    argv = ["perf", "record", "-F", "999", "-o", str(out), "-p", ",".join(map(str, pids))]
+    argv += ["--", "sleep", str(seconds)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def perf_shares(data: Path) -> Counter[str]:
+    """Per cent of samples per component (from `perf report --sort dso`)."""
+    report = subprocess.run(
+        ["perf", "report", "-i", str(data), "--no-children", "--sort", "dso", "--stdio"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    shares: Counter[str] = Counter()
+    for line in report.splitlines():
+        m = re.match(r"^\s+([0-9.]+)%\s+(\S.*?)\s*$", line)
+        if m is None:
+            continue
+        dso = m[2]
+        component = next((c for c, pattern in COMPONENTS if pattern.search(dso)), "other")
+        shares[component] += float(m[1])
+    return shares
+
+
+def report_perf(title: str, shares: Counter[str], result: LoadResult) -> None:
+    per_op = result.server_cpu_ms_per_op
+    heading(f"perf: {title}: {result.rate:.0f} ops/s, server CPU {per_op:.2f} ms/op")
+    say(f"  {'component':<58}{'share':>7}{'ms/op':>8}")
+    total = sum(shares.values()) or 1.0
+    for component, share in shares.most_common():
+        say(f"  {component:<58}{share / total * 100:6.1f}%{share / total * per_op:8.2f}")
+
+
+# --- the floor: TLS + asyncio with nothing behind them ---------------------------------------------
+
+FLOOR_SERVER = """
+import asyncio, glob, socket, ssl, sys
+from proxyd.config import load_config
+from proxyd.myproxy import protocol as p
+from proxyd.myproxy.server import myproxy_context
+
+config, port, owner, anchors = load_config(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+REPLY = p.ok([("CRED_START_TIME", "1"), ("CRED_END_TIME", "2"), ("CRED_OWNER", owner)])
+
+def context():
+    ctx = myproxy_context(config)  # proxyd's: host credential, CApath, proxy certificates allowed
+    if anchors == "memory":  # the same, with the anchors loaded once instead of looked up per handshake
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(config.server.host_cert, config.server.host_key)
+        pems = "".join(open(f).read() for f in glob.glob(f"{config.server.cert_dir}/*.0"))
+        ctx.load_verify_locations(cadata=pems)
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.verify_flags |= ssl.VERIFY_ALLOW_PROXY_CERTS
+        ctx.num_tickets = 0
+    return ctx
+
+async def handle(reader, writer):
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    writer.write(b"\\x00")
+    await writer.drain()
+    data = b""
+    while b"\\0" not in data[1:]:
+        chunk = await reader.read(65536)
+        if not chunk:
+            break
+        data += chunk
+    writer.write(REPLY)
+    await writer.drain()
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), 2)
+    except Exception:
+        pass
+
+async def main():
+    await asyncio.start_server(handle, "127.0.0.1", port, ssl=context(), backlog=512)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def tls_floor(
+    root: Path, config: Path, alice: Path, cert_dir: str, duration: float, anchors: str
+) -> LoadResult:
+    """CPU per connection of a bare asyncio TLS server that answers INFO with a canned reply."""
+    script = root / "floor_server.py"
+    script.write_text(FLOOR_SERVER)
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "python"), str(script), str(config), str(port), ALICE, anchors],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, 30, alive=lambda: proc.poll() is None)
+        target = Target("floor", port, cert_dir)
+        return run_load(
+            Info(target, str(alice), "alice"),
+            label=f"floor ({anchors})",
+            concurrency=8,
+            duration=duration,
+            warmup=1.0,
+            servers=[proc.pid],
+        )
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 # --- cProfile of the request path, in process -----------------------------------------------------
 
 INFRA = re.compile(
@@ -195,9 +334,11 @@ INFRA = re.compile(
 )
 
 
-def profile_in_process(config_path: Path, wms_chain: list[x509.Certificate], n: int) -> None:
-    """cProfile `n` cert-auth GETs and `n` VOMS issuances through the Repository, as the edges
-    make them (the peer chain validated per request), TLS and asyncio left out."""
+def profile_in_process(
+    config_path: Path, wms_chain: list[bytes], alice_chain: list[bytes], n: int
+) -> None:
+    """cProfile `n` cert-auth GETs, INFOs and VOMS issuances through the Repository, as the
+    edges make them (the peer through the PeerCache), TLS and asyncio left out."""
     config = load_config(config_path)
     repo = Repository.open(config)
     key = load_key(Path(write_keys(config.server.state_dir / "profile-keys", 1)[0]))
@@ -206,129 +347,80 @@ def profile_in_process(config_path: Path, wms_chain: list[x509.Certificate], n: 
         .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "proxy")]))
         .sign(key, hashes.SHA256())
     )
+    csr_pem = csr.public_bytes(serialization.Encoding.PEM)
     dteam = [VomsRequest.parse("dteam")]
 
-    def get(lookup_twice: bool = True) -> None:  # the MyProxy edge, trusted-retriever GET
-        principal = classify_principal(validate_chain(wms_chain, repo.trust), config.policy, "::1")
-        if lookup_twice:
-            repo.has_passphrase("alice", "default")  # Session._needs_challenge
+    def get() -> None:  # the MyProxy edge: trusted-retriever GET, CSR received as DER
+        principal = repo.peers.principal(wms_chain, repo.trust, "::1")
         retrieval = repo.authorize_retrieval(principal, "alice", name="default")
-        repo.complete_retrieval(retrieval, csr)
+        repo.complete_retrieval(retrieval, x509.load_der_x509_csr(csr.public_bytes(DER)))
 
-    def issue() -> None:  # what the HTTPS route does, after its middleware validated the peer
-        principal = classify_principal(validate_chain(wms_chain, repo.trust), config.policy, "::1")
-        repo.retrieve(principal, user_dn("alice"), csr, name="bench", voms=dteam)
+    def info() -> None:  # the MyProxy edge: INFO by the owner
+        principal = repo.peers.principal(alice_chain, repo.trust, "::1")
+        repo.info(principal, "alice")
 
-    for title, fn in (("cert-auth GET (MyProxy path)", get), ("HTTPS issuance + AC", issue)):
-        fn()  # warm caches, as a running server would be
+    def issue() -> None:  # the HTTPS route, after its middleware found the peer
+        principal = repo.peers.principal(wms_chain, repo.trust, "::1")
+        repo.retrieve(
+            principal, user_dn("alice"), x509.load_pem_x509_csr(csr_pem), name="bench", voms=dteam
+        )
+
+    for title, fn in (
+        ("cert-auth GET (MyProxy path)", get),
+        ("INFO (MyProxy path)", info),
+        ("HTTPS issuance + AC", issue),
+    ):
+        fn()  # warm the memos, as a running server has them
+        cpu = _cpu_per_call(fn)
         prof = cProfile.Profile(time.thread_time)  # CPU time: other load must not inflate it
-        t0 = time.process_time()
         prof.enable()
         for _ in range(n):
             fn()
         prof.disable()
-        per_op = (time.process_time() - t0) / n * 1000
-        heading(f"cProfile: {title}: {per_op:.1f} ms CPU per request in process (n={n})")
+        heading(f"cProfile: {title}: {cpu:.2f} ms CPU per request in process without the profiler")
         show_top(prof, n)
-    what_ifs(repo, get, issue, n)
     repo.engine.dispose()
 
 
-def _timed(fn: Callable[[], None], budget: float = 1.0) -> tuple[float, float]:
-    """(CPU ms, wall ms) per call, calling `fn` for about `budget` seconds of CPU."""
-    fn()
-    c0, w0 = time.process_time(), time.perf_counter()
-    n = 0
-    while n < 5 or time.process_time() - c0 < budget:
-        fn()
-        n += 1
-    return (time.process_time() - c0) / n * 1000, (time.perf_counter() - w0) / n * 1000
-
-
-WHAT_IFS = [
-    "as shipped",
-    "+ stored key loaded without re-running the RSA consistency check",
-    "+ bans cached (no query per request)",
-    "+ GET looks the credential up once (no separate has_passphrase query)",
-    "+ SQLite synchronous=NORMAL (WAL; commits no longer fsync)",
-]
-
-
-def what_ifs(repo: Repository, get: Callable[..., None], issue: Callable[[], None], n: int) -> None:
-    """The request paths again with cumulative changes applied by patching, in this process only
-    (src/ is untouched): what each suggested change would save. Three interleaved rounds; the
-    lowest of each is shown, since other load on the machine only ever adds time."""
-    original_load = serialization.load_pem_private_key
-    bans = repo._bans()
-
-    def load_trusted(data: bytes, password: bytes | None = None, **kw: object) -> object:
-        return original_load(data, password, unsafe_skip_rsa_key_validation=True)
-
-    @contextlib.contextmanager
-    def applied(level: int) -> Iterator[Callable[[], None]]:
-        with contextlib.ExitStack() as stack:
-            if level >= 1:
-                serialization.load_pem_private_key = load_trusted  # type: ignore[assignment]
-                stack.callback(setattr, serialization, "load_pem_private_key", original_load)
-            if level >= 2:
-                repo._bans = lambda: bans  # type: ignore[method-assign]
-                stack.callback(delattr, repo, "_bans")
-            if level >= 4:
-                event.listen(repo.engine, "connect", _synchronous_normal)
-                stack.callback(repo.engine.dispose)
-                stack.callback(event.remove, repo.engine, "connect", _synchronous_normal)
-                repo.engine.dispose()
-            yield lambda: get(level < 3)
-
-    best: dict[tuple[int, str], tuple[float, float]] = {}
+def _cpu_per_call(fn: Callable[[], None], budget: float = 0.5) -> float:
+    """CPU ms per call, lowest of three rounds (other load only ever adds)."""
+    best = float("inf")
     for _ in range(3):
-        for level in range(len(WHAT_IFS)):
-            with applied(level) as get_variant:
-                for path, fn in (("get", get_variant), ("issue", issue)):
-                    t = _timed(fn, budget=0.5 if level else 0.3)
-                    old = best.get((level, path))
-                    best[(level, path)] = (
-                        t if old is None else (min(old[0], t[0]), min(old[1], t[1]))
-                    )
-    heading("what-if (in process, one request at a time; each line adds to the one above)")
-    say(f"  {'ms per request':<72}{'GET CPU':>9}{'GET wall':>9}{'issue CPU':>10}{'issue wall':>11}")
-    for level, label in enumerate(WHAT_IFS):
-        g, i = best[(level, "get")], best[(level, "issue")]
-        say(f"  {label:<72}{g[0]:>9.2f}{g[1]:>9.2f}{i[0]:>10.2f}{i[1]:>11.2f}")
+        c0, count = time.process_time(), 0
+        while count < 5 or time.process_time() - c0 < budget / 3:
+            fn()
+            count += 1
+        best = min(best, (time.process_time() - c0) / count * 1000)
+    return best
 
 
-def _synchronous_normal(dbapi_connection: Any, _record: Any) -> None:
-    dbapi_connection.execute("PRAGMA synchronous=NORMAL")
-
-
-def show_top(prof: cProfile.Profile, n: int, limit: int = 18) -> None:
+def show_top(prof: cProfile.Profile, n: int, limit: int = 15) -> None:
     stats = pstats.Stats(prof, stream=io.StringIO())
     rows = []
     for (file, line, func), (_cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
         name = f"{func} ({Path(file).name}:{line})" if file != "~" else func
         rows.append((tt, ct, nc, name))
-    say(f"  {'own ms/req':>10}{'cum ms/req':>11}{'calls/req':>10}  function")
-    say("  top by own time, all:")
-    for tt, ct, nc, name in sorted(rows, reverse=True)[:8]:
-        say(f"  {tt / n * 1000:>10.2f}{ct / n * 1000:>11.2f}{nc / n:>10.1f}  {name}")
+    total = sum(r[0] for r in rows) or 1.0
+    say(f"  {'own %':>6}{'cum %':>7}{'calls/req':>10}  function (profiled time; the profiler adds)")
     say("  top by own time, leaving out signing, TLS and database:")
     shown = 0
     for tt, ct, nc, name in sorted(rows, reverse=True):
         if INFRA.search(name):
             continue
-        say(f"  {tt / n * 1000:>10.2f}{ct / n * 1000:>11.2f}{nc / n:>10.1f}  {name}")
+        say(f"  {tt / total * 100:>6.1f}{ct / total * 100:>7.1f}{nc / n:>10.1f}  {name}")
         shown += 1
         if shown >= limit:
             break
-    say("  cumulative time of selected proxyd/voms_ext functions:")
+    say("  cumulative share of selected proxyd/voms_ext functions and of the database layer:")
     wanted = re.compile(
-        r"^(validate_chain|classify|_open_key|unseal|load_pem_private_key|parse_credential_pem|"
-        r"_record|append|_bans|_find|_plan_acs|issue|issue_proxy|decide|_decide|authorize_retrieval|"
-        r"complete_retrieval|retrieve|check_public_key|has_passphrase|canonical|_dumps) "
+        r"^(principal|validate_chain|classify|_open_key|unseal|_stored_chain|_lookup|_bans|_find|"
+        r"_record|append_many|_commit|_append_in|_plan_acs|issue|issue_proxy|sign|decide|_decide|"
+        r"authorize_retrieval|complete_retrieval|retrieve|info|check_public_key|canonical|"
+        r"_execute_context|commit|connect) "
     )
     for tt, ct, nc, name in sorted(rows, key=lambda r: -r[1]):
-        if wanted.search(name) and ("proxyd" in name or "voms_ext" in name or ".py" in name):
-            say(f"  {tt / n * 1000:>10.2f}{ct / n * 1000:>11.2f}{nc / n:>10.1f}  {name}")
+        if wanted.search(name) and ct / total > 0.01:
+            say(f"  {tt / total * 100:>6.1f}{ct / total * 100:>7.1f}{nc / n:>10.1f}  {name}")
 
 
 # --- main ------------------------------------------------------------------------------------------
@@ -336,35 +428,28 @@ def show_top(prof: cProfile.Profile, n: int, limit: int = 18) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="short sampling windows (< 2 minutes)")
+    ap.add_argument("--quick", action="store_true", help="short sampling windows (< 3 minutes)")
     ap.add_argument("--duration", type=float, help="seconds sampled per workload")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args(argv)
-    duration = args.duration or (8.0 if args.quick else 30.0)
-    n_inproc = 40 if args.quick else 200
-    have_spy = (VENV_BIN / "py-spy").exists()
+    duration = args.duration or (6.0 if args.quick else 20.0)
+    n_inproc = 100 if args.quick else 500
+    spy_ok = (VENV_BIN / "py-spy").exists()
+    perf_ok = have_perf()
 
     say(machine_line())
     root = Path(tempfile.mkdtemp(prefix="proxyd-bench-profile-"))
     try:
-        pki = generate(root / "pki")
-        creds = root / "creds"
-        creds.mkdir()
-        alice = write_credential_file(*pki.user("alice"), creds / "alice.pem")
-        wms = write_credential_file(*pki.host("wms"), creds / "wms.pem")
-        keys = tuple(str(p) for p in write_keys(root / "keys", 8))
-        mp_port, api_port = free_port(), free_port()
-        config = write_proxyd_config(pki, mp_port, api_port)
+        pki, alice, wms, keys, mp_port, api_port, config = bench_setup(root)
         server = ProxydServer(config, workers=1, log=root / "proxyd.log", ports=(mp_port, api_port))
         target = Target(PROXYD, mp_port, str(pki.cert_dir))
+        c = args.concurrency
         workloads: list[tuple[str, Callable[[], Operation]]] = [
+            (f"cert-auth MyProxy GET, C={c}", lambda: Get(target, str(wms), "alice", "", keys)),
+            (f"MyProxy INFO, C={c}", lambda: Info(target, str(alice), "alice")),
             (
-                f"cert-auth MyProxy GET, C={args.concurrency}",
-                lambda: Get(target, str(wms), "alice", "", keys),
-            ),
-            (
-                f"HTTPS issuance with a dteam AC, C={args.concurrency}",
+                f"HTTPS issuance with a dteam AC, C={c}",
                 lambda: Issue(api_port, str(pki.cert_dir), str(wms), keys),
             ),
         ]
@@ -372,29 +457,63 @@ def main(argv: Sequence[str] | None = None) -> int:
             cert, key = load_cert(pki.user("alice")[0]), load_key(pki.user("alice")[1])
             target.client(str(alice)).put("alice", "", (cert, key, []), trusted_retrievers=TRUSTED)
             delegate(pki, api_port, alice)
-            if not have_spy:
-                say("py-spy is not installed in the venv: skipping the sampled view")
+            if not perf_ok:
+                say("perf is not usable here: skipping the CPU-by-component view")
+            if not spy_ok:
+                say("py-spy is not installed in the venv: skipping the sampled Python view")
             for i, (title, make) in enumerate(workloads):
-                if not have_spy:
-                    break
-                out = root / f"spy{i}.txt"
-                proc = spy(server.pid, duration + 2, out)
-                result = run_load(
-                    make(),
-                    label=title.split(",")[0][:16],
-                    concurrency=args.concurrency,
-                    duration=duration,
-                    warmup=1.0,
-                    servers=[server.pid],
-                )
-                _, err = proc.communicate(timeout=60)
-                if proc.returncode != 0 or not out.exists():
-                    say(f"py-spy failed: {err.decode(errors='replace')[-300:]}")
-                    continue
-                say("  " + result.line())
-                report_spy(title, read_raw(out), result)
-        wms_chain = [load_credential_file(pki.host("wms")[0]).certificate, load_cert(pki.ca_cert)]
-        profile_in_process(config, wms_chain, n_inproc)
+                label = title.split(",")[0][:24]
+                if perf_ok:
+                    out = root / f"perf{i}.data"
+                    proc = perf_record([server.pid], duration + 1.5, out)
+                    result = run_load(
+                        make(),
+                        label=label,
+                        concurrency=c,
+                        duration=duration,
+                        warmup=1.0,
+                        servers=[server.pid],
+                    )
+                    _, err = proc.communicate(timeout=120)
+                    say("  " + result.line())
+                    if proc.returncode != 0 or not out.exists():
+                        say(f"  perf failed: {err.decode(errors='replace')[-300:]}")
+                    else:
+                        report_perf(title, perf_shares(out), result)
+                if spy_ok:
+                    out = root / f"spy{i}.txt"
+                    proc = spy(server.pid, duration + 2, out)
+                    result = run_load(
+                        make(),
+                        label=label,
+                        concurrency=c,
+                        duration=duration,
+                        warmup=1.0,
+                        servers=[server.pid],
+                    )
+                    _, err = proc.communicate(timeout=120)
+                    if proc.returncode != 0 or not out.exists():
+                        say(f"py-spy failed: {err.decode(errors='replace')[-300:]}")
+                        continue
+                    say("  " + result.line())
+                    report_spy(title, read_raw(out), result)
+        heading(
+            "the floor: a bare asyncio TLS server (proxyd's MyProxy TLS context) answering INFO "
+            f"with a canned reply, C={c}"
+        )
+        for anchors in ("capath", "memory"):
+            result = tls_floor(root, config, alice, str(pki.cert_dir), duration, anchors)
+            say("  " + result.line())
+        say(
+            "  (capath: trust anchors looked up in the hashed CA directory at every handshake, "
+            "as proxyd's listeners do; memory: loaded once)"
+        )
+        wms_cert = load_credential_file(pki.host("wms")[0]).certificate
+        alice_cert = load_credential_file(pki.user("alice")[0]).certificate
+        ca = load_cert(pki.ca_cert)
+        wms_chain = [c.public_bytes(DER) for c in (wms_cert, ca)]
+        alice_chain = [c.public_bytes(DER) for c in (alice_cert, ca)]
+        profile_in_process(config, wms_chain, alice_chain, n_inproc)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

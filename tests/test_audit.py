@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -371,3 +372,125 @@ def test_event_validation() -> None:
     assert AuditEvent(**{**fields, "time": T0}).time == T0
     default = AuditEvent(**{k: v for k, v in fields.items() if k != "time"})
     assert default.time.tzinfo is dt.UTC
+
+
+# --------------------------------------------------------------------------- group commit
+
+
+def _commits(engine: Engine) -> list[int]:
+    """A list that grows by one per committed transaction of `engine`."""
+    from sqlalchemy import event
+
+    seen: list[int] = []
+    event.listen(engine, "commit", lambda conn: seen.append(1))
+    return seen
+
+
+def _append_while_the_writer_is_busy(
+    log: AuditLog, events: list[AuditEvent]
+) -> tuple[list[Any], list[BaseException | None]]:
+    """Each event appended by its own thread, all queued while another write is in progress."""
+    results: list[Any] = [None] * len(events)
+    errors: list[BaseException | None] = [None] * len(events)
+
+    def work(i: int) -> None:
+        try:
+            results[i] = log.append(events[i])
+        except BaseException as exc:
+            errors[i] = exc
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(events))]
+    with log._group._writer:  # a transaction in flight (the fsync of another request)
+        for t in threads:
+            t.start()
+        for _ in range(500):
+            if len(log._group._queue) == len(events):
+                break
+            threading.Event().wait(0.01)
+        assert len(log._group._queue) == len(events)
+    for t in threads:
+        t.join(timeout=60)
+    return results, errors
+
+
+def test_concurrent_appends_share_one_transaction(engine: Engine) -> None:
+    """Group commit: events queued during a write are committed together, each caller gets its own."""
+    log = AuditLog(engine)
+    log.append(make_event(1))
+    commits = _commits(engine)
+    events = [make_event(i) for i in range(2, 10)]
+    results, errors = _append_while_the_writer_is_busy(log, events)
+    assert errors == [None] * len(events)
+    assert len(commits) == 1
+    assert sorted(r.seq for r in results) == list(range(2, 10))
+    assert all(r.event == e for r, e in zip(results, events, strict=True))
+    report = log.verify()
+    assert report.ok and report.checked == 9, report
+
+
+def _refuse_detail(engine: Engine, detail: str) -> None:
+    """A database that refuses one event: what a constraint or a full table does to one insert."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_one BEFORE INSERT ON audit_events "
+                f"WHEN NEW.detail = '{detail}' BEGIN SELECT RAISE(ABORT, 'refused by test'); END"
+            )
+        else:
+            conn.exec_driver_sql(
+                "CREATE FUNCTION refuse_one() RETURNS trigger AS $$ BEGIN "
+                f"IF NEW.detail = '{detail}' THEN RAISE EXCEPTION 'refused by test'; END IF; "
+                "RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_one BEFORE INSERT ON audit_events "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_one()"
+            )
+
+
+def test_an_unwritable_event_fails_only_its_own_request(engine: Engine) -> None:
+    """I6 per request: the refused event's caller gets AuditWriteError, the others are committed."""
+    log = AuditLog(engine)
+    _refuse_detail(engine, "poison")
+    events = [make_event(i) for i in range(1, 7)]
+    events[2] = dataclasses.replace(events[2], detail="poison")
+    results, errors = _append_while_the_writer_is_busy(log, events)
+    assert isinstance(errors[2], AuditWriteError) and "refused by test" in str(errors[2])
+    assert [e for i, e in enumerate(errors) if i != 2] == [None] * 5
+    assert sorted(r.seq for i, r in enumerate(results) if i != 2) == [1, 2, 3, 4, 5]
+    report = log.verify()
+    assert report.ok and report.checked == 5, report
+    assert "poison" not in {s.event.detail for s in log.query(limit=10)}
+
+
+def test_a_failed_commit_fails_every_request_of_the_batch() -> None:
+    """When the commit itself fails nobody can know what was written: all callers fail (I6)."""
+    from proxyd.audit import _GroupCommit
+
+    calls: list[int] = []
+
+    def write(events: list[AuditEvent]) -> list[Any]:
+        calls.append(len(events))
+        raise RuntimeError("the disk went away during COMMIT")
+
+    group = _GroupCommit(write)
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            group.submit([make_event(i)])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    with group._writer:
+        for t in threads:
+            t.start()
+        while len(group._queue) < 4:
+            threading.Event().wait(0.01)
+    for t in threads:
+        t.join(timeout=10)
+    assert calls == [4]  # not retried one by one: it may have been written
+    assert len(errors) == 4 and all(isinstance(e, AuditWriteError) for e in errors)
+    assert all("disk went away" in str(e) for e in errors)
+    assert len({id(e) for e in errors}) == 4  # one exception object per caller

@@ -208,6 +208,18 @@ def test_expire_service_and_timer() -> None:
     assert last(timer["Install"], "WantedBy") == "timers.target"
 
 
+def test_audit_anchor_service_and_timer() -> None:
+    service = unit("proxyd-audit-anchor.service")["Service"]
+    for key, value in {**HARDENING, "User": "proxyd", "Type": "oneshot"}.items():
+        assert last(service, key) == value, key
+    args = parse_command(_argv(service))
+    assert (args.command, args.config) == ("anchor", CONFIG_PATH)
+    timer = unit("proxyd-audit-anchor.timer")
+    assert last(timer["Timer"], "OnCalendar") == "hourly"
+    assert last(timer["Timer"], "Unit") == "proxyd-audit-anchor.service"
+    assert last(timer["Install"], "WantedBy") == "timers.target"
+
+
 def test_pilot_template_unit() -> None:
     service = unit("proxyd-pilot@.service")["Service"]
     for key, value in HARDENING.items():

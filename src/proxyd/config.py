@@ -25,6 +25,10 @@ class ConfigError(Exception):
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# Connection limits per edge and per worker process (see connlimit.py).
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_MAX_CONNECTIONS_PER_PEER = 64
+MAX_CONNECTIONS_CEILING = 1_000_000
 _LISTEN = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(?P<port>\d{1,5})$")
 
 
@@ -46,6 +50,8 @@ class ServerConfig:
     state_dir: Path
     database: str
     master_key_file: Path
+    # How often the trust directories are checked for changes (CRLs, CAs, .lsc).
+    trust_reload_interval: dt.timedelta = dt.timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -53,11 +59,15 @@ class MyProxyConfig:
     listen: Listen | None = Listen("127.0.0.1", 7512)
     tls_min_version: str = "1.2"
     tls_max_version: str = "1.3"
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER
 
 
 @dataclass(frozen=True)
 class ApiConfig:
     listen: Listen | None = Listen("127.0.0.1", 8443)
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER
 
 
 @dataclass(frozen=True)
@@ -166,12 +176,18 @@ class _Section:
         except (RuntimeError, OSError, ValueError) as exc:  # e.g. ~nosuchuser/...
             raise ConfigError(f"{self.where(key)}: cannot use the path {value!r}: {exc}") from None
 
-    def int(self, key: str, default: int, *, minimum: int = 0) -> int:
+    def int(self, key: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
         value = self._get(key, False)
         if value is None:
             return default
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ConfigError(f"{self.where(key)} must be an integer >= {minimum}, got {value!r}")
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or value < minimum
+            or (maximum is not None and value > maximum)
+        ):
+            bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+            raise ConfigError(f"{self.where(key)} must be an integer {bounds}, got {value!r}")
         return value
 
     def bool(self, key: str, default: bool) -> bool:
@@ -274,6 +290,7 @@ def _server(source: Path, doc: Mapping[str, Any]) -> ServerConfig:
         state_dir=state_dir,
         database=database,
         master_key_file=s.path("master_key_file", str(state_dir / "master.key")),  # type: ignore[arg-type]
+        trust_reload_interval=s.duration("trust_reload_interval", dt.timedelta(minutes=1)),
     )
     s.finish()
     return cfg
@@ -370,6 +387,27 @@ def parse_config(text: str, source: str | Path = "<string>") -> Config:
         raise ConfigError(f"{path}: invalid configuration: {exc}") from None
 
 
+def _connection_limits(s: _Section) -> tuple[int, int]:
+    """[myproxy]/[api] max_connections and max_connections_per_peer (per worker process)."""
+    total = s.int(
+        "max_connections", DEFAULT_MAX_CONNECTIONS, minimum=1, maximum=MAX_CONNECTIONS_CEILING
+    )
+    explicit = "max_connections_per_peer" in s.data
+    per_peer = s.int(
+        "max_connections_per_peer",
+        min(DEFAULT_MAX_CONNECTIONS_PER_PEER, total),
+        minimum=1,
+        maximum=MAX_CONNECTIONS_CEILING,
+    )
+    if explicit and per_peer > total:
+        raise ConfigError(
+            f"{s.where('max_connections_per_peer')} ({per_peer}) is larger than "
+            f"[{s.name}] max_connections ({total}), so it could never apply; "
+            f"lower it or raise max_connections"
+        )
+    return total, per_peer
+
+
 def _parse(path: Path, doc: Mapping[str, Any]) -> Config:
     known = {"server", "myproxy", "api", "policy", "voms", "sealing", "taskqueue"}
     unknown = sorted(set(doc) - known)
@@ -379,17 +417,25 @@ def _parse(path: Path, doc: Mapping[str, Any]) -> Config:
         )
     server = _server(path, doc)
     m = _section(path, doc, "myproxy")
+    mp_total, mp_per_peer = _connection_limits(m)
     myproxy = MyProxyConfig(
         listen=m.listen("listen", MyProxyConfig.listen),
         tls_min_version=m.str("tls_min_version", "1.2") or "1.2",
         tls_max_version=m.str("tls_max_version", "1.3") or "1.3",
+        max_connections=mp_total,
+        max_connections_per_peer=mp_per_peer,
     )
     for key in ("tls_min_version", "tls_max_version"):
         if getattr(myproxy, key) not in ("1.2", "1.3"):
             raise ConfigError(f'{m.where(key)} must be "1.2" or "1.3"')
     m.finish()
     a = _section(path, doc, "api")
-    api = ApiConfig(listen=a.listen("listen", ApiConfig.listen))
+    api_total, api_per_peer = _connection_limits(a)
+    api = ApiConfig(
+        listen=a.listen("listen", ApiConfig.listen),
+        max_connections=api_total,
+        max_connections_per_peer=api_per_peer,
+    )
     a.finish()
     g = _section(path, doc, "sealing")
     sealing = SealingConfig(

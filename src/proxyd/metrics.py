@@ -1,12 +1,13 @@
 """Prometheus metrics. Counted where decisions are recorded, so both edges are covered.
 
-With `--workers N`, each worker process exports its own counters; scrape
-each worker's port or sum in the query (see docs/operator notes).
+With `--workers N`, prometheus_client runs in multiprocess mode (serve.py
+sets PROMETHEUS_MULTIPROC_DIR) and /metrics on any worker reports the sum of
+all workers; gauges say how they combine (`multiprocess_mode`).
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 DECISIONS = Counter(
     "proxyd_decisions_total",
@@ -27,4 +28,16 @@ REQUEST_SECONDS = Histogram(
 LOCKOUTS = Counter(
     "proxyd_passphrase_lockouts_total",
     "Lock-outs started by repeated wrong passphrases (per credential or per peer)",
+)
+CONNECTIONS_OPEN = Gauge(
+    "proxyd_connections_open",
+    "Open connections (TLS handshakes in progress included), by interface",
+    ["interface"],
+    multiprocess_mode="livesum",
+)
+CONNECTIONS_REFUSED = Counter(
+    "proxyd_connections_refused_total",
+    "Connections closed at accept, before TLS, because a limit was reached; by interface "
+    "and reason (the limit's configuration key: max_connections or max_connections_per_peer)",
+    ["interface", "reason"],
 )

@@ -40,6 +40,7 @@ class Operation(enum.StrEnum):
     TASK_READ = "task_read"
     TASK_MATCH = "task_match"
     TASK_UPDATE = "task_update"
+    TASK_CANCEL = "task_cancel"
 
 
 class AuthMethod(enum.StrEnum):
@@ -459,6 +460,20 @@ def _task_read(
     return _deny("task.not_owner", "only the owner, admins and auditors may read these tasks")
 
 
+def _task_cancel(
+    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
+) -> Decision:
+    # Auditors read tasks but must not change them; a limited proxy (a payload
+    # of the owner's) must not cancel the owner's other work.
+    if principal.limited:
+        return _deny("task.limited", "a limited proxy may not cancel tasks")
+    if request.owner is not None and request.owner == principal.identity:
+        return Decision(True, "task.owner", "the owner cancels its own task", limited=False)
+    if any_dn_matches(config.admins, principal.identity):
+        return Decision(True, "task.admins", "listed in admins", limited=False)
+    return _deny("task.not_owner", "only the owner and admins may cancel a task")
+
+
 def _task_match(
     request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
 ) -> Decision:
@@ -507,6 +522,7 @@ _HANDLERS = {
     Operation.ADMIN: _admin,
     Operation.TASK_SUBMIT: _task_submit,
     Operation.TASK_READ: _task_read,
+    Operation.TASK_CANCEL: _task_cancel,
     Operation.TASK_MATCH: _task_match,
     Operation.TASK_UPDATE: _task_update,
 }

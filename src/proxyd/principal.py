@@ -7,14 +7,18 @@ the policy: pilots and hosts get different rules from users.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from voms_ext import ValidationResult, fqan_matches, normalise_fqan
+from voms_ext import TrustStore, ValidationResult, fqan_matches, normalise_fqan, validate_chain
 
 from .config import PolicyConfig
 from .patterns import any_dn_matches
@@ -99,3 +103,106 @@ def classify(
         not_after=result.not_after,
         end_entity=result.end_entity,
     )
+
+
+def validity_window(result: ValidationResult, trust: TrustStore) -> tuple[dt.datetime, dt.datetime]:
+    """The times at which every time-dependent check that `result` passed still passes.
+
+    Those checks are the validity of each certificate of the chain and of its
+    CA path, and the freshness (nextUpdate) of the CRLs of the CAs on that
+    path. Within this window, validating the same chain against the same
+    trust store gives the same result.
+    """
+    certs = (*result.chain, *result.ca_path)
+    start = max(c.not_valid_before_utc for c in certs)
+    end = min(c.not_valid_after_utc for c in certs)
+    issuers = {ca.subject for ca in result.ca_path}
+    for crl in trust.crls:
+        next_update = crl.next_update_utc
+        if next_update is not None and crl.issuer in issuers:
+            end = min(end, next_update)
+    return start, end
+
+
+@dataclass(frozen=True)
+class _Peer:
+    principal: Principal  # without an address
+    start: dt.datetime
+    end: dt.datetime
+
+
+class PeerCache:
+    """`validate_chain` + `classify` of TLS peers, memoised per chain (bounded LRU).
+
+    A WMS host or a keep-alive HTTPS client presents the same chain again and
+    again; validating it (signatures, CA path, CRL lookups) and classifying
+    it costs more than the rest of a request's policy work. An entry is used
+    only while
+
+    - the chain is byte for byte the same (the key is its DER certificates),
+    - the trust store is the very object it was validated against (a reloaded
+      trust directory is a new `TrustStore`, and empties the cache), and
+    - the time is inside the window in which every certificate of the chain
+      and its CA path is valid and every CRL on the path is fresh
+      (`validity_window`).
+
+    Only successes are kept, so a refusal is decided anew every time (a
+    certificate that is not yet valid, or a stale CRL, may become fine).
+    Chains carrying VOMS attributes are not kept either: their ACs and AA
+    certificates have validities of their own, so they are validated each time.
+    """
+
+    def __init__(self, policy: PolicyConfig, maxsize: int = 1024) -> None:
+        self.policy = policy
+        self.maxsize = maxsize
+        self._entries: OrderedDict[tuple[bytes, ...], _Peer] = OrderedDict()
+        self._trust: TrustStore | None = None
+        self._lock = threading.Lock()
+
+    def cached(
+        self,
+        chain_der: Sequence[bytes],
+        trust: TrustStore,
+        address: str | None = None,
+        at: dt.datetime | None = None,
+    ) -> Principal | None:
+        """The remembered Principal for this chain, if one is still valid; never validates."""
+        at = at or dt.datetime.now(dt.UTC)
+        key = tuple(chain_der)
+        with self._lock:
+            if trust is not self._trust:
+                return None
+            peer = self._entries.get(key)
+            if peer is None:
+                return None
+            if not peer.start <= at <= peer.end:
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+        return dataclasses.replace(peer.principal, address=address)
+
+    def principal(
+        self,
+        chain_der: Sequence[bytes],
+        trust: TrustStore,
+        address: str | None = None,
+        at: dt.datetime | None = None,
+    ) -> Principal:
+        """The Principal of a verified TLS peer chain (leaf first); raises VomsExtError."""
+        at = at or dt.datetime.now(dt.UTC)
+        hit = self.cached(chain_der, trust, address, at)
+        if hit is not None:
+            return hit
+        certs = [x509.load_der_x509_certificate(der) for der in chain_der]
+        result = validate_chain(certs, trust, at)
+        principal = classify(result, self.policy)
+        if not result.voms:
+            start, end = validity_window(result, trust)
+            with self._lock:
+                if trust is not self._trust:
+                    self._entries.clear()
+                    self._trust = trust
+                self._entries[tuple(chain_der)] = _Peer(principal, start, end)
+                while len(self._entries) > self.maxsize:
+                    self._entries.popitem(last=False)
+        return dataclasses.replace(principal, address=address)

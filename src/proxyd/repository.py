@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
-from sqlalchemy import delete, func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import Dialect, Select, bindparam, delete, func, select
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -40,6 +40,7 @@ from voms_ext import (
     parse_credential_pem,
     validate_chain,
 )
+from voms_ext.cache import BoundedCache
 from voms_ext.files import private_key_to_pem
 
 from . import policy
@@ -59,13 +60,14 @@ from .issuer import (
 from .keyfiles import check_key_files
 from .metrics import DECISIONS, ISSUED, LOCKOUTS
 from .policy import AuthMethod, Bans, CredentialFacts, Decision, Operation
-from .principal import Principal, PrincipalKind, is_pilot_identity
+from .principal import PeerCache, Principal, PrincipalKind, is_pilot_identity
 from .principal import classify as classify_principal
 from .ratelimit import FailureLimiter
 from .sealing import (
     MasterKeyring,
     SealedKey,
     SealingError,
+    UnsealedKeyCache,
     WrongPassphrase,
     dummy_unseal_cost,
     rewrap,
@@ -88,6 +90,8 @@ MAX_PENDING_PER_ACTOR = 100
 _KEY_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----\n?", re.DOTALL
 )
+_CRED = CredentialRow.__table__.c
+_BAN = BanRow.__table__.c
 
 
 class RepositoryError(Exception):
@@ -184,7 +188,113 @@ class PendingStore:
         return f"PendingStore(username={self.options.username!r}, name={self.options.name!r})"
 
 
-def _row_facts(row: CredentialRow, config: Config) -> CredentialFacts:
+@dataclass(frozen=True, repr=False)
+class StoredCredential:
+    """A credential row as the request paths read it (SQLAlchemy Core, no ORM session)."""
+
+    id: int
+    username: str
+    owner_dn: str
+    name: str
+    description: str | None
+    chain_pem: str
+    sealed_key: bytes
+    master_key_id: str | None
+    has_passphrase: bool
+    retrievers: list[str] | None
+    renewers: list[str] | None
+    trusted_retrievers: list[str] | None
+    key_retrievers: list[str] | None
+    max_lifetime_s: int
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+    def __repr__(self) -> str:
+        # Never the sealed key or the chain (I7), as CredentialRow.
+        return f"StoredCredential(id={self.id!r}, owner_dn={self.owner_dn!r}, name={self.name!r})"
+
+
+_STORED_COLUMNS = tuple(_CRED[f.name] for f in dataclasses.fields(StoredCredential))
+_FIND = select(*_STORED_COLUMNS).where(
+    _CRED.username == bindparam("username"), _CRED.name == bindparam("name")
+)
+_FIND_ALL = (
+    select(*_STORED_COLUMNS).where(_CRED.username == bindparam("username")).order_by(_CRED.name)
+)
+_BANS = select(_BAN.kind, _BAN.pattern)
+
+
+class _DriverQuery:
+    """A Core SELECT compiled once per dialect and run on the driver's cursor.
+
+    The request paths read one credential and the bans per request; SQLAlchemy's
+    per-statement machinery (events, execution context, result objects) cost
+    several times what SQLite or PostgreSQL spend on these primary-key and
+    tiny-table reads. The SQL, parameter style and the bind and result
+    conversions (UTC datetimes, JSON lists, booleans) are SQLAlchemy's own,
+    resolved once for the dialect.
+    """
+
+    def __init__(self, stmt: Select[Any], dialect: Dialect) -> None:
+        compiled = stmt.compile(dialect=dialect)
+        self.sql = compiled.string
+        self._positional = bool(dialect.positional)
+        self._order = tuple(compiled.positiontup or ())
+        self._bind = {
+            name: proc
+            for name, param in compiled.binds.items()
+            if (proc := param.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        }
+        self._convert = [
+            col.type.dialect_impl(dialect).result_processor(dialect, None)
+            for col in stmt.selected_columns
+        ]
+
+    def run(self, cursor: Any, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        values = dict(params or {})
+        for name, convert in self._bind.items():
+            if name in values:
+                values[name] = convert(values[name])
+        cursor.execute(self.sql, [values[n] for n in self._order] if self._positional else values)
+        convert = self._convert
+        return [
+            tuple(f(v) if f is not None else v for f, v in zip(convert, row, strict=True))
+            for row in cursor.fetchall()
+        ]
+
+
+class _Reads:
+    """The request-path reads of one engine, compiled for its dialect."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        dialect = engine.dialect
+        self.find = _DriverQuery(_FIND, dialect)
+        self.find_all = _DriverQuery(_FIND_ALL, dialect)
+        self.bans = _DriverQuery(_BANS, dialect)
+
+    @contextmanager
+    def cursor(self) -> Iterator[Any]:
+        """A driver cursor on a pooled connection; the pool rolls it back when it returns."""
+        fairy = self.engine.raw_connection()
+        try:
+            cursor = fairy.cursor()
+            try:
+                yield cursor
+            finally:
+                cursor.close()
+        finally:
+            fairy.close()
+
+
+def _bans_of(rows: Sequence[Any]) -> Bans:
+    return Bans(
+        users=tuple(p for k, p in rows if k == "user"),
+        hosts=tuple(p for k, p in rows if k == "host"),
+    )
+
+
+def _row_facts(row: CredentialRow | StoredCredential, config: Config) -> CredentialFacts:
     return CredentialFacts(
         owner=row.owner_dn,
         name=row.name,
@@ -201,7 +311,7 @@ def _row_facts(row: CredentialRow, config: Config) -> CredentialFacts:
     )
 
 
-def _info(row: CredentialRow) -> CredentialInfo:
+def _info(row: CredentialRow | StoredCredential) -> CredentialInfo:
     return CredentialInfo(
         username=row.username,
         name=row.name,
@@ -257,6 +367,11 @@ class Repository:
             cap=config.policy.lockout_max.total_seconds(),
         )
         self._session = session_factory(engine)
+        # Per-process memos of the request paths (see each class for when an entry is used).
+        self.peers = PeerCache(config.policy)
+        self._keys = UnsealedKeyCache()
+        self._chains: BoundedCache[str, tuple[x509.Certificate, ...]] = BoundedCache(1024)
+        self._reads = _Reads(engine)
         self._argon = {
             "time_cost": config.sealing.argon2_time_cost,
             "memory_kib": config.sealing.argon2_memory_kib,
@@ -292,20 +407,29 @@ class Repository:
     # --- helpers --------------------------------------------------------------------
 
     def _bans(self) -> Bans:
-        with self._session() as session:
-            rows = session.execute(select(BanRow.kind, BanRow.pattern)).all()
-        return Bans(
-            users=tuple(p for k, p in rows if k == "user"),
-            hosts=tuple(p for k, p in rows if k == "host"),
-        )
+        """The runtime bans, read anew for every request: a ban works at once, everywhere."""
+        with self._reads.cursor() as cursor:
+            return _bans_of(self._reads.bans.run(cursor))
 
-    def _find(self, username: str, name: str) -> CredentialRow | None:
-        with self._session() as session:
-            return session.scalars(
-                select(CredentialRow).where(
-                    CredentialRow.username == username, CredentialRow.name == name
-                )
-            ).one_or_none()
+    def _find(self, username: str, name: str) -> StoredCredential | None:
+        with self._reads.cursor() as cursor:
+            rows = self._reads.find.run(cursor, {"username": username, "name": name})
+        return StoredCredential(*rows[0]) if rows else None
+
+    def _lookup(self, username: str, name: str) -> tuple[StoredCredential | None, Bans]:
+        """The credential and the bans, read in one go (one connection, two statements)."""
+        with self._reads.cursor() as cursor:
+            rows = self._reads.find.run(cursor, {"username": username, "name": name})
+            bans = _bans_of(self._reads.bans.run(cursor))
+        return (StoredCredential(*rows[0]) if rows else None), bans
+
+    def _stored_chain(self, chain_pem: str) -> tuple[x509.Certificate, ...]:
+        """A stored chain, parsed (memoised by its text: it is the same on every GET)."""
+        chain = self._chains.get(chain_pem)
+        if chain is None:
+            chain = parse_credential_pem(chain_pem.encode(), source="stored chain").certificates
+            self._chains.put(chain_pem, chain)
+        return chain
 
     def _record(
         self,
@@ -319,8 +443,13 @@ class Repository:
         lifetime: dt.timedelta | None = None,
         fqans: Sequence[str] = (),
         detail: str | None = None,
+        conn: Connection | None = None,
     ) -> None:
-        """I6: one audit event per decision; raises AuditWriteError, failing the request."""
+        """I6: one audit event per decision; raises AuditWriteError, failing the request.
+
+        `conn`: the write transaction of the action decided, so that the
+        action and its event commit together or not at all.
+        """
         outcome = "allow" if decision.allowed else "deny"
         DECISIONS.labels(op.value, outcome, decision.rule).inc()
         if serial is not None:
@@ -339,7 +468,8 @@ class Repository:
                 lifetime_s=int(lifetime.total_seconds()) if lifetime is not None else None,
                 fqans=tuple(fqans),
                 detail=detail or (None if decision.allowed else decision.reason),
-            )
+            ),
+            conn=conn,
         )
 
     def _decide(
@@ -351,8 +481,11 @@ class Repository:
         name: str | None,
         record_allow: bool = True,
         detail: str | None = None,
+        bans: Bans | None = None,
     ) -> Decision:
-        decision = policy.decide(request, principal, facts, self.config.policy, self._bans())
+        if bans is None:
+            bans = self._bans()
+        decision = policy.decide(request, principal, facts, self.config.policy, bans)
         owner = facts.owner if facts is not None else request.owner
         if not decision.allowed or record_allow:
             self._record(
@@ -641,6 +774,16 @@ class Repository:
                         "store.conflict",
                     ) from None
                 info = _info(row)
+                # In the same transaction: a store whose event cannot be written is not stored.
+                self._record(
+                    principal,
+                    Operation.STORE,
+                    decision,
+                    owner=result.identity,
+                    name=options.name,
+                    lifetime=max_lifetime,
+                    conn=session.connection(),
+                )
         except Denied as exc:
             # Lost a race after the policy decision (a concurrent store): audit the refusal (I6).
             refusal = Decision(False, exc.rule or "store.conflict", exc.message)
@@ -648,34 +791,26 @@ class Repository:
                 principal, Operation.STORE, refusal, owner=result.identity, name=options.name
             )
             raise
-        self._record(
-            principal,
-            Operation.STORE,
-            decision,
-            owner=result.identity,
-            name=options.name,
-            lifetime=max_lifetime,
-        )
         return info
 
     # --- owner operations ---------------------------------------------------------------------
 
     def info(self, principal: Principal, username: str) -> list[CredentialInfo]:
         """All credentials stored under `username` (default first), if the caller owns them."""
-        with self._session() as session:
-            rows = session.scalars(
-                select(CredentialRow)
-                .where(CredentialRow.username == username)
-                .order_by(CredentialRow.name)
-            ).all()
-        if not rows:
-            raise self._not_found(principal, Operation.INFO, username, None)
-        rows = sorted(rows, key=lambda r: (r.name != DEFAULT_NAME, r.name))
+        with self._reads.cursor() as cursor:
+            found = self._reads.find_all.run(cursor, {"username": username})
+            bans = _bans_of(self._reads.bans.run(cursor))
+        if not found:
+            raise self._not_found(principal, Operation.INFO, username, None, bans=bans)
+        rows = sorted(
+            (StoredCredential(*r) for r in found), key=lambda r: (r.name != DEFAULT_NAME, r.name)
+        )
         self._decide(
             principal,
             policy.Request(Operation.INFO, owner=rows[0].owner_dn),
             _row_facts(rows[0], self.config),
             name=None,
+            bans=bans,
         )
         return [_info(r) for r in rows]
 
@@ -689,6 +824,7 @@ class Repository:
         )
         with self._writing() as session:
             session.execute(delete(CredentialRow).where(CredentialRow.id == row.id))
+        self._keys.discard(username, name)
 
     def change_passphrase(
         self, principal: Principal, username: str, name: str, old: str, new: str
@@ -741,6 +877,8 @@ class Repository:
         username: str,
         name: str | None,
         auth: AuthMethod = AuthMethod.NONE,
+        *,
+        bans: Bans | None = None,
     ) -> RepositoryError:
         """A missing credential, decided by the policy (bans and I1/I2 still come first) and audited."""
         decision = policy.decide(
@@ -748,7 +886,7 @@ class Repository:
             principal,
             None,
             self.config.policy,
-            self._bans(),
+            bans if bans is not None else self._bans(),
         )
         self._record(
             principal, op, decision, owner=None, name=name, detail=f"username {username[:100]!r}"
@@ -762,14 +900,14 @@ class Repository:
 
     def _require(
         self, principal: Principal, op: Operation, username: str, name: str
-    ) -> CredentialRow:
+    ) -> StoredCredential:
         row = self._find(username, name)
         if row is None:
             raise self._not_found(principal, op, username, name)
         return row
 
     def _open_key(
-        self, principal: Principal, op: Operation, row: CredentialRow, passphrase: str | None
+        self, principal: Principal, op: Operation, row: StoredCredential, passphrase: str | None
     ) -> PrivateKeyTypes:
         """Unseal a stored key. Wrong or missing passphrases are audited and refused.
 
@@ -777,11 +915,18 @@ class Repository:
         argon2id key of the passphrase (delegated with myproxy-init or the
         API), and keys that arrived PEM-encrypted by the client
         (myproxy-store), kept encrypted under the master key. Neither opens
-        without the passphrase.
+        without the passphrase, and neither is ever kept in `self._keys`:
+        only keys the server opens on its own are (for seconds, bound to the
+        sealed bytes they came from).
         """
-        sealed = _sealed(row)
         if passphrase:
             self._refuse_if_locked(principal, op, row.username, row.name, row.owner_dn)
+        cached = self._keys.get(row.username, row.name, row.sealed_key)
+        if cached is not None:
+            if passphrase:
+                self.limiter.success([("credential", row.username, row.name)])
+            return cached  # type: ignore[return-value]
+        sealed = _sealed(row)
         try:
             key_pem = unseal(
                 sealed,
@@ -802,6 +947,8 @@ class Repository:
                 key = serialization.load_pem_private_key(
                     key_pem, password=None, unsafe_skip_rsa_key_validation=True
                 )
+                if not sealed.has_passphrase:
+                    self._keys.put(row.username, row.name, row.sealed_key, key)
         except WrongPassphrase:
             if passphrase:
                 self._count_failure(principal, row.username, row.name)
@@ -893,7 +1040,7 @@ class Repository:
             want_full=want_full,
             renewal_proof=renewal_proof,
         )
-        return self.complete_retrieval(retrieval, csr)
+        return self.complete_retrieval(retrieval, csr, csr_checked=True)
 
     def authorize_retrieval(
         self,
@@ -914,7 +1061,7 @@ class Repository:
         server's challenge). MyProxy answers this before the client sends
         its certificate request, hence the two halves.
         """
-        row = self._find(username, name)
+        row, bans = self._lookup(username, name)
         if renewal_proof is not None:
             op, auth = Operation.RENEW, AuthMethod.NONE
         elif passphrase:
@@ -929,9 +1076,9 @@ class Repository:
                 # and count it, so guessing usernames is slowed like guessing passphrases.
                 dummy_unseal_cost(**self._argon)
                 self._count_failure(principal, username, name)
-            raise self._not_found(principal, op, username, name, auth)
+            raise self._not_found(principal, op, username, name, auth, bans=bans)
         facts = _row_facts(row, self.config)
-        chain = parse_credential_pem(row.chain_pem.encode(), source="stored chain").certificates
+        chain = self._stored_chain(row.chain_pem)
         ac_plan = self._plan_acs(row.owner_dn, voms)
         proof = None
         if renewal_proof is not None:
@@ -947,19 +1094,27 @@ class Repository:
             held_fqans=tuple(f for _, _, held in ac_plan for f in held),
             proof=proof,
         )
-        decision = self._decide(principal, request, facts, name=name, record_allow=False)
+        decision = self._decide(principal, request, facts, name=name, record_allow=False, bans=bans)
         key = self._open_key(
             principal, op, row, passphrase if auth is AuthMethod.PASSPHRASE else None
         )
         return Retrieval(principal, op, decision, row.owner_dn, name, chain, key, tuple(ac_plan))
 
     def complete_retrieval(
-        self, retrieval: Retrieval, csr: x509.CertificateSigningRequest
+        self,
+        retrieval: Retrieval,
+        csr: x509.CertificateSigningRequest,
+        *,
+        csr_checked: bool = False,
     ) -> IssuedProxy:
-        """The second half of GET: sign a proxy (and ACs) for the CSR's key, and audit it with its serial."""
+        """The second half of GET: sign a proxy (and ACs) for the CSR's key, and audit it with its serial.
+
+        `csr_checked`: `check_public_key(csr)` passed already (`retrieve` checks before deciding).
+        """
         r = retrieval
         try:
-            check_public_key(csr)
+            if not csr_checked:
+                check_public_key(csr)
         except BadRequest as exc:
             self._record(
                 r.principal,
@@ -1273,7 +1428,7 @@ class Repository:
         )
         assert row is not None  # policy refuses a task whose credential is missing
         decision = dataclasses.replace(decision, limited=True)  # I2, whatever policy may become
-        chain = parse_credential_pem(row.chain_pem.encode(), source="stored chain").certificates
+        chain = self._stored_chain(row.chain_pem)
         key = self._open_key(principal, op, row, None)
         retrieval = Retrieval(
             principal,
@@ -1310,5 +1465,5 @@ def _aad(username: str, name: str) -> bytes:
     return f"proxyd-credential\x00{username}\x00{name}".encode()
 
 
-def _sealed(row: CredentialRow) -> SealedKey:
+def _sealed(row: CredentialRow | StoredCredential) -> SealedKey:
     return SealedKey.from_bytes(row.sealed_key)

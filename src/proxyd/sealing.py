@@ -24,8 +24,11 @@ import re
 import secrets
 import stat
 import struct
+import threading
+import time
 import unicodedata
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -43,6 +46,7 @@ __all__ = [
     "PassphraseWrap",
     "SealedKey",
     "SealingError",
+    "UnsealedKeyCache",
     "WrongPassphrase",
     "change_passphrase",
     "dummy_unseal_cost",
@@ -552,6 +556,72 @@ def dummy_unseal_cost(
 # of wraps (so stripping a passphrase wrap off a record that has both breaks
 # it instead of making it openable by the server alone); each wrap is bound
 # to the payload nonce, i.e. to this one record, and to its own parameters.
+
+
+class UnsealedKeyCache:
+    """Recently unsealed private keys of *master-key* sealed credentials, for a few seconds.
+
+    A trusted retriever fetches proxies of the same credentials many times a
+    second. Unsealing is cheap, but a freshly loaded RSA key pays OpenSSL's
+    per-key set-up (Montgomery contexts, blinding) on its first signature,
+    which costs more than the signature itself; a key object kept for a few
+    seconds signs at the bare RSA cost.
+
+    Only keys the server can open on its own are ever put here (callers must
+    not put passphrase-sealed or client-encrypted keys: those open only with
+    their passphrase, and that proof is asked for on every use). An entry is
+    bound to the exact sealed bytes it came from, so a credential stored
+    anew, re-wrapped or destroyed never gets an old key; it expires `ttl`
+    seconds after it was unsealed, whatever its use, and at most `maxsize`
+    keys are held. Expired entries are dropped at the next use of the cache.
+    """
+
+    def __init__(
+        self, ttl: float = 10.0, maxsize: int = 256, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl = ttl
+        self.maxsize = maxsize
+        self._clock = clock
+        self._entries: OrderedDict[tuple[str, str], tuple[float, bytes, object]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"UnsealedKeyCache(ttl={self.ttl}, maxsize={self.maxsize})"  # never the keys (I7)
+
+    def _expire(self, now: float) -> None:
+        # Insertion order is expiry order: every entry lives exactly `ttl`.
+        while self._entries:
+            first = next(iter(self._entries.values()))
+            if first[0] > now:
+                break
+            self._entries.popitem(last=False)
+
+    def get(self, username: str, name: str, sealed: bytes) -> object | None:
+        with self._lock:
+            self._expire(self._clock())
+            entry = self._entries.get((username, name))
+            if entry is None or entry[1] != sealed:
+                return None
+            return entry[2]
+
+    def put(self, username: str, name: str, sealed: bytes, key: object) -> None:
+        if self.ttl <= 0 or self.maxsize < 1:
+            return
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            self._entries.pop((username, name), None)
+            self._entries[(username, name)] = (now + self.ttl, sealed, key)
+            while len(self._entries) > self.maxsize:
+                self._entries.popitem(last=False)
+
+    def discard(self, username: str, name: str) -> None:
+        with self._lock:
+            self._entries.pop((username, name), None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
 def _payload_ad(flags: int, aad: bytes) -> bytes:

@@ -3,14 +3,19 @@
 With `workers > 1` the parent prepares the state (migrations, master key)
 once, then starts that many worker processes; each binds the same ports
 with SO_REUSEPORT, so the kernel spreads connections over the cores.
+Connection limits ([myproxy]/[api] max_connections, max_connections_per_peer)
+are kept by each listener of each process (connlimit.py): with N workers an
+edge holds up to N times max_connections.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
+import resource
 import shutil
 import signal
 from collections.abc import Callable
@@ -22,6 +27,7 @@ from voms_ext import VomsExtError
 from .api.app import make_app
 from .api.tasks import TASKS
 from .config import Config
+from .connlimit import ConnectionGate, LimitedTCPSite
 from .errors import ServeError
 from .issuer import IssueError
 from .logs import configure as configure_logging
@@ -33,8 +39,10 @@ from .taskqueue.fairshare import FairShare
 from .taskqueue.model import TaskQueueError
 from .tasks import TaskService
 from .tlsctx import server_context
+from .trustwatch import TrustWatcher
 
 log = logging.getLogger("proxyd.serve")
+API_HANDSHAKE_TIMEOUT = 60.0  # asyncio's default, as before the connection limits
 
 
 async def run_listeners(
@@ -44,15 +52,20 @@ async def run_listeners(
     ready: Callable[[], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
+    # Taken before the trust store is loaded, so a change during start-up is not missed.
+    watcher = TrustWatcher(config.server.cert_dir, config.server.voms_dir)
     try:
         repo = Repository.open(config)
     except (OSError, VomsExtError, SealingError, IssueError) as exc:
         raise ServeError(f"cannot start: {exc}") from None
     # ServeError (e.g. a key file readable by others) passes through as it is.
+    _ensure_fd_limit(config)
     stop = stop or asyncio.Event()
     runner: web.AppRunner | None = None
-    myproxy: asyncio.Server | None = None
+    myproxy: asyncio.AbstractServer | None = None
     sweeper: asyncio.Task[None] | None = None
+    reload_now = asyncio.Event()
+    trust_task: asyncio.Task[None] | None = None
     tasks = _task_service(repo)
     try:
         if config.myproxy.listen is not None:
@@ -72,11 +85,18 @@ async def run_listeners(
             # Idle keep-alive connections are dropped like MyProxy sessions, not after aiohttp's hour.
             runner = web.AppRunner(app, access_log=None, keepalive_timeout=SESSION_TIMEOUT)
             await runner.setup()
-            site = web.TCPSite(
+            # Over [api] max_connections(_per_peer), a connection is closed before TLS.
+            site = LimitedTCPSite(
                 runner,
                 config.api.listen.host,
                 config.api.listen.port,
                 ssl_context=server_context(config.server),
+                gate=ConnectionGate(
+                    "https",
+                    config.api.max_connections,
+                    min(config.api.max_connections_per_peer, config.api.max_connections),
+                ),
+                handshake_timeout=API_HANDSHAKE_TIMEOUT,
                 reuse_port=reuse_port,
             )
             try:
@@ -86,14 +106,18 @@ async def run_listeners(
                     f"cannot listen for HTTPS on {config.api.listen}: {exc.strerror}"
                 ) from None
             log.info("HTTPS API listening on https://%s/", config.api.listen)
+        trust_task = asyncio.create_task(_watch_trust(repo, watcher, config, reload_now))
         if ready is not None:
             ready()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload_now.set)
         await stop.wait()
     finally:
         log.info("shutting down")
+        if trust_task is not None:
+            trust_task.cancel()
         if sweeper is not None:
             sweeper.cancel()
         if myproxy is not None:
@@ -102,6 +126,38 @@ async def run_listeners(
         if runner is not None:
             await runner.cleanup()
         repo.engine.dispose()
+
+
+def _ensure_fd_limit(config: Config) -> None:
+    """The connection limits only protect if the process may open that many sockets.
+
+    Raise the soft open-file limit towards the hard one if it is short (a
+    login shell's 1024 is); warn if even the hard limit is short, since
+    accept() would then fail with EMFILE before max_connections is reached.
+    """
+    wanted = 64  # database, log, metrics files, listening sockets, worker pipes
+    if config.myproxy.listen is not None:
+        wanted += config.myproxy.max_connections
+    if config.api.listen is not None:
+        wanted += config.api.max_connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft < wanted:
+        log.warning(
+            "the open-file limit (%d) is lower than the connection limits need (%d): "
+            "accept() will fail before max_connections is reached; raise LimitNOFILE "
+            "or lower [myproxy]/[api] max_connections",
+            soft,
+            wanted,
+        )
 
 
 def _task_service(repo: Repository) -> TaskService | None:
@@ -132,6 +188,39 @@ async def _sweep_stalled(tasks: TaskService, config: Config) -> None:
             continue
         if stalled:
             log.info("marked %d task(s) stalled: %s", len(stalled), stalled[:20])
+
+
+async def _watch_trust(
+    repo: Repository, watcher: TrustWatcher, config: Config, now: asyncio.Event
+) -> None:
+    """Swap in a new trust store when the trust directories change (or at SIGHUP).
+
+    fetch-crl and CA bundle updates then take effect without a restart; a
+    revoked certificate is refused within `trust_reload_interval`.
+    """
+    interval = config.server.trust_reload_interval.total_seconds()
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(now.wait(), interval)
+        now.clear()
+        try:
+            reload = await asyncio.to_thread(watcher.poll)
+        except Exception:
+            log.exception("checking the trust directories failed; trying again in %.0f s", interval)
+            continue
+        if reload.error is not None:
+            log.error("trust directories not reloaded: %s", reload.error)
+        elif reload.store is not None:
+            store = reload.store
+            repo.trust = store  # one assignment: requests see the old store or the new one
+            log.info(
+                "trust directories reloaded: %d CA certificates, %d CRLs, %d VOMS .lsc files",
+                len(store.anchors),
+                len(store.crls),
+                len(store.lsc),
+            )
+            for problem in store.problems:
+                log.warning("trust directories: %s", problem)
 
 
 def _worker(config: Config, json_lines: bool) -> None:
@@ -168,7 +257,13 @@ def serve(config: Config, workers: int = 1, *, json_lines: bool = True) -> None:
             if proc.is_alive() and proc.pid is not None:
                 proc.terminate()
 
+    def reload(signum: int, _frame: object) -> None:
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, reload)
     for proc in procs:
         proc.join()

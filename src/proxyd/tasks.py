@@ -75,7 +75,11 @@ class TaskService:
         return self.queue.log_tail(task_id)
 
     def cancel(self, principal: Principal, task_id: int) -> Task:
-        task = self.task(principal, task_id)
+        task = self.queue.get(task_id)
+        owner = task.spec.owner if task is not None else None
+        self.repo.authorize(principal, policy.Request(Operation.TASK_CANCEL, owner=owner))
+        if task is None:
+            raise NotFound(f"no task {task_id}", "task.not_found")
         return self.queue.cancel(task.id, by=principal.identity, reason="cancelled by request")
 
     # --- pilots ---------------------------------------------------------------------------

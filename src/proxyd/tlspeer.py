@@ -14,6 +14,11 @@ from cryptography import x509
 
 def verified_chain(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> list[x509.Certificate]:
     """Leaf first, up to and including the trust anchor; empty for a peer without a certificate."""
+    return [x509.load_der_x509_certificate(der) for der in verified_chain_der(ssl_object)]
+
+
+def verified_chain_der(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> list[bytes]:
+    """`verified_chain` as DER, unparsed (what `principal.PeerCache` is keyed by)."""
     if ssl_object is None or ssl_object.getpeercert(binary_form=True) is None:
         return []
     getter: Any = getattr(ssl_object, "get_verified_chain", None)
@@ -22,8 +27,7 @@ def verified_chain(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> list[x50
     if getter is None:
         raise RuntimeError("this Python's ssl module cannot return the verified peer chain")
     chain = getter() or []
-    out = []
-    for cert in chain:
-        der = cert if isinstance(cert, bytes) else cert.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
-        out.append(x509.load_der_x509_certificate(der))
-    return out
+    return [
+        cert if isinstance(cert, bytes) else cert.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
+        for cert in chain
+    ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -25,8 +26,10 @@ from cryptography.x509.oid import NameOID
 from pyasn1.type import univ
 
 from . import asn1
+from .cache import BoundedCache
 from .der import encode_tlv
 from .errors import ProxyError
+from .extensions import extension_problem
 from .names import dn_to_slash
 
 BACKDATE = dt.timedelta(minutes=5)  # what the C tools do, for clock skew
@@ -117,7 +120,16 @@ def _subject(cert: x509.Certificate) -> str:
 
 
 def decode_proxy_cert_info(value: bytes, *, draft: bool = False) -> ProxyCertInfo:
-    """Decode a ProxyCertInfo extension value (RFC 3820 order, or the draft order)."""
+    """Decode a ProxyCertInfo extension value (RFC 3820 order, or the draft order).
+
+    Memoised by value: every proxy of one kind carries the same few bytes,
+    and pyasn1 decoding costs more than the rest of `classify`.
+    """
+    return _decode_proxy_cert_info(bytes(value), draft)
+
+
+@functools.lru_cache(maxsize=256)
+def _decode_proxy_cert_info(value: bytes, draft: bool) -> ProxyCertInfo:
     spec = asn1.ProxyCertInfoDraft() if draft else asn1.ProxyCertInfo()
     what = "draft ProxyCertInfo" if draft else "ProxyCertInfo"
     decoded = asn1.decode(value, spec, what)
@@ -136,6 +148,12 @@ def decode_proxy_cert_info(value: bytes, *, draft: bool = False) -> ProxyCertInf
 
 
 def encode_proxy_cert_info(info: ProxyCertInfo) -> bytes:
+    """The DER of a ProxyCertInfo; memoised (a signer encodes the same few values all day)."""
+    return _encode_proxy_cert_info(info)
+
+
+@functools.lru_cache(maxsize=256)
+def _encode_proxy_cert_info(info: ProxyCertInfo) -> bytes:
     spec: univ.Sequence = asn1.ProxyCertInfoDraft() if info.draft else asn1.ProxyCertInfo()
     policy = spec["proxyPolicy"].clone()
     policy["policyLanguage"] = univ.ObjectIdentifier(info.policy_language)
@@ -169,20 +187,36 @@ def _is_ca(cert: x509.Certificate) -> bool:
     return bc.ca
 
 
+_KINDS: BoundedCache[bytes, CertificateKind] = BoundedCache(4096)
+
+
 def classify(cert: x509.Certificate) -> CertificateKind:
     """Say whether `cert` is a CA, an end-entity certificate, or which kind of proxy.
 
     Raises ProxyError for a ProxyCertInfo that cannot be decoded, is not
     critical, or names a policy language this library does not understand,
     and for names `cryptography` cannot read.
+
+    The answer depends on the certificate's bytes alone, so it is memoised
+    by DER (bounded; refusals are not kept): servers classify the same
+    stored and peer certificates on every request.
     """
+    der = cert.public_bytes(serialization.Encoding.DER)
+    kind = _KINDS.get(der)
+    if kind is not None:
+        return kind
     try:
-        return _classify(cert)
+        kind = _classify(cert)
     except (ValueError, TypeError) as exc:
         raise ProxyError(f"certificate {_subject(cert)}: unreadable: {exc}") from None
+    _KINDS.put(der, kind)
+    return kind
 
 
 def _classify(cert: x509.Certificate) -> CertificateKind:
+    problem = extension_problem(cert)
+    if problem is not None:
+        raise ProxyError(f"certificate {_subject(cert)}: {problem}")
     for oid, draft in ((asn1.OID_PROXY_CERT_INFO, False), (asn1.OID_PROXY_CERT_INFO_DRAFT, True)):
         found = _extension_value(cert, oid)
         if found is None:

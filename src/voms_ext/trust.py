@@ -18,6 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 
 from .errors import ChainError, TrustStoreError
+from .extensions import extension_problem
 from .names import dn_to_slash
 
 _ANCHOR_FILE = re.compile(r"^[0-9a-f]{8}\.\d+$")
@@ -115,7 +116,12 @@ class TrustStore:
                     certs = _load_pem_certs(path)
                     if not certs:
                         problems.append(f"{path}: no certificate in file")
-                    anchors.extend(certs)
+                    for cert in certs:
+                        problem = extension_problem(cert)
+                        if problem is None:
+                            anchors.append(cert)
+                        else:
+                            problems.append(f"{path}: {problem}; the certificate is not used")
                 elif _CRL_FILE.match(path.name):
                     crls.append(_load_crl(path))
             except (OSError, ValueError) as exc:

@@ -25,6 +25,7 @@ from .ac import (
     verify_attribute_certificate,
 )
 from .errors import AttributeCertificateError, ChainError, ProxyError, VomsExtError
+from .extensions import extension_problem
 from .names import dn_to_slash
 from .proxy import CertificateKind, ProxyType, classify
 from .trust import TrustStore
@@ -224,6 +225,9 @@ def _validate(
             raise ChainError(
                 f"certificate {position} of the chain has an unreadable name: {exc}"
             ) from None
+        problem = extension_problem(cert)
+        if problem is not None:
+            raise ChainError(f"certificate {position} of the chain ({_slash(cert)}): {problem}")
     kinds: list[CertificateKind] = []
     for cert in certs:
         kind = classify(cert)

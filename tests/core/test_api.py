@@ -90,6 +90,30 @@ def test_open_routes(server: RunningServer, files: dict[str, Path]) -> None:
     assert doc["openapi"].startswith("3.")
 
 
+def test_readyz_says_when_the_audit_chain_cannot_be_appended(
+    dev_pki: DevPKI, tmp_path: Path
+) -> None:
+    """/readyz is 503 while no request could be audited (here: the chain head row is gone)."""
+    import sqlite3
+
+    tmp_path.chmod(0o700)
+    with running_server(dev_pki, tmp_path / "state") as server:
+        anon = ApiClient(server.api_port, dev_pki.cert_dir)
+        ready = anon.request("GET", "/readyz")
+        assert ready.status == 200 and ready.json["status"] == "ok"
+        db = tmp_path / "state" / "proxyd.db"
+        with sqlite3.connect(db) as conn:
+            head = conn.execute("SELECT id, last_seq, last_hash FROM audit_head").fetchone()
+            conn.execute("DELETE FROM audit_head")
+        down = anon.request("GET", "/readyz")
+        assert down.status == 503 and down.json["status"] == "unavailable"
+        assert b"audit_head" not in down.body  # the reason is logged, not shown
+        assert anon.request("GET", "/healthz").status == 200  # still alive
+        with sqlite3.connect(db) as conn:
+            conn.execute("INSERT INTO audit_head VALUES (?, ?, ?)", head)
+        assert anon.request("GET", "/readyz").status == 200
+
+
 def test_every_route_is_described_and_every_described_route_exists(
     server: RunningServer, files: dict[str, Path]
 ) -> None:

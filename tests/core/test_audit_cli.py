@@ -8,11 +8,15 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
+from proxyd.audit import AuditLog, canonical, chain_hash
 from proxyd.cli.audit import main
 from proxyd.config import load_config
 from proxyd.devpki import DevPKI, user_dn
 from proxyd.repository import Denied, Repository, StoreOptions
+from proxyd.store.db import make_engine
+from proxyd.store.models import AuditHeadRow, AuditRow
 from tests.support.grid import csr_for, delegate, load_identity, principal, spare_key
 from tests.support.server import running_server
 from voms_ext import Credential, write_credential_file
@@ -80,6 +84,70 @@ def test_verify_then_tamper(populated: Path, capsys: pytest.CaptureFixture[str])
     assert "audit chain BROKEN at row 2" in capsys.readouterr().out
 
 
+def _rewrite_consistently(db: Path, seq: int, rule: str) -> None:
+    """What a database administrator could do: change one event and re-hash the chain after it."""
+    engine = make_engine(f"sqlite:///{db}")
+    log = AuditLog(engine)
+    events = sorted(log.query(limit=1000), key=lambda e: e.seq)
+    prev = events[0].prev_hash
+    with engine.begin() as conn:
+        for stored in events:
+            event = stored.event
+            if stored.seq == seq:
+                event = dataclasses.replace(event, rule=rule)
+            digest = chain_hash(prev, canonical(stored.seq, event))
+            conn.execute(
+                update(AuditRow)
+                .where(AuditRow.seq == stored.seq)
+                .values(rule=event.rule, prev_hash=prev, hash=digest)
+            )
+            prev = digest
+        conn.execute(update(AuditHeadRow).values(last_hash=prev))
+    engine.dispose()
+
+
+def test_anchors_reveal_a_consistent_rewrite(
+    populated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    anchors = tmp_path / "anchors.jsonl"
+    assert main(["--config", str(populated), "anchor", "--append", str(anchors)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["seq"] == 3 and len(printed["hash"]) == 64
+    assert [json.loads(line) for line in anchors.read_text().splitlines()] == [printed]
+    assert main(["--config", str(populated), "verify", "--anchors", str(anchors)]) == 0
+    assert "anchors: 1 of 1 match" in capsys.readouterr().out
+
+    db = load_config(populated).server.state_dir / "proxyd.db"
+    _rewrite_consistently(db, 2, "retrieve.passphrase")
+    assert main(["--config", str(populated), "verify"]) == 0  # the chain alone looks fine
+    capsys.readouterr()
+    assert main(["--config", str(populated), "verify", "--anchors", str(anchors)]) == 1
+    out = capsys.readouterr().out
+    assert f"{anchors}:1: anchor of seq 3" in out and "the hash differs" in out
+
+    with sqlite3.connect(db) as conn:  # cut the log back to before the anchor, head and all
+        conn.execute("DELETE FROM audit_events WHERE seq = 3")
+        conn.execute(
+            "UPDATE audit_head SET last_seq = 2, "
+            "last_hash = (SELECT hash FROM audit_events WHERE seq = 2)"
+        )
+    assert main(["--config", str(populated), "verify"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(populated), "verify", "--anchors", str(anchors)]) == 1
+    assert "the event is gone" in capsys.readouterr().out
+
+
+def test_a_broken_anchor_file_is_a_clear_error(
+    populated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text('{"seq": 1, "hash": "00"}\nnot json\n')
+    assert main(["--config", str(populated), "verify", "--anchors", str(anchors)]) == 1
+    assert f"{anchors}:2: not an anchor" in capsys.readouterr().err
+    assert main(["--config", str(populated), "verify", "--anchors", str(tmp_path / "no")]) == 1
+    assert "cannot read the anchor file" in capsys.readouterr().err
+
+
 def test_export_and_stats(
     populated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -126,6 +194,10 @@ def test_through_the_api(
         events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert [e["rule"] for e in events] == ["store.owner"]
         assert main(["verify"]) == 0
+        anchors = tmp_path / "anchors.jsonl"
+        assert main(["anchor", "--append", str(anchors)]) == 0
+        assert main(["verify", "--anchors", str(anchors)]) == 0
+        assert "anchors: 1 of 1 match" in capsys.readouterr().out
         monkeypatch.setenv("X509_USER_PROXY", str(tmp_path / "alice.pem"))
         assert main(["query"]) == 1
         assert "rule audit_read.auditors" in capsys.readouterr().err

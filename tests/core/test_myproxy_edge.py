@@ -197,3 +197,23 @@ def test_unknown_ca_client_is_refused(server: RunningServer, tmp_path: Path) -> 
     with pytest.raises((ssl.SSLError, ConnectionError, MyProxyClientError)):
         client(server, ClientCredential(str(path))).info("alice")
     assert client(server).raw([b"0"], read=False) == b""  # and the server still accepts connections
+
+
+def test_trusted_retrieval_reads_the_credential_once(
+    server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renewal check needs the credential only for possible renewers; a trusted retriever's
+    GET is decided from one lookup (authorize_retrieval), with no extra thread hop before it."""
+    from proxyd.repository import Repository
+
+    store_alice(server, tmp_path, "alice-trusted", "", trusted_retrievers="*/CN=wms.localhost")
+
+    def no_lookup(*args: object) -> bool:
+        raise AssertionError("has_passphrase was called for a trusted retriever")
+
+    monkeypatch.setattr(Repository, "has_passphrase", no_lookup)
+    wms = credential_file(tmp_path, load_identity(server.pki, "wms"), "wms-trusted.pem")
+    for _ in range(2):  # the second time from the peer and key memos
+        chain = client(server, wms).get("alice-trusted", "", key=spare_key(3))
+        result = validate_chain(chain, server.repo.trust)
+        assert result.identity == ALICE and result.is_limited

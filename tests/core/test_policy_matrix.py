@@ -34,6 +34,8 @@ WMS = "/C=XX/O=proxyd dev/OU=Hosts/CN=wms.localhost"
 FULLWMS = "/C=XX/O=proxyd dev/OU=Hosts/CN=full.localhost"
 ROGUE = "/C=XX/O=proxyd dev/OU=Hosts/CN=rogue.localhost"
 PILOT = "/C=XX/O=proxyd dev/OU=Pilots/CN=pilot"
+ADMIN = "/C=XX/O=proxyd dev/OU=Users/CN=admin"
+AUDITOR = "/C=XX/O=proxyd dev/OU=Users/CN=auditor"
 
 CONFIG = PolicyConfig(
     max_proxy_lifetime=12 * H,
@@ -46,6 +48,8 @@ CONFIG = PolicyConfig(
     pilot_dns=(PILOT,),
     pilot_fqans=("/*/Role=pilot",),
     banned_dns=(MALLORY,),
+    admins=(ADMIN,),
+    auditors=(AUDITOR,),
 )
 
 alice = Principal(ALICE, PrincipalKind.USER)
@@ -60,6 +64,8 @@ pilot = Principal(PILOT, PrincipalKind.PILOT)
 fqan_pilot = Principal(BOB, PrincipalKind.PILOT, fqans=("/dteam/Role=pilot",))
 anon = anonymous("127.0.0.1")
 carol = Principal("/C=XX/O=proxyd dev/OU=Users/CN=carol", PrincipalKind.USER)
+admin = Principal(ADMIN, PrincipalKind.USER)
+auditor = Principal(AUDITOR, PrincipalKind.USER)
 
 
 def cred(owner: str = ALICE, **kw: object) -> CredentialFacts:
@@ -616,6 +622,30 @@ MATRIX = [
     ),
     ("task-read-own", alice, req(Operation.TASK_READ), None, True, "task.owner", None),
     ("task-read-other", bob, req(Operation.TASK_READ), None, False, "task.not_owner", None),
+    ("task-read-auditor", auditor, req(Operation.TASK_READ), None, True, "task.admins", None),
+    ("task-cancel-own", alice, req(Operation.TASK_CANCEL), None, True, "task.owner", None),
+    ("task-cancel-admin", admin, req(Operation.TASK_CANCEL), None, True, "task.admins", None),
+    ("task-cancel-other", bob, req(Operation.TASK_CANCEL), None, False, "task.not_owner", None),
+    # auditors read tasks, they do not change them
+    (
+        "task-cancel-auditor",
+        auditor,
+        req(Operation.TASK_CANCEL),
+        None,
+        False,
+        "task.not_owner",
+        None,
+    ),
+    (
+        "task-cancel-own-limited",
+        alice_limited,
+        req(Operation.TASK_CANCEL),
+        None,
+        False,
+        "task.limited",
+        None,
+    ),
+    ("task-cancel-pilot", pilot, req(Operation.TASK_CANCEL), None, False, "pilot.restricted", None),
     # --- auditors and admins
     (
         "audit-read-not-listed",

@@ -223,3 +223,49 @@ def test_two_step_delegation_works_across_workers(dev_pki: DevPKI, tmp_path: Pat
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+@pytest.mark.parametrize("how", ["poll", "sighup"])
+def test_a_new_crl_takes_effect_without_a_restart(
+    dev_pki: DevPKI, tmp_path: Path, how: str
+) -> None:
+    """fetch-crl writes a CRL revoking alice: the running server refuses her (I6 still audits)."""
+    import shutil
+
+    from tests.support.grid import install_crl, load_identity
+    from tests.support.https import ApiClient
+    from voms_ext import Credential, write_credential_file
+
+    cert_dir = tmp_path / "certificates"
+    shutil.copytree(dev_pki.cert_dir, cert_dir)
+    mp, api = free_port(), free_port()
+    config = _config(dev_pki, tmp_path, mp, api)
+    interval = "1" if how == "poll" else '"1h"'
+    config.write_text(
+        config.read_text().replace(
+            'cert_dir = "certificates"',
+            f'cert_dir = "{cert_dir}"\ntrust_reload_interval = {interval}',
+        )
+    )
+    alice = load_identity(dev_pki, "alice")
+    alice_pem = tmp_path / "alice.pem"
+    write_credential_file(alice_pem, Credential(alice.certificates, alice.key))
+    proc = _serve(config)
+    try:
+        _wait_port(api, proc)
+        client = ApiClient(api, cert_dir, alice_pem)
+        before = client.request("GET", "/v1/credentials")
+        assert before.status != 401, before.body
+        install_crl(dev_pki, cert_dir, alice.cert.serial_number)
+        if how == "sighup":
+            proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while (reply := client.request("GET", "/v1/credentials")).status != 401:
+            assert time.monotonic() < deadline, "the new CRL never took effect"
+            time.sleep(0.2)
+        assert b"revoked" in reply.body, reply.body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert b"trust directories reloaded: " in err and b"1 CRLs" in err

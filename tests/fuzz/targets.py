@@ -304,18 +304,7 @@ def target(target_id: str) -> Target:
 _REG = "tests/reliability/test_fuzz_regressions.py::"
 
 # Every bug the fuzzers found so far is fixed; list new ones here while they are open.
-KNOWN_BUGS: tuple[KnownBug, ...] = (
-    KnownBug(
-        "duplicate-extension",
-        ("voms_ext.classify", "renewal.parse_challenge_reply", "renewal.pipeline"),
-        (x509.DuplicateExtension,),
-        r"Duplicate .* extension found",
-        "a certificate carrying one extension twice: cryptography raises x509.DuplicateExtension "
-        "(an Exception, not a ValueError) on cert.extensions; classify and validate_chain let it "
-        "escape instead of ProxyError/ChainError (found by fuzz_renewal after 5f978d8)",
-        _REG + "test_certificate_with_a_duplicate_extension_is_a_voms_ext_error",
-    ),
-)
+KNOWN_BUGS: tuple[KnownBug, ...] = ()
 
 
 def known_bug(t: Target, exc: BaseException) -> KnownBug | None:

@@ -166,14 +166,16 @@ class Bed:
 
 
 @pytest.fixture
-def bed(dev_pki: DevPKI, tmp_path: Path) -> Iterator[Bed]:
+def bed(request: pytest.FixtureRequest, dev_pki: DevPKI, tmp_path: Path) -> Iterator[Bed]:
     tmp_path.chmod(0o700)
     base = load_config(dev_pki.config).policy
+    marker = request.node.get_closest_marker("bed_policy")  # per-test policy overrides
     policy = dataclasses.replace(
         base,
         pilot_dns=("/C=XX/O=proxyd dev/OU=Pilots/*",),
         auditors=(user_dn("carol"),),
         passphrase_attempts=10_000,
+        **(marker.kwargs if marker else {}),
     )
     state = tmp_path / "state"
     with running_server(dev_pki, state, policy=policy) as server:
@@ -318,6 +320,42 @@ def test_watchdog_kills_payloads_over_their_limits(bed: Bed, tmp_path: Path) -> 
     assert not Path(f"/proc/{child_pid}").exists(), "the payload's child survived"
 
 
+DAEMON_PAYLOAD = r"""
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()  # leaves the payload's process group and session
+    if os.fork() == 0:  # and its parent: a classic daemon
+        open(os.path.join(sys.argv[1], "daemon.pid"), "w").write(str(os.getpid()))
+        deadline = time.process_time() + float(sys.argv[2])
+        while time.process_time() < deadline:
+            pass
+        time.sleep(600)
+    os._exit(0)
+time.sleep(float(sys.argv[3]))
+"""
+
+
+def test_a_daemonised_payload_process_is_counted_and_killed(bed: Bed, tmp_path: Path) -> None:
+    """fork + setsid + fork does not escape the watchdog: the pilot is a child subreaper."""
+    script = tmp_path / "daemon.py"
+    script.write_text(DAEMON_PAYLOAD)
+    # The daemon burns 4 s of CPU while the leader sleeps: over the 2 s CPU limit.
+    [over] = bed.submit(
+        "alice",
+        1,
+        command=[sys.executable, str(script), str(bed.results), "4", "30"],
+        max_cpu_s=2,
+        max_wall_s=60,
+    )
+    started = time.monotonic()
+    _finish([bed.pilot("SITE-A", "pilot", "--max-tasks", "1")])
+    task = bed.task("alice", over)
+    assert task["state"] == "failed" and "CPU time" in str(task["reason"]), task
+    assert time.monotonic() - started < 30
+    daemon_pid = int((bed.results / "daemon.pid").read_text())
+    assert not Path(f"/proc/{daemon_pid}").exists(), "the daemonised process survived the task"
+
+
 @pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("useradd") is None, reason="needs root and useradd"
 )
@@ -372,3 +410,74 @@ def test_account_map_runs_each_payload_as_its_owner(bed: Bed) -> None:
         shutil.rmtree(shared, ignore_errors=True)
         for name in accounts.values():
             subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+RENEWAL_PAYLOAD = r"""
+import json, os, sys, time
+from voms_ext import TrustStore, load_credential_file, validate_chain
+proxy = os.environ["X509_USER_PROXY"]
+trust = TrustStore.from_dirs(os.environ["X509_CERT_DIR"], os.environ["X509_VOMS_DIR"])
+def seen():
+    result = validate_chain(load_credential_file(proxy).certificates, trust)
+    leaf = load_credential_file(proxy).certificates[0]
+    return {"serial": leaf.serial_number, "identity": result.identity,
+            "limited": result.is_limited, "mode": os.stat(proxy).st_mode & 0o777}
+first = seen()
+time.sleep(float(sys.argv[2]))
+with open(os.path.join(sys.argv[1], "renewal.json"), "w") as out:
+    json.dump({"first": first, "last": seen()}, out)
+"""
+
+
+@pytest.mark.bed_policy(max_proxy_lifetime=dt.timedelta(minutes=5))
+def test_a_long_payload_gets_its_proxy_renewed_in_place(bed: Bed, tmp_path: Path) -> None:
+    """A proxy shorter than the task (max_proxy_lifetime) is replaced in place before it ends."""
+    script = tmp_path / "renewal.py"
+    script.write_text(RENEWAL_PAYLOAD)
+    [task_id] = bed.submit(
+        "alice", 1, command=[sys.executable, str(script), str(bed.results), "4"], max_wall_s=7200
+    )
+    # Proxies of 5 min for a task of up to 10 min (the pilot's --time): renewal is needed, and
+    # with "less than a year left" it happens at every (1 s) heartbeat.
+    logs = _finish(
+        [bed.pilot("SITE-A", "pilot", "--max-tasks", "1", "--renew-proxy-before", "3e7")]
+    )
+    assert bed.task("alice", task_id)["state"] == "done", logs
+    seen = json.loads((bed.results / "renewal.json").read_text())
+    first, last = seen["first"], seen["last"]
+    assert first["serial"] != last["serial"], "the payload's proxy was never renewed"
+    for view in (first, last):
+        assert view["identity"] == user_dn("alice") and view["limited"] is True
+        assert view["mode"] == 0o600
+    assert "payload proxy renewed" in logs[0]
+    events = bed.server.repo.audit.query(operation="payload_proxy", decision="allow", limit=100)
+    assert sum(1 for e in events if e.event.detail and f"task {task_id}" in e.event.detail) >= 2
+
+
+def test_cancelling_a_running_task_stops_its_payload(bed: Bed, tmp_path: Path) -> None:
+    """DELETE /v1/tasks/{id} by the owner: the next heartbeat is refused and the pilot kills the group."""
+    sleeper = tmp_path / "sleeper.py"
+    sleeper.write_text(
+        "import os, sys, time\n"
+        "open(os.path.join(sys.argv[1], 'sleeper.pid'), 'w').write(str(os.getpid()))\n"
+        "time.sleep(600)\n"
+    )
+    [task_id] = bed.submit(
+        "alice", 1, command=[sys.executable, str(sleeper), str(bed.results)], max_wall_s=300
+    )
+    pilot = bed.pilot("SITE-A", "pilot", "--max-tasks", "1")
+    pid_file = bed.results / "sleeper.pid"
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or bed.task("alice", task_id)["state"] != "running":
+        assert time.monotonic() < deadline, "the payload never started"
+        assert pilot.poll() is None, pilot.communicate()
+        time.sleep(0.2)
+    payload_pid = int(pid_file.read_text())
+    reply = bed.api("alice").request("DELETE", f"/v1/tasks/{task_id}")
+    assert reply.status == 200, reply.body
+    cancelled_at = time.monotonic()
+    [log] = _finish([pilot])
+    assert time.monotonic() - cancelled_at < 30, "the payload outlived its cancellation"
+    assert not Path(f"/proc/{payload_pid}").exists(), "the payload survived the cancellation"
+    assert "stopped: the task is no longer this pilot's" in log
+    assert bed.task("alice", task_id)["state"] == "cancelled"

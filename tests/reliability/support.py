@@ -69,11 +69,16 @@ def serve_config(
     *,
     database: str | None = None,
     policy: str = "passphrase_attempts = 1000000\n",
+    sections: dict[str, str] | None = None,
 ) -> Path:
-    """write_config, plus extra [policy] lines and optionally another database URL."""
+    """write_config, plus extra [policy] lines, extra lines for other sections of the dev
+    config (e.g. {"myproxy": "max_connections = 5\\n"}) and optionally another database URL."""
     path = write_config(pki, state_dir, myproxy_port, api_port)
     text = path.read_text()
     text = text.replace("[policy]\n", "[policy]\n" + policy, 1)
+    for section, lines in (sections or {}).items():
+        assert f"[{section}]\n" in text, section
+        text = text.replace(f"[{section}]\n", f"[{section}]\n{lines}", 1)
     if database is not None:
         text = text.replace("[server]\n", f'[server]\ndatabase = "{database}"\n', 1)
     path.write_text(text)
@@ -92,12 +97,19 @@ class ServeProcess:
         workers: int = 1,
         debug: bool = False,
         policy: str = "passphrase_attempts = 1000000\n",
+        sections: dict[str, str] | None = None,
     ) -> None:
         self.pki = pki
         self.state_dir = state_dir
         self.myproxy_port, self.api_port = free_port(), free_port()
         self.config = serve_config(
-            pki, state_dir, self.myproxy_port, self.api_port, database=database, policy=policy
+            pki,
+            state_dir,
+            self.myproxy_port,
+            self.api_port,
+            database=database,
+            policy=policy,
+            sections=sections,
         )
         self.workers = workers
         self.debug = debug

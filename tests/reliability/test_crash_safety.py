@@ -252,25 +252,23 @@ def test_kill_9_loses_no_acknowledged_store(
     assert run.outage_failures > 0, "the kill hit no operation in flight"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (I6): Repository._store_chain commits the credential row, then appends the "
-    "store audit event in a second transaction; if that append fails (AuditWriteError) the "
-    "client is told the store failed but the credential stays stored and usable, with no "
-    "audit event. A crash between the two transactions leaves the same state.",
-)
 def test_a_store_whose_audit_write_fails_is_not_stored(dev_pki: DevPKI, tmp_path: Path) -> None:
+    """I6: the store and its audit event commit together; a failed append stores nothing.
+
+    The append fails inside the database, as a full disk or a constraint
+    would make it fail: a trigger aborts the insert of a store/allow event.
+    (Before the fix the credential row was committed in a transaction of its
+    own and stayed stored, usable and unaudited.)
+    """
     repo = make_repository(dev_pki, tmp_path / "state")
-    real_append = repo.audit.append
-
-    def failing_append(event):  # type: ignore[no-untyped-def]
-        if event.operation == "store" and event.decision == "allow":
-            raise AuditWriteError("the audit database is full")
-        return real_append(event)
-
-    repo.audit.append = failing_append  # type: ignore[method-assign]
+    with repo.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER audit_full BEFORE INSERT ON audit_events "
+            "WHEN NEW.operation = 'store' AND NEW.decision = 'allow' "
+            "BEGIN SELECT RAISE(ABORT, 'the audit database is full'); END"
+        )
     try:
-        with pytest.raises(AuditWriteError):
+        with pytest.raises(AuditWriteError, match="audit database is full"):
             delegate(
                 repo,
                 load_identity(dev_pki, "alice"),
@@ -281,5 +279,6 @@ def test_a_store_whose_audit_write_fails_is_not_stored(dev_pki: DevPKI, tmp_path
                 select(CredentialRow.id).where(CredentialRow.username == "alice-audit")
             ).all()
         assert stored == [], "the credential was stored although its audit event was not"
+        assert repo.audit.verify().ok
     finally:
         repo.engine.dispose()

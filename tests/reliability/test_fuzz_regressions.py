@@ -3,8 +3,7 @@
 A test for an open bug is `xfail(strict=True)` and its input is listed in
 `tests.fuzz.targets.KNOWN_BUGS` (the fuzzers tolerate listed bugs so a run
 can find the next one); once the bug is fixed the marker and the entry go.
-All of them are fixed except the duplicate-extension one (found after the
-first round of fixes).
+All of them are fixed.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import base64
 import dataclasses
 import datetime as dt
 import importlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from voms_ext import (
     DistinguishedNameError,
     FqanError,
     ProxyError,
+    TrustStore,
     VomsExtError,
     classify,
     parse_credential_pem,
@@ -198,19 +199,26 @@ def test_certificate_with_a_bitstring_name_attribute_is_a_voms_ext_error(
         validate_chain([cert], trust_of(dev_pki))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a certificate carrying the same extension twice makes cryptography raise "
-    "x509.DuplicateExtension (an Exception, not a ValueError) when voms_ext reads "
-    "cert.extensions; classify (proxy._extension_value) and validate_chain translate ValueError, "
-    "TypeError and UnsupportedAlgorithm only, so it escapes (found by fuzz_renewal at 5f978d8)",
-)
 def test_certificate_with_a_duplicate_extension_is_a_voms_ext_error(dev_pki: DevPKI) -> None:
     cert = _duplicate_extension(load_identity(dev_pki, "alice").cert)
-    with pytest.raises(ProxyError):
+    with pytest.raises(ProxyError, match=r"extension [\d.]+ appears more than once"):
         classify(cert)
-    with pytest.raises(ChainError):
+    with pytest.raises(ChainError, match=r"certificate 1 of the chain .*appears more than once"):
         validate_chain([cert], trust_of(dev_pki))
+
+
+def test_trust_anchor_with_a_duplicate_extension_is_skipped_and_reported(
+    dev_pki: DevPKI, tmp_path: Path
+) -> None:
+    cert_dir = tmp_path / "certificates"
+    shutil.copytree(dev_pki.cert_dir, cert_dir)
+    ca = x509.load_pem_x509_certificate(dev_pki.ca_cert.read_bytes())
+    broken = _duplicate_extension(ca)
+    (cert_dir / "deadbeef.0").write_bytes(broken.public_bytes(serialization.Encoding.PEM))
+    trust = TrustStore.from_dirs(cert_dir, dev_pki.voms_dir)
+    assert any("deadbeef.0" in p and "appears more than once" in p for p in trust.problems)
+    # the good copy of the CA still anchors alice's chain
+    validate_chain([load_identity(dev_pki, "alice").cert], trust)
 
 
 def _issued_by(issuer: Identity, key: rsa.RSAPublicKey, cn: str) -> x509.Certificate:
@@ -375,16 +383,7 @@ def test_api_proxy_with_an_unloadable_csr_key_is_a_400(
     [
         "unloadable-key",
         "bitstring-subject",
-        pytest.param(
-            "duplicate-extension",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="BUG (I6): a renewal proof whose leaf repeats an extension: "
-                "x509.DuplicateExtension escapes validate_chain, the client gets 'internal server "
-                "error' and no renew.challenge_failed event is written",
-            ),
-        ),
+        "duplicate-extension",
     ],
 )
 def test_myproxy_renewal_with_a_broken_proof_is_refused_and_audited(

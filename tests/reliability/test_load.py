@@ -170,7 +170,16 @@ def _client(load: Load, index: int, deadline: float) -> None:
 def _run_load(
     dev_pki: DevPKI, tmp_path: Path, clients: int, seconds: float, database: str | None
 ) -> None:
-    server = ServeProcess(dev_pki, tmp_path / "state", workers=2, database=database).start()
+    # Every client connects from 127.0.0.1, like a site behind one NAT address: the
+    # per-peer connection limit (64 per worker by default) must let all of them in.
+    limits = f"max_connections = {max(1024, clients)}\nmax_connections_per_peer = {clients}\n"
+    server = ServeProcess(
+        dev_pki,
+        tmp_path / "state",
+        workers=2,
+        database=database,
+        sections={"myproxy": limits, "api": limits},
+    ).start()
     try:
         files = {u: client_files(dev_pki, tmp_path / "creds", u) for u in USERS}
         load = Load(server, files, dev_pki)

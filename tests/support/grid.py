@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import os
 from pathlib import Path
 
 from cryptography import x509
@@ -20,6 +21,7 @@ from proxyd.repository import PendingStore, Repository, StoreOptions
 from proxyd.sealing import MasterKeyring
 from proxyd.store.db import make_engine, migrate
 from voms_ext import ProxyBuilder, TrustStore, load_credential_file, validate_chain
+from voms_ext.names import subject_hash
 
 FAST_SEALING = SealingConfig(argon2_time_cost=1, argon2_memory_kib=64, argon2_parallelism=1)
 
@@ -129,3 +131,35 @@ def make_repository(
     return Repository(
         config, engine, MasterKeyring.load_or_create(config.server.master_key_file), trust_of(pki)
     )
+
+
+def dev_crl(
+    pki: DevPKI, *, next_update: dt.datetime | None = None, revoked: tuple[int, ...] = ()
+) -> x509.CertificateRevocationList:
+    """A CRL of the dev CA revoking the serials `revoked`, valid a day unless `next_update`."""
+    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, rsa.RSAPrivateKey)
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.subject)
+        .last_update(now - dt.timedelta(minutes=1))
+        .next_update(next_update or now + dt.timedelta(days=1))
+    )
+    for serial in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now - dt.timedelta(minutes=1))
+            .build()
+        )
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def install_crl(pki: DevPKI, cert_dir: Path, revoked_serial: int) -> None:
+    """A CRL of the dev CA revoking `revoked_serial`, put in place as fetch-crl does (write, rename)."""
+    crl = dev_crl(pki, revoked=(revoked_serial,))
+    tmp = cert_dir / "crl.tmp"
+    tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    os.replace(tmp, cert_dir / f"{subject_hash(crl.issuer)}.r0")

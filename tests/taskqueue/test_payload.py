@@ -15,8 +15,9 @@ from proxyd.principal import Principal, PrincipalKind
 from proxyd.repository import Denied, Repository, StoreOptions
 from proxyd.sealing import MasterKeyring
 from proxyd.store.db import make_engine, migrate
-from proxyd.taskqueue import Accounting, Payload, PilotCapabilities, TaskSpec
+from proxyd.taskqueue import Accounting, Payload, PilotCapabilities, TaskSpec, TaskState
 from proxyd.taskqueue.sql import SqlTaskQueue
+from proxyd.tasks import TaskService
 from tests.support.grid import (
     Identity,
     csr_for,
@@ -201,3 +202,30 @@ def test_owner_ban_and_unheld_fqans_refuse_the_handoff(world: World) -> None:
     world.match()
     world.queue.ban_owner(ALICE, by=user_dn("admin"), reason="compromised")
     assert world.denied("pilot", plain.id) == "ban.owner"  # I5: runtime bans are shared
+
+
+def test_only_the_owner_and_admins_cancel_a_task_auditors_only_read(world: World) -> None:
+    """DELETE /v1/tasks/{id} has its own rule: an auditor may read the task, not cancel it."""
+    auditor, admin = user_dn("bob"), user_dn("admin")
+    policy = dataclasses.replace(world.repo.config.policy, auditors=(auditor,), admins=(admin,))
+    world.repo.config = dataclasses.replace(world.repo.config, policy=policy)
+    service = TaskService(world.repo, world.queue)
+    bob = Principal(auditor, PrincipalKind.USER)
+    task = world.queue.submit(task_of(ALICE, "alice"))
+
+    assert service.task(bob, task.id).id == task.id  # auditors read
+    with pytest.raises(Denied) as refused:
+        service.cancel(bob, task.id)
+    assert refused.value.rule == "task.not_owner"
+    assert world.queue.get(task.id).state is TaskState.WAITING  # type: ignore[union-attr]
+    limited_alice = Principal(ALICE, PrincipalKind.USER, limited=True)
+    with pytest.raises(Denied, match="limited proxy"):
+        service.cancel(limited_alice, task.id)
+    assert service.cancel(world.who("alice"), task.id).state is TaskState.CANCELLED
+    other = world.queue.submit(task_of(ALICE, "alice"))
+    admin_principal = Principal(admin, PrincipalKind.USER)
+    assert service.cancel(admin_principal, other.id).state is TaskState.CANCELLED
+    refusals = [
+        e for e in world.repo.audit.query(operation="task_cancel") if e.event.decision == "deny"
+    ]
+    assert {e.event.rule for e in refusals} == {"task.not_owner", "task.limited"}

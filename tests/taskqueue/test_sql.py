@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, func, select
 
 from proxyd.audit import AuditEvent, AuditLog, AuditWriteError
 from proxyd.store import make_engine, migrate
-from proxyd.store.models import FairShareRow, TaskRow
+from proxyd.store.models import AuditHeadRow, FairShareRow, TaskRow
 from proxyd.taskqueue import Accounting, FairShare, TaskState, load_taskqueue
-from proxyd.taskqueue.sql import SqlTaskQueue
+from proxyd.taskqueue.sql import SqlTaskQueue, _Request
 from tests.store_fixtures import engine  # noqa: F401 - the fixture, per backend
 from tests.taskqueue.support import PILOT, Clock, owner_dn, pilot, spec
 
@@ -162,6 +164,153 @@ def test_load_taskqueue_sql(tmp_path: Path) -> None:
         eng.dispose()
 
 
+# --- matches in batches: threads that share one queue (as a proxyd worker's requests do) ------
+
+
+def _mixed_specs() -> list[Any]:
+    """Tasks of four owners in two groups, three priorities, with site, tag and platform needs."""
+    out = []
+    for i in range(48):
+        needs: dict[str, Any] = {}
+        if i % 5 == 1:
+            needs["sites_allowed"] = frozenset({"SITE-B"})
+        elif i % 7 == 2:
+            needs["tags"] = frozenset({"gpu"})
+        elif i % 11 == 3:
+            needs["platform"] = "EL8-x86_64"
+        owner = ("alice", "bob", "carol", "dave")[i % 4]
+        group = "/dteam/prod" if owner in ("alice", "bob") else "/dteam"
+        out.append(spec(owner, priority=i % 3, group=group, max_wall_s=600 * (1 + i % 4), **needs))
+    return out
+
+
+def _pilots(n: int) -> list[Any]:
+    return [
+        pilot(
+            "SITE-B" if k % 3 == 0 else "SITE-A",
+            pilot_id=f"pilot-{k}",
+            tags=frozenset({"cvmfs", "gpu"} if k % 4 == 0 else {"cvmfs"}),
+        )
+        for k in range(n)
+    ]
+
+
+@contextmanager
+def _twin(source: Engine, tmp_path: Path) -> Iterator[Engine]:
+    """A second database with the same contents as `source`'s (SQLite: a copy of the file;
+    PostgreSQL: CREATE DATABASE ... TEMPLATE)."""
+    url = source.url
+    source.dispose()
+    if url.get_backend_name() == "sqlite":
+        twin_path = tmp_path / "twin" / "proxyd.db"
+        twin_path.parent.mkdir(mode=0o700)
+        shutil.copy(str(url.database), twin_path)
+        twin = make_engine(f"sqlite:///{twin_path}")
+        try:
+            yield twin
+        finally:
+            twin.dispose()
+        return
+    import psycopg
+
+    name, twin_name = str(url.database), f"{url.database}_twin"
+    admin_url = url.set(drivername="postgresql", database="postgres").render_as_string(
+        hide_password=False
+    )
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{twin_name}" TEMPLATE "{name}"')
+    twin = make_engine(url.set(database=twin_name))
+    try:
+        yield twin
+    finally:
+        twin.dispose()
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{twin_name}" WITH (FORCE)')
+
+
+def test_a_batch_matches_as_the_same_requests_one_by_one(
+    engine: Engine,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """One transaction for many pilots changes nothing about who gets what."""
+    SqlTaskQueue(engine, clock=Clock()).submit_many(_mixed_specs())
+    pilots = _pilots(60)
+    with _twin(engine, tmp_path) as twin:
+        one_by_one = SqlTaskQueue(engine, clock=Clock())
+        expected = [(c.pilot_id, _id(one_by_one.match(c))) for c in pilots]
+        batched = SqlTaskQueue(twin, clock=Clock())
+        requests = [_Request(c) for c in pilots]
+        assert batched._match_many(requests) == []
+        got = [(r.caps.pilot_id, _id(r.outcome())) for r in requests]
+        assert got == expected
+        assert sum(1 for _, i in got if i is None) > 0  # some pilots found nothing they can run
+        assert _usage(twin) == _usage(engine)  # the same reservations
+        events = [e.event.detail for e in AuditLog(twin).query(operation="task.match", limit=100)]
+        assert len(events) == sum(1 for _, i in got if i is not None)
+        assert AuditLog(twin).verify().ok
+
+
+def _id(task: Any) -> int | None:
+    return None if task is None else int(task.id)
+
+
+def test_a_batch_whose_audit_fails_matches_nobody(engine: Engine) -> None:  # noqa: F811
+    """The batch is one transaction: no event, no match, for any pilot in it (I6)."""
+    q = SqlTaskQueue(engine, clock=Clock())
+    q.submit_many([spec("alice"), spec("bob"), spec("carol")])
+    with engine.begin() as conn:
+        conn.execute(delete(AuditHeadRow))
+    requests = [_Request(c) for c in _pilots(3)]
+    q._waiting.extend(requests)
+    q._leading = requests[0].lead = True
+    q._lead()
+    assert all(isinstance(r.error, AuditWriteError) and r.finished for r in requests)
+    assert not q._leading and not q._waiting
+    with pytest.raises(AuditWriteError):
+        q.match(pilot())  # alone too
+    with engine.connect() as conn:
+        states = conn.execute(select(TaskRow.state, TaskRow.attempts)).all()
+    assert sorted(states) == [("waiting", 0)] * 3
+    assert set(_usage(engine).values()) == {(0.0, 0)}
+
+
+def test_pilots_sharing_a_queue(engine: Engine) -> None:  # noqa: F811
+    """Threads on one queue object: matched in batches, every task once, one event each."""
+    q = SqlTaskQueue(engine, match_batch=8)
+    tasks = 400
+    q.submit_many([spec(f"user{i % 7}", priority=i % 3) for i in range(tasks)])
+    got: dict[str, list[int]] = {}
+    errors: list[str] = []
+
+    def run(k: int) -> None:
+        caps = pilot(pilot_id=f"pilot-{k}")
+        mine = got.setdefault(caps.pilot_id, [])
+        try:
+            while (task := q.match(caps)) is not None:
+                mine.append(task.id)
+        except BaseException as exc:
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    ids = [i for mine in got.values() for i in mine]
+    assert len(ids) == len(set(ids)) == tasks
+    assert sum(1 for mine in got.values() if mine) >= 6  # the work was shared
+    with engine.connect() as conn:
+        states = dict(
+            conn.execute(select(TaskRow.state, func.count()).group_by(TaskRow.state)).all()
+        )
+        attempts = conn.execute(select(func.max(TaskRow.attempts))).scalar()
+    assert states == {"matched": tasks} and attempts == 1
+    report = AuditLog(engine).verify()
+    assert report.ok and report.checked == tasks
+    assert not q._leading and not q._waiting
+
+
 # --- concurrency: many pilots, each its own connection ------------------------------------------
 
 
@@ -239,8 +388,7 @@ def _pilots_drain(url: str, *, pilots: int, processes: int, tasks: int, owners: 
         f"{tasks / elapsed:.0f} matches/s (bulk insert {inserted:.2f} s; "
         f"per pilot {counts[0]}..{counts[-1]})"
     )
-    if tasks >= 10_000:
-        assert elapsed < 90, f"{tasks} matches took {elapsed:.0f} s"
+    # No time limit here: speed is measured by bench.scale, not asserted in tests.
 
 
 def test_eight_pilots_on_sqlite(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ a successful answer on a non-open route was preceded by a policy decision.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import json
@@ -18,8 +19,10 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 
-from voms_ext import VomsExtError, classify, parse_credential_pem, validate_chain
+from voms_ext import VomsExtError, classify, parse_credential_pem
 
 from .. import __version__
 from ..config import Config
@@ -27,7 +30,6 @@ from ..issuer import IssueError
 from ..metrics import REQUEST_SECONDS
 from ..policy import DecisionTally, current_tally
 from ..principal import anonymous
-from ..principal import classify as classify_principal
 from ..repository import (
     DEFAULT_NAME,
     NotFound,
@@ -35,7 +37,8 @@ from ..repository import (
     RepositoryError,
     StoreOptions,
 )
-from ..tlspeer import verified_chain
+from ..store.models import AuditHeadRow
+from ..tlspeer import verified_chain_der
 from .openapi import ApiRoute, Handler, build_openapi
 from .problems import Problem, from_repository_error, problem_response
 from .tasks import TASK_ROUTES
@@ -70,6 +73,38 @@ MAX_BODY = 64 * 1024
 async def healthz(request: web.Request) -> web.Response:
     """Liveness for load balancers; says nothing about credentials."""
     return web.json_response({"status": "ok", "version": __version__})
+
+
+READY_TIMEOUT = 5.0  # seconds the database may take to answer before the instance counts as down
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: the database answers and the audit chain can be appended to.
+
+    Every request writes an audit event (I6), so an instance whose database
+    is gone or whose chain head is missing can only refuse: a load balancer
+    should send its clients elsewhere. The reason is logged, not shown.
+    """
+    engine = request.app[REPO].engine
+    try:
+        problem = await asyncio.wait_for(blocking(_audit_head_problem, engine), READY_TIMEOUT)
+    except TimeoutError:
+        problem = f"the database did not answer within {READY_TIMEOUT:.0f} s"
+    if problem is None:
+        return web.json_response({"status": "ok", "version": __version__})
+    log.warning("not ready: %s", problem)
+    return web.json_response({"status": "unavailable", "version": __version__}, status=503)
+
+
+def _audit_head_problem(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as conn:
+            head = conn.execute(select(AuditHeadRow.last_seq).where(AuditHeadRow.id == 1)).first()
+    except SQLAlchemyError as exc:
+        return f"the database does not answer: {type(exc).__name__}: {exc}".splitlines()[0]
+    if head is None:
+        return "the audit_head row is missing: audit events cannot be appended"
+    return None
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -257,6 +292,7 @@ _STRINGS = {"type": "array", "items": {"type": "string"}}
 
 ROUTE_TABLE: list[ApiRoute] = [
     ApiRoute("GET", "/healthz", healthz, "Liveness", open=True),
+    ApiRoute("GET", "/readyz", readyz, "Readiness: the database and the audit chain", open=True),
     ApiRoute(
         "GET", "/metrics", metrics, "Prometheus metrics", open=True, content_type="text/plain"
     ),
@@ -432,13 +468,19 @@ async def log_and_problems(request: web.Request, handler: Handler) -> web.Stream
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     repo = request.app[REPO]
     ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-    chain = verified_chain(ssl_object)
+    chain = verified_chain_der(ssl_object)
     if chain:
-        try:
-            result = await blocking(validate_chain, chain, repo.trust)
-        except VomsExtError as exc:
-            raise Problem(401, f"the client certificate chain is not acceptable: {exc}") from None
-        request[PRINCIPAL] = classify_principal(result, repo.config.policy, request.remote)
+        # A keep-alive client shows the same chain on every request: the memo answers at
+        # once, without a thread; a new or expired chain is validated in a thread.
+        principal = repo.peers.cached(chain, repo.trust, request.remote)
+        if principal is None:
+            try:
+                principal = await blocking(repo.peers.principal, chain, repo.trust, request.remote)
+            except VomsExtError as exc:
+                raise Problem(
+                    401, f"the client certificate chain is not acceptable: {exc}"
+                ) from None
+        request[PRINCIPAL] = principal
     else:
         request[PRINCIPAL] = anonymous(request.remote)
     tally = DecisionTally()

@@ -11,6 +11,7 @@ import argparse
 import csv
 import datetime as dt
 import json
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -71,6 +72,10 @@ class Source:
     def verify(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def event(self, seq: int) -> dict[str, Any] | None:
+        """The event at `seq`, or None if the chain has none there."""
+        raise NotImplementedError
+
 
 class LocalSource(Source):
     def __init__(self, config_path: str) -> None:
@@ -98,6 +103,10 @@ class LocalSource(Source):
             if len(batch) < size:
                 return
             after = batch[-1].seq
+
+    def event(self, seq: int) -> dict[str, Any] | None:
+        found = self.log.query(limit=1, after_seq=seq + 1, newest_first=True)
+        return found[0].to_dict() if found and found[0].seq == seq else None
 
     def verify(self) -> dict[str, Any]:
         r = self.log.verify()
@@ -150,6 +159,14 @@ class ApiSource(Source):
     def verify(self) -> dict[str, Any]:
         return common.expect_dict(self.client.request("GET", "/v1/audit/verify"), "the chain check")
 
+    def event(self, seq: int) -> dict[str, Any] | None:
+        page = common.expect_dict(
+            self.client.request("GET", "/v1/audit", query={"limit": "1", "after": str(seq + 1)}),
+            "the audit query",
+        )
+        events = page.get("events") or []
+        return events[0] if events and events[0].get("seq") == seq else None
+
 
 def _source(args: argparse.Namespace) -> Source:
     if args.config:
@@ -196,12 +213,75 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    report = _source(args).verify()
-    if report.get("ok"):
-        print(f"audit chain OK: {report.get('checked')} events verified")
-        return 0
-    print(f"audit chain BROKEN at row {report.get('first_bad_seq')}: {report.get('reason')}")
-    return 1
+    source = _source(args)
+    anchors = _read_anchors(args.anchors) if args.anchors else []
+    report = source.verify()
+    if not report.get("ok"):
+        print(f"audit chain BROKEN at row {report.get('first_bad_seq')}: {report.get('reason')}")
+        return 1
+    print(f"audit chain OK: {report.get('checked')} events verified")
+    bad = 0
+    for line, anchor in anchors:
+        event = source.event(anchor["seq"])
+        where = (
+            f"{args.anchors}:{line}: anchor of seq {anchor['seq']} taken {anchor.get('taken', '?')}"
+        )
+        if event is None:
+            print(f"{where}: the event is gone: the log was cut back or restored since")
+            bad += 1
+        elif event.get("hash") != anchor["hash"]:
+            print(f"{where}: the hash differs: the log was rewritten since")
+            bad += 1
+    if anchors:
+        print(f"anchors: {len(anchors) - bad} of {len(anchors)} match")
+    return 1 if bad else 0
+
+
+def _read_anchors(path: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, anchor) of every line of an anchor file, or a precise error."""
+    try:
+        text = open(path, encoding="utf-8").read()  # noqa: SIM115
+    except OSError as exc:
+        common.fail(f"cannot read the anchor file {path}: {exc.strerror}")
+    anchors = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            anchor = json.loads(line)
+            ok = isinstance(anchor["seq"], int) and isinstance(anchor["hash"], str)
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            common.fail(
+                f'{path}:{number}: not an anchor (a JSON object with "seq" and "hash", '
+                "as `proxyd-audit anchor` writes)"
+            )
+        anchors.append((number, anchor))
+    return anchors
+
+
+def _anchor(args: argparse.Namespace) -> int:
+    head = next(iter(_source(args).pages({}, newest_first=True, limit=1)), None)
+    if head is None:
+        common.fail("the audit log is empty: there is no head to anchor")
+    anchor = {
+        "seq": head["seq"],
+        "hash": head["hash"],
+        "time": str(head["time"]),
+        "taken": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    line = json.dumps(anchor, sort_keys=True)
+    if args.append:
+        try:
+            with open(args.append, "a", encoding="utf-8") as out:
+                out.write(line + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:
+            common.fail(f"cannot append to {args.append}: {exc.strerror}")
+    print(line)
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -282,7 +362,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_query)
 
     p = sub.add_parser("verify", help="check the hash chain; exit 1 naming the first broken row")
+    p.add_argument(
+        "--anchors",
+        metavar="FILE",
+        help="also check that every head recorded in FILE (by `anchor`) is still in the chain",
+    )
     p.set_defaults(func=_verify)
+
+    p = sub.add_parser(
+        "anchor", help="print the chain's head (seq, hash) as one JSON line, to keep elsewhere"
+    )
+    p.add_argument("--append", metavar="FILE", help="also append the line to FILE")
+    p.set_defaults(func=_anchor)
 
     p = sub.add_parser("export", help="all matching events as JSON lines")
     filters(p)

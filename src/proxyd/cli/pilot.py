@@ -13,6 +13,7 @@ from pathlib import Path
 from ..logs import configure as configure_logging
 from ..pilot.agent import PilotAgent, PilotSettings
 from ..pilot.identity import IdentityError, IdentitySwitch
+from ..pilot.watchdog import become_subreaper
 from . import common
 
 
@@ -37,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--switch-command", help="glexec-like template, e.g. 'sudo -u {account} --'")
     p.add_argument("--heartbeat", type=float, default=60.0, help="seconds between heartbeats")
     p.add_argument(
+        "--renew-proxy-before",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="fetch a fresh payload proxy when less than this is left (checked at each heartbeat)",
+    )
+    p.add_argument(
         "--max-tasks", type=int, default=0, help="stop after this many tasks (0: no limit)"
     )
     p.add_argument("--pilot-id", default=None, help="default: host name and process id")
@@ -48,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
 
     def body() -> int:
+        if not become_subreaper():
+            logging.getLogger("proxyd.pilot").warning(
+                "could not become a child subreaper: a payload that daemonises escapes the watchdog"
+            )
         auth = common.ClientAuth.from_proxy(common.proxy_path())
         if not auth.cert_file.exists():
             auth = common.ClientAuth(common.user_cert_path(), common.user_key_path())
@@ -68,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             memory_mb=args.memory,
             workdir_root=args.workdir or Path(os.environ.get("TMPDIR", "/tmp")),  # noqa: S108
             heartbeat_s=args.heartbeat,
+            renew_proxy_before_s=args.renew_proxy_before,
             max_tasks=args.max_tasks,
             cert_dir=str(common.cert_dir()),
             voms_dir=str(common.voms_dir()),

@@ -29,12 +29,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from voms_ext import AttributeCertificateError, ValidationResult, VomsExtError, validate_chain
 
 from ..config import Config
+from ..connlimit import ConnectionGate, LimitedTLSServer
 from ..issuer import IssueError, VomsRequest
 from ..metrics import REQUEST_SECONDS
 from ..patterns import any_dn_matches
 from ..policy import Operation
 from ..principal import Principal, PrincipalKind, anonymous
-from ..principal import classify as classify_principal
 from ..repository import (
     DEFAULT_NAME,
     CredentialInfo,
@@ -43,7 +43,7 @@ from ..repository import (
     StoreOptions,
 )
 from ..tlsctx import server_context
-from ..tlspeer import verified_chain
+from ..tlspeer import verified_chain_der
 from . import protocol as p
 from .renewal import ChallengeError, make_challenges, parse_challenge_reply, reply_length
 
@@ -52,6 +52,7 @@ access_log = logging.getLogger("proxyd.access")
 T = TypeVar("T")
 
 SESSION_TIMEOUT = 60.0  # a whole GET takes milliseconds; slowloris gets nothing
+HANDSHAKE_TIMEOUT = 15.0  # the TLS handshake, from accept
 IDLE_REQUEST_GAP = 0.2  # a request without its NUL is complete once the client goes quiet
 _TLS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -185,11 +186,11 @@ class Session:
     # --- identity ---------------------------------------------------------------------
 
     def _principal(self, ssl_object: ssl.SSLObject | None) -> Principal:
-        chain = verified_chain(ssl_object)
+        chain = verified_chain_der(ssl_object)
         if not chain:
             return anonymous(self.address)
-        result = validate_chain(chain, self.repo.trust)
-        return classify_principal(result, self.repo.config.policy, self.address)
+        # validate_chain + classify, memoised per chain while it stays valid (PeerCache).
+        return self.repo.peers.principal(chain, self.repo.trust, self.address)
 
     # --- commands ---------------------------------------------------------------------
 
@@ -199,7 +200,11 @@ class Session:
         name = request.cred_name or DEFAULT_NAME
         proof: ValidationResult | None = None
         passphrase = request.passphrase or None
-        if await self._blocking(self._needs_challenge, principal, request.username, name):
+        # Only a possible renewer needs the credential looked up first; a trusted retriever
+        # (the hot path) goes straight to authorize_retrieval, one thread hop fewer.
+        if self._may_need_challenge(principal) and await self._blocking(
+            self._needs_challenge, principal, request.username, name
+        ):
             try:
                 proof = await self._renewal_proof()
             except (p.ProtocolError, ClientGone) as exc:
@@ -243,8 +248,8 @@ class Session:
         # The real clients close after the chain; the last OK is for everyone else.
         await self._send(p.ok())
 
-    def _needs_challenge(self, principal: Principal, username: str, name: str) -> bool:
-        """myproxy-server's rule: an unencrypted credential, a non-trusted peer allowed to renew.
+    def _may_need_challenge(self, principal: Principal) -> bool:
+        """The part of `_needs_challenge` that needs no database: is the peer a possible renewer?
 
         Pilots are never challenged: they may not renew (I2), and the
         repository refuses them with the pilot rule, which the client shows.
@@ -255,7 +260,11 @@ class Session:
             or self.server.is_trusted(principal)
         ):
             return False
-        if not any_dn_matches(self.repo.config.policy.authorized_renewers, principal.identity):
+        return any_dn_matches(self.repo.config.policy.authorized_renewers, principal.identity)
+
+    def _needs_challenge(self, principal: Principal, username: str, name: str) -> bool:
+        """myproxy-server's rule: an unencrypted credential, a non-trusted peer allowed to renew."""
+        if not self._may_need_challenge(principal):
             return False
         return self.repo.has_passphrase(username, name) is False
 
@@ -488,14 +497,27 @@ class MyProxyServer:
             with contextlib.suppress(TimeoutError, ConnectionError, ssl.SSLError, OSError):
                 await asyncio.wait_for(writer.wait_closed(), 2)
 
-    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> asyncio.Server:
-        return await asyncio.start_server(
-            self.handle,
-            host,
-            port,
-            ssl=myproxy_context(self.config),
-            ssl_handshake_timeout=15,
-            reuse_port=reuse_port,
-            limit=p.MAX_REQUEST_BYTES * 2,
+    async def start(
+        self, host: str, port: int, *, reuse_port: bool = False
+    ) -> asyncio.AbstractServer:
+        """Listen with the connection limits of [myproxy]: over them, closed before TLS."""
+        loop = asyncio.get_running_loop()
+
+        def stream_protocol() -> asyncio.Protocol:  # what asyncio.start_server makes
+            reader = asyncio.StreamReader(limit=p.MAX_REQUEST_BYTES * 2, loop=loop)
+            return asyncio.StreamReaderProtocol(reader, self.handle, loop=loop)
+
+        limits = self.config.myproxy
+        gate = ConnectionGate(
+            "myproxy",
+            limits.max_connections,
+            min(limits.max_connections_per_peer, limits.max_connections),
+        )
+        server = LimitedTLSServer(
+            stream_protocol,
+            myproxy_context(self.config),
+            gate,
+            handshake_timeout=HANDSHAKE_TIMEOUT,
             backlog=512,
         )
+        return await server.start(host, port, reuse_port=reuse_port)

@@ -8,6 +8,7 @@ it receives for a task is a limited proxy of the task's owner (I2), written
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import os
 import shutil
@@ -26,9 +27,13 @@ from cryptography.x509.oid import NameOID
 from voms_ext import Credential, parse_credential_pem, write_credential_file
 
 from .identity import IdentityError, IdentitySwitch
-from .watchdog import Limits, Outcome, run_watched
+from .watchdog import Limits, Outcome, StopPayload, run_watched
 
 log = logging.getLogger("proxyd.pilot")
+
+# Heartbeat refusals that mean the task ended elsewhere (cancelled by its owner
+# or an admin, or declared stalled and handed on): the payload must stop.
+TASK_GONE_RULES = frozenset({"payload.assignment_ended", "task.not_assigned"})
 LOG_TAIL_BYTES = 16 * 1024
 
 
@@ -47,6 +52,9 @@ class PilotSettings:
     memory_mb: int = 0
     workdir_root: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
     heartbeat_s: float = 60.0
+    # A payload outliving its proxy (max_proxy_lifetime shorter than the task)
+    # gets a fresh one when less than this is left; checked at every heartbeat.
+    renew_proxy_before_s: float = 1800.0
     max_tasks: int = 0  # 0: no limit
     cert_dir: str = "/etc/grid-security/certificates"
     voms_dir: str = "/etc/grid-security/vomsdir"
@@ -74,6 +82,7 @@ class PilotAgent:
         self.switch = switch
         self.clock = clock
         self.started = clock()
+        self._proxy_ends = self._task_deadline = dt.datetime.now(dt.UTC)
 
     def time_left(self) -> int:
         return max(0, int(self.settings.time_budget_s - (self.clock() - self.started)))
@@ -114,7 +123,7 @@ class PilotAgent:
         reason = ""
         try:
             proxy = workdir / "x509up"
-            self._fetch_proxy(task_id, proxy)
+            proxy_ends = self._fetch_proxy(task_id, proxy)
             payload = task["payload"]
             argv = [payload["command"], *payload["args"]]
             launch = self.switch.launch(task["owner"], argv, proxy)
@@ -122,6 +131,7 @@ class PilotAgent:
             if launch.uid is not None:
                 for path in (workdir, proxy, *workdir.iterdir()):
                     os.chown(path, launch.uid, -1)
+            self._proxy_ends = proxy_ends
             self.api.request("POST", f"/v1/tasks/{task_id}/start", {})
             limits = Limits(
                 wall_s=min(task["max_wall_s"], self.time_left()),
@@ -129,6 +139,7 @@ class PilotAgent:
                 memory_mb=task["requirements"].get("memory_mb") or self.settings.memory_mb,
                 heartbeat_s=self.settings.heartbeat_s,
             )
+            self._task_deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=limits.wall_s)
             env = {
                 "PATH": self.settings.path,
                 "HOME": str(workdir),
@@ -143,7 +154,7 @@ class PilotAgent:
                 env=env,
                 limits=limits,
                 log_path=workdir / "payload.log",
-                heartbeat=lambda: self.api.request("POST", f"/v1/tasks/{task_id}/heartbeat", {}),
+                heartbeat=lambda: self._heartbeat(task_id, proxy, launch.uid),
                 preexec=launch.preexec,
             )
             tail = _tail(workdir / "payload.log")
@@ -154,8 +165,12 @@ class PilotAgent:
                 "exit_code": outcome.exit_code,
                 "log_tail": tail,
             }
-            if outcome.succeeded:
-                self.api.request("POST", f"/v1/tasks/{task_id}/complete", accounting)
+            if outcome.killed_for is not None and outcome.killed_for.startswith("stopped:"):
+                # The server ended the task; reporting on it would only be refused.
+                reason = outcome.killed_for
+                log.info("task %s: %s", task_id, reason)
+            elif outcome.succeeded:
+                self._report(task_id, "complete", accounting)
                 reason = "done"
             else:
                 reason = (
@@ -165,9 +180,7 @@ class PilotAgent:
                     if outcome.exit_code is not None
                     else f"killed by signal {outcome.signal}"
                 )
-                self.api.request(
-                    "POST", f"/v1/tasks/{task_id}/fail", {"reason": reason, **accounting}
-                )
+                self._report(task_id, "fail", {"reason": reason, **accounting})
         except (IdentityError, OSError) as exc:
             reason = f"the pilot could not run the payload: {exc}"
             log.warning("task %s: %s", task_id, reason)
@@ -177,7 +190,54 @@ class PilotAgent:
             shutil.rmtree(workdir, ignore_errors=True)
         return outcome, reason
 
-    def _fetch_proxy(self, task_id: int, path: Path) -> None:
+    def _report(self, task_id: int, verb: str, body: dict[str, Any]) -> None:
+        """Report the end of a task, unless the server ended it first (cancelled meanwhile)."""
+        try:
+            self.api.request("POST", f"/v1/tasks/{task_id}/{verb}", body)
+        except Exception as exc:
+            rule = getattr(exc, "rule", None)
+            if rule not in TASK_GONE_RULES:
+                raise
+            log.info("task %s: not reported (%s): the server ended it first", task_id, rule)
+
+    def _heartbeat(self, task_id: int, proxy: Path, uid: int | None) -> None:
+        try:
+            self.api.request("POST", f"/v1/tasks/{task_id}/heartbeat", {})
+        except Exception as exc:
+            # Errors of Api.request carry the policy rule that refused (cli.common.ApiError).
+            rule = getattr(exc, "rule", None)
+            if rule in TASK_GONE_RULES:
+                raise StopPayload(f"stopped: the task is no longer this pilot's ({rule})") from exc
+            raise
+        # The server gives a proxy for the task's wall time when it may; only a
+        # shorter one (max_proxy_lifetime, an expiring stored credential) is renewed.
+        now = dt.datetime.now(dt.UTC)
+        left = (self._proxy_ends - now).total_seconds()
+        if self._proxy_ends < self._task_deadline and left < self.settings.renew_proxy_before_s:
+            self._renew_proxy(task_id, proxy, uid)
+
+    def _renew_proxy(self, task_id: int, proxy: Path, uid: int | None) -> None:
+        """Replace the payload's proxy file in one rename, so the payload never reads half a file.
+
+        A failure leaves the old proxy in place (the payload may still finish
+        on it) and is logged; the next heartbeat tries again.
+        """
+        fresh = proxy.with_name(proxy.name + ".new")
+        try:
+            ends = self._fetch_proxy(task_id, fresh)
+            if uid is not None:
+                # The payload owns this directory and could swap in a symlink: never follow one.
+                os.chown(fresh, uid, -1, follow_symlinks=False)
+            os.replace(fresh, proxy)
+        except Exception as exc:  # a failed renewal must not kill the payload
+            log.warning("task %s: the payload proxy could not be renewed: %s", task_id, exc)
+            fresh.unlink(missing_ok=True)
+            return
+        self._proxy_ends = ends
+        log.info("task %s: payload proxy renewed, valid until %s", task_id, ends.isoformat())
+
+    def _fetch_proxy(self, task_id: int, path: Path) -> dt.datetime:
+        """Write a fresh limited proxy of the task's owner to `path`; return when it ends."""
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         csr = (
             x509.CertificateSigningRequestBuilder()
@@ -193,6 +253,7 @@ class PilotAgent:
             answer["chain"].encode(), source=f"payload proxy of task {task_id}"
         )
         write_credential_file(path, Credential(chain.certificates, key))
+        return chain.certificates[0].not_valid_after_utc
 
     @staticmethod
     def _stage(files: list[str], workdir: Path) -> None:

@@ -2,12 +2,15 @@
 
 CPU time and memory are read from /proc for every process of the group,
 so a payload that forks cannot hide its children; on a limit the whole
-group gets SIGTERM, then SIGKILL after a grace period.
+group gets SIGTERM, then SIGKILL after a grace period. The heartbeat
+callback can stop the payload the same way by raising StopPayload (the
+task was cancelled, or is no longer this pilot's).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import resource
 import signal
@@ -19,6 +22,14 @@ from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+class StopPayload(Exception):
+    """Raised by a heartbeat callback: end the payload now, for `reason`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -34,7 +45,7 @@ class Limits:
 class Outcome:
     exit_code: int | None  # None when killed by a signal
     signal: int | None
-    killed_for: str | None  # "wall time", "CPU time", "memory" or None
+    killed_for: str | None  # "wall time", "CPU time", "memory", a StopPayload reason, or None
     cpu_s: float
     wall_s: float
     max_rss_kb: int
@@ -44,28 +55,120 @@ class Outcome:
         return self.killed_for is None and self.exit_code == 0
 
 
-def _group_usage(pgid: int) -> tuple[float, int]:
-    """(CPU seconds, resident KiB) summed over the live processes of a process group."""
-    cpu_ticks = rss_pages = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        # fields[2] is pgrp; utime, stime at 11, 12; cutime, cstime 13, 14; rss at 21
-        if int(fields[2]) != pgid:
-            continue
-        cpu_ticks += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-        rss_pages += int(fields[21])
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux 3.4+).
+
+    A payload that daemonises (fork, setsid, fork) leaves its process group
+    and, without this, its parent: init adopts it and the watchdog loses it.
+    As a child subreaper the pilot adopts such orphans itself, so they stay
+    in the payload's tree, are counted, and are killed with it. Call it once
+    in the pilot process, before the first payload.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+@dataclass(frozen=True)
+class _Proc:
+    pid: int
+    ppid: int
+    pgrp: int
+    state: str
+    start: int  # clock ticks after boot
+    cpu_ticks: int
+    rss_pages: int
+
+
+def _proc(pid: str) -> _Proc | None:
+    """One process from /proc/<pid>/stat, or None if it is gone."""
+    try:
+        stat = Path("/proc", pid, "stat").read_text()
+    except OSError:
+        return None
+    f = stat[stat.rindex(")") + 2 :].split()
+    # state 0, ppid 1, pgrp 2; utime, stime 11, 12; cutime, cstime 13, 14; starttime 19; rss 21
+    return _Proc(
+        pid=int(pid),
+        ppid=int(f[1]),
+        pgrp=int(f[2]),
+        state=f[0],
+        start=int(f[19]),
+        cpu_ticks=int(f[11]) + int(f[12]) + int(f[13]) + int(f[14]),
+        rss_pages=int(f[21]),
+    )
+
+
+def _processes() -> list[_Proc]:
+    found = (_proc(entry.name) for entry in os.scandir("/proc") if entry.name.isdigit())
+    return [p for p in found if p is not None]
+
+
+@dataclass(frozen=True)
+class _Payload:
+    """Which processes are the payload's: its group, the leader's descendants, adopted orphans."""
+
+    leader: int
+    leader_start: int
+    pilot: int
+    pilot_children_before: frozenset[int]
+
+    def tree(self, procs: list[_Proc]) -> list[_Proc]:
+        by_parent: dict[int, list[_Proc]] = {}
+        for p in procs:
+            by_parent.setdefault(p.ppid, []).append(p)
+        roots = [self.leader] + [
+            p.pid
+            for p in by_parent.get(self.pilot, [])
+            # orphans the pilot adopted as subreaper, started with or after the payload
+            if p.pid not in self.pilot_children_before and p.start >= self.leader_start
+        ]
+        members = set(roots)
+        stack = list(roots)
+        while stack:
+            for child in by_parent.get(stack.pop(), []):
+                if child.pid not in members:
+                    members.add(child.pid)
+                    stack.append(child.pid)
+        return [p for p in procs if p.pid in members or p.pgrp == self.leader]
+
+
+def _usage(tree: list[_Proc]) -> tuple[float, int]:
+    """(CPU seconds, resident KiB) summed over the live processes of the payload."""
+    cpu_ticks = sum(p.cpu_ticks for p in tree)
+    rss_pages = sum(p.rss_pages for p in tree)
     return cpu_ticks / CLOCK_TICKS, rss_pages * PAGE_KB
 
 
-def _kill_group(pgid: int, sig: int) -> None:
+def _kill(payload: _Payload, sig: int) -> None:
+    """`sig` to the payload's group and to every process of its tree (setsid does not hide one)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+        os.killpg(payload.leader, sig)
+    for p in payload.tree(_processes()):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p.pid, sig)
+
+
+def _reap_adopted(payload: _Payload, tree: list[_Proc], leader_done: bool) -> None:
+    """Collect zombies the pilot adopted, so they do not pile up; the leader is Popen's."""
+    for p in tree:
+        if p.state == "Z" and p.ppid == payload.pilot and (leader_done or p.pid != payload.leader):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(p.pid, os.WNOHANG)
+
+
+def _children_of(pid: int) -> frozenset[int]:
+    return frozenset(p.pid for p in _processes() if p.ppid == pid)
+
+
+def _start_of(pid: int) -> int:
+    p = _proc(str(pid))
+    return p.start if p is not None else 0
 
 
 def run_watched(
@@ -85,6 +188,7 @@ def run_watched(
     rss_max = 0
     killed_for: str | None = None
     last_beat = started
+    children_before = _children_of(os.getpid())
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             list(argv),
@@ -96,11 +200,12 @@ def run_watched(
             start_new_session=True,  # its own process group, so the watchdog can kill all of it
             preexec_fn=preexec,
         )
-        pgid = proc.pid
+        payload = _Payload(proc.pid, _start_of(proc.pid), os.getpid(), children_before)
         deadline_kill: float | None = None
         while proc.poll() is None:
             now = time.monotonic()
-            cpu, rss = _group_usage(pgid)
+            tree = payload.tree(_processes())
+            cpu, rss = _usage(tree)
             cpu_seen, rss_max = max(cpu_seen, cpu), max(rss_max, rss)
             if killed_for is None:
                 if now - started > limits.wall_s:
@@ -110,18 +215,33 @@ def run_watched(
                 elif limits.memory_mb and rss > limits.memory_mb * 1024:
                     killed_for = "memory"
                 if killed_for is not None:
-                    _kill_group(pgid, signal.SIGTERM)
+                    _kill(payload, signal.SIGTERM)
                     deadline_kill = now + limits.grace_s
             elif deadline_kill is not None and now > deadline_kill:
-                _kill_group(pgid, signal.SIGKILL)
+                _kill(payload, signal.SIGKILL)
                 deadline_kill = None
             if heartbeat is not None and now - last_beat >= limits.heartbeat_s:
                 last_beat = now
-                with contextlib.suppress(Exception):  # a missed beat must not kill the payload
+                try:
                     heartbeat()
+                except StopPayload as stop:
+                    if killed_for is None:
+                        killed_for = stop.reason
+                        _kill(payload, signal.SIGTERM)
+                        deadline_kill = now + limits.grace_s
+                except Exception:  # noqa: S110 - a missed beat must not kill the payload
+                    pass
+            _reap_adopted(payload, tree, leader_done=False)
             time.sleep(poll_s)
-        # The leader is gone; orphans of the group are killed too, they belong to the payload.
-        _kill_group(pgid, signal.SIGKILL)
+        # The leader is gone; what is left of its tree is killed too, it belongs to the payload.
+        _kill(payload, signal.SIGKILL)
+        settle = time.monotonic() + 2.0
+        while time.monotonic() < settle:
+            tree = payload.tree(_processes())
+            if not tree:
+                break
+            _reap_adopted(payload, tree, leader_done=True)
+            time.sleep(0.02)
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     # The leader's own usage, including children it waited for; the /proc samples

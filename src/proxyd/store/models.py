@@ -154,6 +154,8 @@ class AuditRow(Base):
     __table_args__ = (
         CheckConstraint("decision IN ('allow', 'deny')", name="decision"),
         Index("ix_audit_events_owner_dn_time", "owner_dn", "time"),
+        # The auditor's first page by owner, newest first, whatever the owner (migration 0004).
+        Index("ix_audit_events_owner_dn_seq_time", "owner_dn", "seq", "time"),
         Index("ix_audit_events_actor_dn_time", "actor_dn", "time"),
         Index("ix_audit_events_serial", "serial"),
         Index("ix_audit_events_decision_time", "decision", "time"),

@@ -2,22 +2,33 @@
 
 Every change is one write transaction (`store.db.write_transaction`):
 ``BEGIN IMMEDIATE`` on SQLite, so one writer at a time; READ COMMITTED
-with row locks on PostgreSQL, where matching locks its candidates with
-``FOR UPDATE SKIP LOCKED``, so concurrent pilots never see, let alone
-claim, the same task. Where the dialects differ, the method says what it
-does: `_lock_candidates` (one LATERAL statement, or a query per owner),
-`_claim` (one data-modifying CTE, or two statements), `_dialect_insert`
-(ON CONFLICT).
+with row locks on PostgreSQL. Where the dialects differ, the method says
+what it does.
 
 Matching (see docs/taskqueue.md): the site mask and site bans first, then
-the owners not banned, then for every (group, owner) the first few queued
-tasks in priority-then-submission order that meet the pilot's platform,
-CPU and memory (in SQL), then sites and tags (in Python), paging further
-only where needed; the best head by `fairshare.match_key` is claimed.
+the owners not banned, then for every (group, owner) its first queued tasks
+in priority-then-submission order that the pilot can run (a scan bounded by
+`page_size` x `max_pages` tasks per pair); the one with the smallest
+`fairshare.match_key` is claimed. Candidates are read without locks; the
+claim locks only the task it takes, with ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL, so concurrent pilots never claim the same task and never wait
+for each other's candidates. The match's audit event is appended in the
+same transaction when the audit log is this database's (the match and its
+event commit together or not at all, I6); with another audit sink it is
+written after the commit, and a match it refuses is taken back.
 
-Audit events are written after the change commits; when that write fails
-the error reaches the caller (I6) and a match is taken back, so no pilot
-holds a task whose match is not in the log.
+Matches asked for at the same moment on one queue object (a proxyd
+worker's concurrent pilot requests) are served in batches: one thread
+matches them one after the other in one transaction and appends their
+events at once (`SqlTaskQueue._lead`), which takes the audit chain's
+single append point once per batch instead of once per match. A batch
+gives every pilot the task it would have got asking alone, in that order.
+PostgreSQL, alone: two statements (the situation; then find, claim and
+reserve in one, `_FIND_CLAIM_AND_RESERVE`). PostgreSQL, batched: the
+situation and pages of every pair once (`_Book`), every requirement then
+checked in Python, a claim statement per pilot (`_CLAIM_LISTED`) and the
+reservations at the end in one lock order (`_RESERVE_MANY`). SQLite reads
+a page per pair (`_ranked`) and claims in two statements (`_claim`).
 """
 
 from __future__ import annotations
@@ -26,14 +37,18 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-from collections import defaultdict
+import threading
+import time
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
+    JSON,
     ColumnElement,
     Connection,
     Engine,
+    Float,
     Integer,
     Row,
     Select,
@@ -43,15 +58,18 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    column,
     delete,
     func,
     insert,
     literal,
     literal_column,
+    not_,
     null,
     or_,
     select,
     true,
+    tuple_,
     union_all,
     update,
 )
@@ -131,6 +149,9 @@ _CANDIDATE_COLUMNS = (
     cast_(T.sites_banned, Text).label("sites_banned"),
     cast_(T.tags, Text).label("tags"),
     T.max_wall_s,
+    T.platform,
+    T.cpu_time_s,
+    T.memory_mb,
 )
 _CLEARED = {"pilot_dn": None, "pilot_id": None, "site": None, "ce": None}
 _CLEARED_TIMES = {"matched_at": None, "started_at": None, "heartbeat_at": None}
@@ -144,16 +165,22 @@ _NO_USAGE = tuple(null().cast(c.type) for c in _USAGE_COLUMNS[1:])
 _QUEUED = T.state.in_([literal_column(f"'{s}'") for s in QUEUED_STATES])
 
 
-def _page(group: Any, owner: Any, after_priority: Any, after_id: Any) -> Select[Any]:
-    """Queued tasks of one (group, owner) after a keyset, in matching order, that fit the
-    pilot's platform, CPU time and memory (sites and tags are checked in `_fits`)."""
+def _page(group: Any, owner: Any, after: tuple[Any, Any] | None) -> Select[Any]:
+    """Queued tasks of one (group, owner) after a keyset (None: from the start), in matching
+    order, that fit the pilot's platform, CPU time and memory (sites and tags are checked in
+    `_fits`)."""
+    keyset = (
+        ()
+        if after is None
+        else (or_(T.priority < after[0], and_(T.priority == after[0], T.id > after[1])),)
+    )
     return (
         select(*_CANDIDATE_COLUMNS)
         .where(
             _QUEUED,
             T.group_name == group,
             T.owner_dn == owner,
-            or_(T.priority < after_priority, and_(T.priority == after_priority, T.id > after_id)),
+            *keyset,
             or_(T.platform.is_(None), T.platform == bindparam("b_platform")),
             T.cpu_time_s <= bindparam("b_cpu"),
             T.memory_mb <= bindparam("b_memory"),
@@ -165,49 +192,34 @@ def _page(group: Any, owner: Any, after_priority: Any, after_id: Any) -> Select[
 
 # The statements of the matching path, built once (building is what costs in SQLAlchemy).
 _PAGE_ONE_PAIR = _page(
-    bindparam("b_group"), bindparam("b_owner"), bindparam("b_ap"), bindparam("b_aid")
+    bindparam("b_group"), bindparam("b_owner"), (bindparam("b_ap"), bindparam("b_aid"))
 )
-_PAIRS = (
-    func.unnest(
-        bindparam("b_groups", type_=pg.ARRAY(String)),
-        bindparam("b_owners", type_=pg.ARRAY(String)),
-        bindparam("b_aps", type_=pg.ARRAY(Integer)),
-        bindparam("b_aids", type_=pg.ARRAY(Integer)),
-    )
-    .table_valued("g", "o", "ap", "aid")
-    .render_derived(name="pairs")
-)
-_LOCKED_PAGE = (
-    _page(_PAIRS.c.g, _PAIRS.c.o, _PAIRS.c.ap, _PAIRS.c.aid)
-    .with_for_update(skip_locked=True, of=_TASKS)
-    .lateral("candidates")
-)
-_PAGE_EVERY_PAIR_LOCKED = select(*_LOCKED_PAGE.c).select_from(_PAIRS.join(_LOCKED_PAGE, true()))
 # What matching reads before the candidates, in one round trip: every (group, owner) with
-# its usage, the owner and site ban patterns, and whether the pilot's site is masked.
+# its usage, the owner and site ban patterns, and the masked sites.
 _SITUATION = union_all(
     select(literal("pair", String).label("kind"), *_USAGE_COLUMNS),
     select(B.kind, B.pattern, *_NO_USAGE).where(B.kind.in_(("user", "site"))),
-    select(literal("mask", String), M.site, *_NO_USAGE).where(
-        M.site == bindparam("b_site"), M.masked.is_(True)
-    ),
+    select(literal("mask", String), M.site, *_NO_USAGE).where(M.masked.is_(True)),
 )
+_CLAIM_VALUES: dict[str, Any] = {
+    "state": TaskState.MATCHED.value,
+    "pilot_dn": bindparam("b_pilot_dn"),
+    "pilot_id": bindparam("b_pilot_id"),
+    "site": bindparam("b_site"),
+    "ce": bindparam("b_ce"),
+    "matched_at": bindparam("b_now"),
+    "started_at": None,
+    "heartbeat_at": bindparam("b_now"),
+    "finished_at": None,
+    "attempts": T.attempts + 1,
+    "reason": None,
+}
+# SQLite: BEGIN IMMEDIATE makes the claiming transaction the only writer; it claims the best
+# candidate that is still queued, then reserves its wall time (two statements).
 _CLAIM = (
     update(_TASKS)
     .where(T.id == bindparam("b_id"), T.state.in_(QUEUED_STATES))
-    .values(
-        state=TaskState.MATCHED.value,
-        pilot_dn=bindparam("b_pilot_dn"),
-        pilot_id=bindparam("b_pilot_id"),
-        site=bindparam("b_site"),
-        ce=bindparam("b_ce"),
-        matched_at=bindparam("b_now"),
-        started_at=None,
-        heartbeat_at=bindparam("b_now"),
-        finished_at=None,
-        attempts=T.attempts + 1,
-        reason=None,
-    )
+    .values(**_CLAIM_VALUES)
     .returning(*_TASKS.c)
 )
 _RESERVE = (
@@ -215,12 +227,353 @@ _RESERVE = (
     .where(F.group_name == bindparam("b_group"), F.owner_dn == bindparam("b_owner"))
     .values(reserved_s=F.reserved_s + bindparam("b_wall", type_=Integer))
 )
-# PostgreSQL claims and reserves in one statement (a data-modifying CTE); SQLite in two.
-_CLAIMED = _CLAIM.cte("claimed")
-_CLAIM_AND_RESERVE = select(*_CLAIMED.c).add_cte(_RESERVE.cte("reserved"))
+
+# PostgreSQL finds, claims and reserves in one statement, given the (group, owner) pairs that
+# may run work with their fair-share ranks (`fairshare.ranking`, computed in Python):
+#   candidates  the first `b_limit` queued tasks of every pair that the pilot can run, all
+#               requirements checked in SQL (ix_tasks_queue), read without locks;
+#   pick        the best of them by `fairshare.match_key` order that is still queued and not
+#               locked by another pilot (FOR UPDATE SKIP LOCKED: the LIMIT stops after one
+#               lock, so only the task taken is locked);
+#   claimed     that task, matched to the pilot;  reserved: its wall time, for its owner.
+# The statement returns one row: how many candidates it saw (0: nothing for this pilot; more
+# but no task: other pilots are claiming them all right now) and the claimed task, if any.
+# The pairs travel as one JSON text: psycopg dumps lists of long DNs as arrays in Python,
+# element by element, which cost more than the rest of the statement.
+_RANKED_PAIRS = (
+    func.json_to_recordset(cast_(bindparam("b_pairs", type_=Text), JSON))
+    .table_valued(
+        column("g", String), column("o", String), column("gr", Float), column("ou", Float)
+    )
+    .render_derived(name="pairs", with_types=True)
+)
+
+
+def _json_list_empty(column: Any) -> ColumnElement[bool]:
+    return cast_(column, Text) == literal_column("'[]'")
+
+
+_SITE = bindparam("b_site", type_=String)
+# The scan of a pair is bounded as SQLite's paging is (`page_size` x `max_pages` queued tasks
+# that meet platform, CPU and memory): tasks no pilot here can run cannot make a request for
+# work expensive. The LIMITs are pulled lazily, so a pair whose first task fits costs one row.
+_SCANNED = (
+    select(
+        T.id, T.priority, T.sites_allowed, T.sites_banned, T.tags
+    )  # in matching order, as ix_tasks_queue has them
+    .where(
+        _QUEUED,
+        T.group_name == _RANKED_PAIRS.c.g,
+        T.owner_dn == _RANKED_PAIRS.c.o,
+        or_(T.platform.is_(None), T.platform == bindparam("b_platform")),
+        T.cpu_time_s <= bindparam("b_cpu"),
+        T.memory_mb <= bindparam("b_memory"),
+    )
+    .order_by(T.priority.desc(), T.id)
+    # A subquery, so that the planner does not know the number: with it, it may estimate that
+    # a pair has fewer tasks than that and read them all (bitmap scan and sort) instead of
+    # walking ix_tasks_queue in order and stopping at the first tasks that fit.
+    .limit(select(bindparam("b_scan", type_=Integer)).scalar_subquery())
+    .correlate(_RANKED_PAIRS)
+    .subquery("scanned")
+)
+_S = _SCANNED.c
+_HEADS = (
+    select(_S.id, _S.priority)
+    .where(
+        # As `_fits` does; most tasks have no site or tag rules, and "[]" needs no parsing.
+        or_(_json_list_empty(_S.sites_allowed), cast_(_S.sites_allowed, pg.JSONB).has_key(_SITE)),
+        or_(
+            _json_list_empty(_S.sites_banned),
+            not_(cast_(_S.sites_banned, pg.JSONB).has_key(_SITE)),
+        ),
+        or_(
+            _json_list_empty(_S.tags),
+            cast_(_S.tags, pg.JSONB).contained_by(bindparam("b_tags", type_=pg.JSONB)),
+        ),
+    )
+    .order_by(_S.priority.desc(), _S.id)
+    .limit(bindparam("b_limit", type_=Integer))
+    .lateral("heads")
+)
+_CANDIDATES = (
+    select(_HEADS.c.id, _HEADS.c.priority, _RANKED_PAIRS.c.gr, _RANKED_PAIRS.c.ou)
+    .select_from(_RANKED_PAIRS.join(_HEADS, true()))
+    .cte("candidates")
+)
+_C = _CANDIDATES.c
+_BEST_FIRST = select(*_C).order_by(_C.priority.desc(), _C.gr, _C.ou, _C.id).subquery("best_first")
+_LOCKED = (
+    select(T.id, T.state.label("state_before"))
+    .where(T.id == _BEST_FIRST.c.id, _QUEUED)
+    .with_for_update(skip_locked=True)
+    .lateral("locked")
+)
+# Candidates best first, each locked only when the one before could not be: the LIMIT stops
+# at the first lock taken (the outer ORDER BY is the order the sorted subquery delivers).
+_PICK = (
+    select(_LOCKED.c.id, _LOCKED.c.state_before)
+    .select_from(_BEST_FIRST.join(_LOCKED, true()))
+    .order_by(_BEST_FIRST.c.priority.desc(), _BEST_FIRST.c.gr, _BEST_FIRST.c.ou, _BEST_FIRST.c.id)
+    .limit(1)
+    .cte("pick")
+)
+_CLAIMED = (
+    update(_TASKS)
+    .where(T.id == _PICK.c.id)
+    .values(**_CLAIM_VALUES)
+    .returning(*_TASKS.c, _PICK.c.state_before)
+    .cte("claimed")
+)
+_RESERVED = (
+    update(_SHARES)
+    .where(F.group_name == _CLAIMED.c.group_name, F.owner_dn == _CLAIMED.c.owner_dn)
+    .values(reserved_s=F.reserved_s + _CLAIMED.c.max_wall_s)
+    .cte("reserved")
+)
+# A batch of matches (PostgreSQL) reads the queue once for all its requests: pages of every
+# pair, whatever the pilot (all requirements are checked in Python, `_Candidate.fits`), no
+# locks; then each request claims the first free task of its own best-first list of ids, in
+# one statement that locks only the task it takes (as `_PICK` does).
+_PAGE_PAIRS = (
+    func.json_to_recordset(cast_(bindparam("b_pairs", type_=Text), JSON))
+    .table_valued(
+        column("g", String), column("o", String), column("ap", Integer), column("aid", Integer)
+    )
+    .render_derived(name="pairs", with_types=True)
+)
+_ANY_PILOT = (
+    select(*_CANDIDATE_COLUMNS)
+    .where(
+        _QUEUED,
+        T.group_name == _PAGE_PAIRS.c.g,
+        T.owner_dn == _PAGE_PAIRS.c.o,
+        or_(
+            T.priority < _PAGE_PAIRS.c.ap,
+            and_(T.priority == _PAGE_PAIRS.c.ap, T.id > _PAGE_PAIRS.c.aid),
+        ),
+    )
+    .order_by(T.priority.desc(), T.id)
+    .limit(bindparam("b_limit", type_=Integer))
+    .lateral("page")
+)
+_PAGES_FOR_ANY_PILOT = select(*_ANY_PILOT.c).select_from(_PAGE_PAIRS.join(_ANY_PILOT, true()))
+_LISTED = (
+    func.unnest(bindparam("b_ids", type_=pg.ARRAY(Integer)))
+    .table_valued("id", with_ordinality="ord")
+    .render_derived(name="listed")
+)
+_LISTED_IN_ORDER = select(*_LISTED.c).order_by(_LISTED.c.ord).subquery("in_order")
+_LISTED_LOCK = (
+    select(T.id, T.state.label("state_before"))
+    .where(T.id == _LISTED_IN_ORDER.c.id, _QUEUED)
+    .with_for_update(skip_locked=True)
+    .lateral("locked")
+)
+_PICK_LISTED = (
+    select(_LISTED_LOCK.c.id, _LISTED_LOCK.c.state_before)
+    .select_from(_LISTED_IN_ORDER.join(_LISTED_LOCK, true()))
+    .order_by(_LISTED_IN_ORDER.c.ord)
+    .limit(1)
+    .cte("pick")
+)
+_CLAIM_LISTED = (
+    update(_TASKS)
+    .where(T.id == _PICK_LISTED.c.id)
+    .values(**_CLAIM_VALUES)
+    .returning(*_TASKS.c, _PICK_LISTED.c.state_before)
+)
+_CLAIM_LIST = 16  # candidates one claim may try, best first
+_SEEN = select(func.count().label("seen")).select_from(_CANDIDATES).subquery("seen")
+_FIND_CLAIM_AND_RESERVE = (
+    select(_SEEN.c.seen, *_CLAIMED.c)
+    .select_from(_SEEN.outerjoin(_CLAIMED, true()))
+    .add_cte(_RESERVED)
+)
+# A batch of matches reserves at the end, all pairs at once, locking their rows in one order
+# (as `_charge` does), so that batches of several processes cannot deadlock on them.
+_RESERVATIONS = (
+    func.json_to_recordset(cast_(bindparam("b_reserve", type_=Text), JSON))
+    .table_valued(column("g", String), column("o", String), column("w", Integer))
+    .render_derived(name="reservations", with_types=True)
+)
+_IN_ORDER = (
+    select(F.id)
+    .where(tuple_(F.group_name, F.owner_dn).in_(select(_RESERVATIONS.c.g, _RESERVATIONS.c.o)))
+    .order_by(F.group_name, F.owner_dn)
+    .with_for_update()
+    .cte("in_order")
+)
+_RESERVE_MANY = (
+    update(_SHARES)
+    .where(
+        F.id.in_(select(_IN_ORDER.c.id)),
+        F.group_name == _RESERVATIONS.c.g,
+        F.owner_dn == _RESERVATIONS.c.o,
+    )
+    .values(reserved_s=F.reserved_s + _RESERVATIONS.c.w)
+)
+# When a pilot saw candidates but other pilots were claiming all of them (locked until their
+# transactions commit), it looks again with as many candidates per owner as the scan bound
+# allows, waiting a little longer each time; after this many tries it answers None.
+_CLAIM_ROUNDS = 24
+_BACKOFF_S = (0.001, 0.05)
 
 Pair = tuple[str, str]  # (group, owner)
 Clock = Callable[[], dt.datetime]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Claimed:
+    row: Row[Any]  # the task as claimed
+    state_before: str  # waiting or rescheduled: where a match that cannot be audited goes back
+
+
+@dataclasses.dataclass
+class _Situation:
+    """What a match reads before the candidates (kept up to date through a batch)."""
+
+    usages: dict[Pair, PairUsage]
+    owner_bans: tuple[str, ...]
+    site_bans: tuple[str, ...]
+    masked: frozenset[str]
+    fair: FairShare
+    _ranks: dict[Pair, tuple[float, float]] | None = None
+
+    def closed(self, site: str) -> bool:
+        return site in self.masked or any_dn_matches(self.site_bans, site)
+
+    def pairs(self) -> list[Pair]:
+        if not self.owner_bans:
+            return list(self.usages)
+        return [(g, o) for g, o in self.usages if not any_dn_matches(self.owner_bans, o)]
+
+    def ranks(self) -> dict[Pair, tuple[float, float]]:
+        """`fairshare.ranking` of the usages as they are now."""
+        if self._ranks is None:
+            self._ranks = ranking(self.usages.values(), self.fair)
+        return self._ranks
+
+    def reserve(self, pair: Pair, wall_s: int) -> None:
+        """A task of `pair` was claimed: its owner and group now use `wall_s` more."""
+        u = self.usages[pair]
+        self.usages[pair] = dataclasses.replace(u, reserved_s=u.reserved_s + wall_s)
+        if self._ranks is not None:  # only the ranks of that group change
+            group = [v for v in self.usages.values() if v.group == pair[0]]
+            self._ranks.update(ranking(group, self.fair))
+
+
+@dataclasses.dataclass(eq=False)
+class _Request:
+    """One `match` call waiting for a batch (see `SqlTaskQueue._lead`)."""
+
+    caps: PilotCapabilities
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    lead: bool = False  # set with `done` when this caller is to run the next batch
+    tries: int = 0
+    finished: bool = False
+    task: Task | None = None
+    error: BaseException | None = None
+
+    def outcome(self) -> Task | None:
+        if self.error is not None:
+            raise self.error
+        return self.task
+
+
+class _Candidate(NamedTuple):
+    """A queued task as a batch's book holds it: what ranking and requirements need."""
+
+    id: int
+    group_name: str
+    owner_dn: str
+    priority: int
+    platform: str | None
+    cpu_time_s: int
+    memory_mb: int
+    sites_allowed: frozenset[str]
+    sites_banned: frozenset[str]
+    tags: frozenset[str]
+
+    @classmethod
+    def of(cls, row: Row[Any]) -> _Candidate:
+        return cls(
+            row.id,
+            row.group_name,
+            row.owner_dn,
+            row.priority,
+            row.platform,
+            row.cpu_time_s,
+            row.memory_mb,
+            _name_set(row.sites_allowed),
+            _name_set(row.sites_banned),
+            _name_set(row.tags),
+        )
+
+    def fits(self, caps: PilotCapabilities) -> bool:
+        """Every requirement, as `Requirements.unmet` has them."""
+        return (
+            (self.platform is None or self.platform == caps.platform)
+            and self.cpu_time_s <= caps.cpu_time_left
+            and self.memory_mb <= caps.memory_mb
+            and (not self.sites_allowed or caps.site in self.sites_allowed)
+            and caps.site not in self.sites_banned
+            and self.tags <= caps.tags
+        )
+
+
+class _Book:
+    """PostgreSQL: the queued tasks of every (group, owner) that a batch has read, page by page.
+
+    The requests of the batch choose from it, each by its own requirements;
+    a pair is read further only when a request needs it to. Tasks claimed in
+    the batch, or found claimed by other processes, are `taken`.
+    """
+
+    def __init__(self, conn: Connection, page_size: int, max_pages: int) -> None:
+        self._conn = conn
+        self._page_size = page_size
+        self._max_pages = max_pages
+        self.rows: dict[Pair, list[_Candidate]] = {}
+        self._next: dict[Pair, tuple[int, int] | None] = {}  # keyset; None: all read
+        self._pages: dict[Pair, int] = defaultdict(int)
+        self.taken: set[int] = set()
+
+    def can_read(self, pair: Pair) -> bool:
+        return self._next.get(pair, _FIRST_PAGE) is not None and self._pages[pair] < self._max_pages
+
+    def next_priority(self, pair: Pair) -> int:
+        keyset = self._next.get(pair, _FIRST_PAGE)
+        return keyset[0] if keyset is not None else -(2**31)
+
+    def read(self, pairs: Iterable[Pair]) -> None:
+        """The next page of each of `pairs` (one statement)."""
+        todo: list[tuple[Pair, tuple[int, int]]] = []
+        for pair in pairs:
+            keyset = self._next.get(pair, _FIRST_PAGE)
+            if keyset is not None and self._pages[pair] < self._max_pages:
+                todo.append((pair, keyset))
+        if not todo:
+            return
+        wanted = [{"g": g, "o": o, "ap": ap, "aid": aid} for (g, o), (ap, aid) in todo]
+        params = {"b_pairs": json.dumps(wanted), "b_limit": self._page_size}
+        got: dict[Pair, list[_Candidate]] = defaultdict(list)
+        for row in self._conn.execute(_PAGES_FOR_ANY_PILOT, params):
+            got[(row.group_name, row.owner_dn)].append(_Candidate.of(row))
+        for pair, _ in todo:
+            page = sorted(got.get(pair, ()), key=lambda c: (-c.priority, c.id))
+            self.rows.setdefault(pair, []).extend(page)
+            self._pages[pair] += 1
+            full = len(page) == self._page_size
+            self._next[pair] = (page[-1].priority, page[-1].id) if full else None
+
+    def fitting(self, pair: Pair, caps: PilotCapabilities) -> list[_Candidate]:
+        """The pair's first task read so far that `caps` can run and nobody took ([] or one)."""
+        taken = self.taken
+        for c in self.rows.get(pair, ()):
+            if c.id not in taken and c.fits(caps):
+                return [c]
+        return []
 
 
 def _utcnow() -> dt.datetime:
@@ -235,6 +588,8 @@ class SqlTaskQueue:
     audit log in the same database). `banned_dns` adds static owner bans
     (the config's `policy.banned_dns`) to the runtime ones. `page_size`
     and `max_pages` bound the candidate scan per (group, owner).
+    `match_batch` is the most matches one transaction serves when threads
+    ask at the same moment (1: every match alone).
     """
 
     name = "sql"
@@ -248,18 +603,27 @@ class SqlTaskQueue:
         banned_dns: Sequence[str] = (),
         page_size: int = 2,
         max_pages: int = 16,
+        match_batch: int = 32,
         clock: Clock = _utcnow,
     ) -> None:
         require_proxyd_engine(engine)
-        if page_size < 1 or max_pages < 1:
-            raise ValueError("page_size and max_pages must be at least 1")
+        if page_size < 1 or max_pages < 1 or match_batch < 1:
+            raise ValueError("page_size, max_pages and match_batch must be at least 1")
         self._engine = engine
         self._audit: AuditSink = audit if audit is not None else AuditLog(engine)
+        # Events of the default audit log (this database's) join the transaction of the change
+        # they record, so the change and its event commit together or not at all (I6); other
+        # sinks are written to after the commit, and a match they refuse is taken back.
+        self._audit_joins = _same_database(self._audit, engine)
         self._fair = fair_share or FairShare()
         self._static_bans = tuple(banned_dns)
         self._page_size = page_size
         self._max_pages = max_pages
         self._clock = clock
+        self._match_batch = match_batch
+        self._batch_lock = threading.Lock()
+        self._waiting: deque[_Request] = deque()
+        self._leading = False
 
     @classmethod
     def from_source(cls, source: Engine | Config | URL | str, **options: Any) -> SqlTaskQueue:
@@ -306,146 +670,357 @@ class SqlTaskQueue:
     # --- matching --------------------------------------------------------------------------------
 
     def match(self, capabilities: PilotCapabilities) -> Task | None:
-        caps = capabilities
-        now = self._clock()
-        with write_transaction(self._engine) as conn:
-            usages, owner_bans, site_closed = self._situation(conn, caps.site, now)
-            if site_closed:
-                return None
-            ranks = ranking(usages, self._fair)
-            pairs = [(u.group, u.owner) for u in usages if not any_dn_matches(owner_bans, u.owner)]
-            best = self._best_candidate(conn, pairs, ranks, caps)
-            if best is None:
-                return None
-            claimed = self._claim(
-                conn,
-                {
-                    "b_id": best.id,
-                    "b_pilot_dn": caps.pilot_dn,
-                    "b_pilot_id": caps.pilot_id,
-                    "b_site": caps.site,
-                    "b_ce": caps.ce or None,
-                    "b_now": now,
-                    "b_group": best.group_name,
-                    "b_owner": best.owner_dn,
-                    "b_wall": best.max_wall_s,
-                },
-            )
-        task = _task(claimed)
-        try:
-            self._log(
-                queue_event(
-                    "task.match",
-                    RULE_MATCH,
-                    caps.pilot_dn,
-                    actor_kind="pilot",
-                    task=task,
-                    detail=(
-                        f"task {task.id} to pilot {caps.pilot_id} at site {caps.site}"
-                        f"{' ce ' + caps.ce if caps.ce else ''}; priority {task.spec.priority}, "
-                        f"attempt {task.attempts}"
-                    ),
-                )
-            )
-        except AuditWriteError:
-            self._unclaim(task, TaskState(best.state))
-            raise
-        return task
+        """Claim the best task `capabilities` can run, and audit it; None if there is none.
 
-    def _situation(
-        self, conn: Connection, site: str, now: dt.datetime
-    ) -> tuple[list[PairUsage], tuple[str, ...], bool]:
-        """(usage per pair, owner ban patterns, whether `site` is masked or banned)."""
-        usages: list[PairUsage] = []
+        Candidates are read without locks, and the claim takes the best one that is still
+        free. With this database's audit log, the `task.match` event is appended in the same
+        transaction (the match and its event commit together, or neither does), and the
+        matches that threads ask for at the same moment share one transaction and one
+        append (`_lead`), so the audit chain's single append point is taken once per batch,
+        not once per match. Otherwise each match is its own transaction, audited after it.
+        """
+        if not self._audit_joins or self._match_batch <= 1:
+            return self._match_alone(capabilities)
+        request = _Request(capabilities)
+        with self._batch_lock:
+            self._waiting.append(request)
+            if not self._leading:
+                self._leading = request.lead = True
+        while True:
+            if request.lead:
+                request.lead = False
+                self._lead()
+            if request.finished:
+                return request.outcome()
+            request.done.wait()
+            request.done.clear()
+
+    def _lead(self) -> None:
+        """Serve the oldest waiting matches in one transaction, then hand over.
+
+        One thread leads at a time: it takes up to `match_batch` requests
+        (its own among them), and when it is done it makes the oldest
+        request still waiting the next leader. A request that saw
+        candidates but found other processes claiming all of them goes back
+        to the front of the queue, up to `_CLAIM_ROUNDS` tries.
+        """
+        with self._batch_lock:
+            n = min(len(self._waiting), self._match_batch)
+            batch = [self._waiting.popleft() for _ in range(n)]
+        try:
+            again = self._match_many(batch)
+        except BaseException as exc:  # rolled back: nobody in the batch got a task
+            for r in batch:
+                r.error, r.finished = exc, True
+            again = []
+        with self._batch_lock:
+            for r in reversed(again):
+                r.tries += 1
+                if r.tries >= _CLAIM_ROUNDS:
+                    log.warning("match: other pilots were claiming every candidate")
+                    r.finished = True
+                else:
+                    self._waiting.appendleft(r)
+            successor = self._waiting[0] if self._waiting else None
+            if successor is None:
+                self._leading = False
+            else:
+                successor.lead = True
+        for r in batch:
+            if r.finished:
+                r.done.set()
+        if successor is not None:
+            successor.done.set()
+
+    def _match_many(self, batch: Sequence[_Request]) -> list[_Request]:
+        """Match a batch in one transaction with one audit append; the requests to try again.
+
+        The situation is read once; each request's claim sees the batch's
+        earlier claims (their tasks are matched, their owners' reservations
+        grown in `situation`), so the batch matches as the same requests one
+        after the other would.
+        """
+        postgres = self._engine.dialect.name == "postgresql"
+        if len(batch) == 1:  # no one to share with (SQLite: read outside the write lock)
+            r = batch[0]
+            r.task, r.finished = self._match_alone(r.caps), True
+            return []
+        now = self._clock()
+        again: list[_Request] = []
+        matched: list[tuple[_Request, Task]] = []
+        with write_transaction(self._engine) as conn:
+            situation = self._situation(conn, now)
+            book = None
+            if postgres:  # pages of 2 x page_size, fewer of them: the same bound per pair
+                page = 2 * self._page_size
+                book = _Book(conn, page, -(-self._page_size * self._max_pages // page))
+            claimed_rows: list[Row[Any]] = []
+            for r in batch:
+                if situation.closed(r.caps.site):
+                    continue
+                if book is not None:
+                    seen, claimed = self._claim_from_book(conn, book, situation, r.caps, now)
+                else:
+                    ranked = self._ranked(conn, situation, r.caps)
+                    seen, claimed = len(ranked), self._claim(conn, ranked, r.caps, now)
+                if claimed is not None:
+                    row = claimed.row
+                    claimed_rows.append(row)
+                    matched.append((r, _task(row)))
+                    situation.reserve((row.group_name, row.owner_dn), row.max_wall_s)
+                elif seen:
+                    again.append(r)
+            if matched:
+                if postgres:
+                    self._reserve_many(conn, claimed_rows)
+                events = [_match_event(task, r.caps) for r, task in matched]
+                self._audit.append_many(events, conn=conn)  # type: ignore[call-arg]
+        for r, task in matched:
+            r.task = task
+        for r in batch:
+            r.finished = r not in again
+        return again
+
+    def _claim_from_book(
+        self,
+        conn: Connection,
+        book: _Book,
+        situation: _Situation,
+        caps: PilotCapabilities,
+        now: dt.datetime,
+    ) -> tuple[int, _Claimed | None]:
+        """PostgreSQL, in a batch: (candidates seen, the task claimed or None).
+
+        The request's candidates come from the batch's book, ranked as
+        `_ranked` ranks them; the claim takes the first still free of the
+        best `_CLAIM_LIST` (one statement). Candidates that other processes
+        took meanwhile are marked and the next ones tried, a few times.
+        """
+        seen = 0
+        for _ in range(3):
+            listed = self._choose(book, situation, caps)
+            seen += len(listed)
+            if not listed:
+                return seen, None
+            params = {"b_ids": [c.id for c in listed], **_claim_params(caps, now)}
+            row = conn.execute(_CLAIM_LISTED, params).one_or_none()
+            if row is not None:
+                book.taken.add(row.id)
+                return seen, _Claimed(row, row.state_before)
+            book.taken.update(c.id for c in listed)  # all claimed by other processes
+        return seen, None
+
+    def _choose(
+        self, book: _Book, situation: _Situation, caps: PilotCapabilities
+    ) -> list[_Candidate]:
+        """The best `_CLAIM_LIST` tasks of the book that `caps` can run, by match key; reads
+        pairs further (all at once) only while they could beat the best found."""
+        ranks = situation.ranks()
+        todo = situation.pairs()
+        book.read([p for p in todo if p not in book.rows])
+        found: list[tuple[tuple[int, float, float, int], _Candidate]] = []
+        best_priority: int | None = None
+        while todo:
+            further = []
+            for pair in todo:
+                fitting = book.fitting(pair, caps)
+                if fitting:
+                    group_ratio, owner_usage = ranks.get(pair, (0.0, 0.0))
+                    for c in fitting:  # fairshare.match_key, inlined
+                        found.append(((-c.priority, group_ratio, owner_usage, c.id), c))
+                    top = fitting[0].priority
+                    best_priority = top if best_priority is None else max(best_priority, top)
+                elif book.can_read(pair):
+                    further.append(pair)
+            todo = [
+                p
+                for p in further
+                if best_priority is None or book.next_priority(p) >= best_priority
+            ]
+            book.read(todo)
+        found.sort(key=lambda kc: kc[0])
+        return [c for _, c in found[:_CLAIM_LIST]]
+
+    def _reserve_many(self, conn: Connection, claimed: Sequence[Row[Any]]) -> None:
+        """PostgreSQL: add the claimed tasks' wall time to their owners' reservations."""
+        per_pair: dict[Pair, int] = defaultdict(int)
+        for row in claimed:
+            per_pair[(row.group_name, row.owner_dn)] += row.max_wall_s
+        todo = [{"g": g, "o": o, "w": w} for (g, o), w in per_pair.items()]
+        conn.execute(_RESERVE_MANY, {"b_reserve": json.dumps(todo)})
+
+    def _match_alone(self, caps: PilotCapabilities) -> Task | None:
+        """One match in a transaction of its own (PostgreSQL: two statements and the audit
+        append; SQLite: the candidates are read in a transaction of their own, so that the
+        database write lock is held for the claim and its event only)."""
+        postgres = self._engine.dialect.name == "postgresql"
+        for attempt in range(_CLAIM_ROUNDS):
+            now = self._clock()
+            ranked: list[Row[Any]] = []
+            if not postgres:
+                with self._engine.connect() as conn:
+                    situation = self._situation(conn, now)
+                    ranked = self._ranked(conn, situation, caps)
+                if not ranked:
+                    return None
+            with write_transaction(self._engine) as conn:
+                if postgres:
+                    situation = self._situation(conn, now)
+                    if situation.closed(caps.site):
+                        return None
+                    seen, claimed = self._find_and_claim(
+                        conn, situation, caps, now, retry=attempt > 0
+                    )
+                    if not seen:
+                        return None
+                else:
+                    claimed = self._claim(conn, ranked, caps, now)
+                if claimed is not None:
+                    task = _task(claimed.row)
+                    event = _match_event(task, caps)
+                    if self._audit_joins:
+                        self._audit.append_many([event], conn=conn)  # type: ignore[call-arg]
+            if claimed is None:  # others are claiming all we saw, right now: wait a little
+                time.sleep(min(_BACKOFF_S[0] * 2**attempt, _BACKOFF_S[1]))
+                continue
+            if not self._audit_joins:
+                try:
+                    self._log(event)
+                except AuditWriteError:
+                    self._unclaim(task, TaskState(claimed.state_before))
+                    raise
+            return task
+        log.warning("match: other pilots were claiming every candidate, %d times", _CLAIM_ROUNDS)
+        return None
+
+    def _find_and_claim(
+        self,
+        conn: Connection,
+        situation: _Situation,
+        caps: PilotCapabilities,
+        now: dt.datetime,
+        *,
+        retry: bool,
+    ) -> tuple[int, _Claimed | None]:
+        """PostgreSQL: (candidates seen, the task claimed of them or None) in one statement.
+
+        A first try reads `page_size` candidates per (group, owner); a retry, after other
+        pilots were claiming all of those, reads as many as the scan bound allows.
+        """
+        pairs = situation.pairs()
+        if not pairs:
+            return 0, None
+        ranks = situation.ranks()
+        ranked = [{"g": g, "o": o, "gr": ranks[g, o][0], "ou": ranks[g, o][1]} for g, o in pairs]
+        scan = self._page_size * self._max_pages
+        params = {
+            "b_pairs": json.dumps(ranked),
+            "b_tags": sorted(caps.tags),
+            "b_scan": scan,
+            **self._limits(caps),
+            "b_limit": scan if retry else self._page_size,
+            **_claim_params(caps, now),
+        }
+        row = conn.execute(_FIND_CLAIM_AND_RESERVE, params).one()
+        return int(row.seen), (_Claimed(row, row.state_before) if row.id is not None else None)
+
+    def _ranked(
+        self, conn: Connection, situation: _Situation, caps: PilotCapabilities
+    ) -> list[Row[Any]]:
+        """SQLite: the queued tasks `caps` can run, best match key first.
+
+        Each (group, owner) is read in its own priority-then-id order, a
+        page at a time; the tasks of its page that fit are its candidates.
+        A pair none of whose page fits is read further, but only while it
+        could still beat the best candidate found so far.
+        """
+        if situation.closed(caps.site):
+            return []
+        ranks = situation.ranks()
+        pairs = situation.pairs()
+        keysets: dict[Pair, tuple[int, int]] = dict.fromkeys(pairs, _FIRST_PAGE)
+        found: list[tuple[tuple[int, float, float, int], Row[Any]]] = []
+        best_priority: int | None = None
+        for _ in range(self._max_pages):
+            if not keysets:
+                break
+            by_pair: dict[Pair, list[Row[Any]]] = defaultdict(list)
+            for row in self._read_pages(conn, keysets, caps):
+                by_pair[(row.group_name, row.owner_dn)].append(row)
+            further: dict[Pair, tuple[int, int]] = {}
+            for pair in keysets:
+                page = sorted(by_pair.get(pair, ()), key=lambda r: (-r.priority, r.id))
+                fitting = [r for r in page if _fits(r, caps)]
+                for row in fitting:
+                    found.append((match_key(row.priority, pair[0], pair[1], row.id, ranks), row))
+                if fitting:
+                    top = fitting[0].priority
+                    best_priority = top if best_priority is None else max(best_priority, top)
+                elif len(page) == self._page_size:
+                    further[pair] = (page[-1].priority, page[-1].id)
+            keysets = {
+                p: k for p, k in further.items() if best_priority is None or k[0] >= best_priority
+            }
+        if keysets:
+            log.info("match: candidate scan stopped after %d pages per owner", self._max_pages)
+        found.sort(key=lambda kr: kr[0])
+        return [row for _, row in found]
+
+    def _situation(self, conn: Connection, now: dt.datetime) -> _Situation:
+        """Usage per pair, owner and site ban patterns, masked sites: one statement."""
+        usages: dict[Pair, PairUsage] = {}
         owners: list[str] = list(self._static_bans)
         sites: list[str] = []
-        masked = False
-        for kind, name, owner, used, at, reserved in conn.execute(_SITUATION, {"b_site": site}):
+        masked: set[str] = set()
+        for kind, name, owner, used, at, reserved in conn.execute(_SITUATION):
             if kind == "pair":
-                usages.append(PairUsage(name, owner, self._fair.decay(used, at, now), reserved))
+                usages[name, owner] = PairUsage(
+                    name, owner, self._fair.decay(used, at, now), reserved
+                )
             elif kind == "user":
                 owners.append(name)
             elif kind == "site":
                 sites.append(name)
             else:
-                masked = True
-        return usages, tuple(owners), masked or any_dn_matches(sites, site)
+                masked.add(name)
+        return _Situation(usages, tuple(owners), tuple(sites), frozenset(masked), self._fair)
 
-    def _best_candidate(
-        self,
-        conn: Connection,
-        pairs: Iterable[Pair],
-        ranks: Mapping[Pair, tuple[float, float]],
-        caps: PilotCapabilities,
-    ) -> Row[Any] | None:
-        """The queued task with the smallest match key that `caps` can run, locked; or None.
-
-        Each (group, owner) is read in its own priority-then-id order, a
-        page at a time; its first task that fits is its best. A pair is read
-        further only while it could still beat the best found so far.
-        """
-        keysets: dict[Pair, tuple[int, int]] = dict.fromkeys(pairs, _FIRST_PAGE)
-        best: Row[Any] | None = None
-        best_key: tuple[int, float, float, int] | None = None
-        for _ in range(self._max_pages):
-            if not keysets:
-                break
-            by_pair: dict[Pair, list[Row[Any]]] = defaultdict(list)
-            for row in self._lock_candidates(conn, keysets, caps):
-                by_pair[(row.group_name, row.owner_dn)].append(row)
-            further: dict[Pair, tuple[int, int]] = {}
-            for pair in keysets:
-                page = sorted(by_pair.get(pair, ()), key=lambda r: (-r.priority, r.id))
-                head = next((r for r in page if _fits(r, caps)), None)
-                if head is not None:
-                    key = match_key(head.priority, pair[0], pair[1], head.id, ranks)
-                    if best_key is None or key < best_key:
-                        best, best_key = head, key
-                elif len(page) == self._page_size:
-                    further[pair] = (page[-1].priority, page[-1].id)
-            keysets = {p: k for p, k in further.items() if best is None or k[0] >= best.priority}
-        if keysets:
-            log.info("match: candidate scan stopped after %d pages per owner", self._max_pages)
-        return best
-
-    def _lock_candidates(
-        self, conn: Connection, keysets: Mapping[Pair, tuple[int, int]], caps: PilotCapabilities
-    ) -> list[Row[Any]]:
-        """The next page of queued tasks per (group, owner) after its keyset, locked for us.
-
-        PostgreSQL: one statement, a LATERAL subquery per pair with ``FOR
-        UPDATE SKIP LOCKED``, so rows another pilot is looking at are
-        skipped, not waited for. SQLite: one query per pair; ``BEGIN
-        IMMEDIATE`` already made this transaction the only writer.
-        """
-        limits = {
+    def _limits(self, caps: PilotCapabilities) -> dict[str, Any]:
+        return {
             "b_platform": caps.platform,
             "b_cpu": caps.cpu_time_left,
             "b_memory": caps.memory_mb,
             "b_limit": self._page_size,
         }
-        if conn.dialect.name == "postgresql":
-            pairs = list(keysets.items())
-            params = {
-                "b_groups": [g for (g, _), _ in pairs],
-                "b_owners": [o for (_, o), _ in pairs],
-                "b_aps": [ap for _, (ap, _) in pairs],
-                "b_aids": [aid for _, (_, aid) in pairs],
-            }
-            return list(conn.execute(_PAGE_EVERY_PAIR_LOCKED, {**params, **limits}).all())
+
+    def _read_pages(
+        self, conn: Connection, keysets: Mapping[Pair, tuple[int, int]], caps: PilotCapabilities
+    ) -> list[Row[Any]]:
+        """SQLite: the next page of queued tasks per (group, owner) after its keyset."""
+        limits = self._limits(caps)
         rows: list[Row[Any]] = []
         for (g, o), (ap, aid) in keysets.items():
             params = {"b_group": g, "b_owner": o, "b_ap": ap, "b_aid": aid}
             rows.extend(conn.execute(_PAGE_ONE_PAIR, {**params, **limits}).all())
         return rows
 
-    def _claim(self, conn: Connection, params: dict[str, Any]) -> Row[Any]:
-        """Mark the locked candidate matched and add its wall time to its owner's reservation."""
-        if conn.dialect.name == "postgresql":
-            return conn.execute(_CLAIM_AND_RESERVE, params).one()
-        claimed = conn.execute(_CLAIM, params).one()
-        conn.execute(_RESERVE, params)
-        return claimed
+    def _claim(
+        self,
+        conn: Connection,
+        ranked: Sequence[Row[Any]],
+        caps: PilotCapabilities,
+        now: dt.datetime,
+    ) -> _Claimed | None:
+        """SQLite: claim the first of `ranked` still queued (the write lock is ours) and add
+        its wall time to its owner's reservation; None if other pilots took them all."""
+        params = _claim_params(caps, now)
+        for row in ranked:
+            claimed = conn.execute(_CLAIM, {**params, "b_id": row.id}).one_or_none()
+            if claimed is not None:
+                reserve = {"b_group": row.group_name, "b_owner": row.owner_dn}
+                conn.execute(_RESERVE, {**reserve, "b_wall": row.max_wall_s})
+                return _Claimed(claimed, row.state)
+        return None
 
     def _unclaim(self, task: Task, previous: TaskState) -> None:
         """Take back a match whose audit event could not be written (best effort)."""
@@ -870,6 +1445,13 @@ def _fits(row: Row[Any], caps: PilotCapabilities) -> bool:
     return caps.tags.issuperset(_names(row.tags))
 
 
+_NO_NAMES: frozenset[str] = frozenset()
+
+
+def _name_set(text: str | None) -> frozenset[str]:
+    return _NO_NAMES if text is None or text == "[]" else frozenset(json.loads(text))
+
+
 def _names(text: str | None) -> list[str]:
     """A JSON list of names, read as text; the usual empty list costs no parsing."""
     return [] if text is None or text == "[]" else list(json.loads(text))
@@ -923,6 +1505,37 @@ def _ensure_pairs(conn: Connection, pairs: Iterable[Pair], now: dt.datetime) -> 
             .values(rows)
             .on_conflict_do_nothing(index_elements=["group_name", "owner_dn"])
         )
+
+
+def _same_database(audit: AuditSink, engine: Engine) -> bool:
+    """Whether `audit` is the audit log of `engine`'s database, so that its events can join
+    our transactions. (AuditLog has no public accessor for its engine.)"""
+    return isinstance(audit, AuditLog) and getattr(audit, "_engine", None) is engine
+
+
+def _claim_params(caps: PilotCapabilities, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "b_pilot_dn": caps.pilot_dn,
+        "b_pilot_id": caps.pilot_id,
+        "b_site": caps.site,
+        "b_ce": caps.ce or None,
+        "b_now": now,
+    }
+
+
+def _match_event(task: Task, caps: PilotCapabilities) -> AuditEvent:
+    return queue_event(
+        "task.match",
+        RULE_MATCH,
+        caps.pilot_dn,
+        actor_kind="pilot",
+        task=task,
+        detail=(
+            f"task {task.id} to pilot {caps.pilot_id} at site {caps.site}"
+            f"{' ce ' + caps.ce if caps.ce else ''}; priority {task.spec.priority}, "
+            f"attempt {task.attempts}"
+        ),
+    )
 
 
 def _owner_event(operation: str, by: str, dn: str, detail: str) -> AuditEvent:
