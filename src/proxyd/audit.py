@@ -18,8 +18,10 @@ the whole chain.
 Appends of concurrent requests are committed together (group commit): while
 one thread of a process writes, the events that other threads of the same
 process submit meanwhile wait, and the next writer chains all of them in
-one transaction. Every caller still returns only once *its* events are
-committed, and gets AuditWriteError if they are not (I6).
+one transaction; under concurrent load that writer first waits up to
+`GATHER_S` for as many callers as the last batch had. Every caller still
+returns only once *its* events are committed, and gets AuditWriteError if
+they are not (I6).
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ _DECISIONS: frozenset[str] = frozenset({"allow", "deny"})
 _SERIAL = re.compile(r"0|[1-9][0-9]*")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _EXPORT_PAGE = 1000
+# How long a group commit under concurrent load waits for more callers (see _GroupCommit).
+GATHER_S = 0.001
 
 _EVENTS = AuditRow.__table__
 _HEAD = AuditHeadRow.__table__
@@ -230,32 +234,69 @@ class _Slot:
 class _GroupCommit:
     """Leader-based group commit: no thread of its own, and no waiting when there is no load.
 
-    A caller queues its slot and takes the writer lock. If another caller
-    committed the slot in the meantime it returns at once; otherwise it
-    becomes the writer and commits everything queued so far in one
-    transaction. Events that arrive while a transaction commits (the fsync)
-    therefore share the next one. Each slot stays all or nothing. A batch of
-    several slots that failed before its commit (an event the database
-    refuses) is retried slot by slot, so one unwritable event fails only its
-    own request; a failure during the commit itself fails every slot of the
-    batch, since whether it was written cannot be known (no duplicates).
+    A caller queues its slot. If no commit is under way it becomes the
+    leader: it takes everything queued so far and commits it in one
+    transaction; otherwise it sleeps until a leader has committed its slot
+    or the leader's place is free. Events that arrive while a transaction
+    commits (the fsync) therefore share the next one. Under concurrent load
+    the leader first waits up to `gather_s` for more callers, so that one
+    head lock and one fsync serve many. Each slot stays all or nothing. A
+    batch of several slots that failed before its commit (an event the
+    database refuses) is retried slot by slot, so one unwritable event fails
+    only its own request; a failure during the commit itself fails every
+    slot of the batch, since whether it was written cannot be known (no
+    duplicates).
     """
 
-    def __init__(self, write: Callable[[list[AuditEvent]], list[StoredEvent]]) -> None:
+    def __init__(
+        self,
+        write: Callable[[list[AuditEvent]], list[StoredEvent]],
+        *,
+        gather_s: float = 0.0,
+        max_batch: int = 256,
+    ) -> None:
+        # A gathering leader stops waiting once as many callers as last time have queued
+        # (at most max_batch); a batch takes the whole queue.
         self._write = write
         self._queue: list[_Slot] = []
-        self._queue_lock = threading.Lock()
-        self._writer = threading.Lock()
+        lock = threading.Lock()
+        self._changed = threading.Condition(lock)  # followers: a batch was committed
+        self._gathering = threading.Condition(lock)  # the leader: another caller queued
+        self._leading = False
+        self._gather_s = gather_s
+        self._max_batch = max_batch
+        self._last = 1  # callers the last batch served: how many to expect under this load
 
     def submit(self, events: list[AuditEvent]) -> list[StoredEvent]:
         slot = _Slot(events)
-        with self._queue_lock:
+        with self._changed:
             self._queue.append(slot)
-        with self._writer:
-            if not slot.done:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                self._commit(batch)
+            if self._leading and len(self._queue) >= self._expected():
+                self._gathering.notify()  # a gathering leader need not wait longer
+            while not slot.done and self._leading:
+                self._changed.wait()
+            if slot.done:
+                return self._outcome(slot)
+            self._leading = True
+            if self._last > 1 and self._gather_s > 0:
+                self._gathering.wait_for(
+                    lambda: len(self._queue) >= self._expected(), self._gather_s
+                )
+            batch, self._queue = self._queue, []  # all of it: the leader's own slot is in it
+        try:
+            self._commit(batch)
+        finally:
+            with self._changed:
+                self._leading = False
+                self._last = len(batch)
+                self._changed.notify_all()
+        return self._outcome(slot)
+
+    def _expected(self) -> int:
+        return min(self._last, self._max_batch)
+
+    @staticmethod
+    def _outcome(slot: _Slot) -> list[StoredEvent]:
         if slot.error is not None:
             raise _write_error(slot.error)
         return slot.stored
@@ -317,10 +358,10 @@ class AuditLog:
     docstring).
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, gather_s: float = GATHER_S) -> None:
         require_proxyd_engine(engine)  # fail at startup, not at the first audited request
         self._engine = engine
-        self._group = _GroupCommit(self._write)
+        self._group = _GroupCommit(self._write, gather_s=gather_s)
 
     def append(self, event: AuditEvent, *, conn: Connection | None = None) -> StoredEvent:
         """Append one event; raises AuditWriteError if it is not durably in the chain.
