@@ -19,6 +19,7 @@ from typing import Any, cast
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 from sqlalchemy import Connection, Engine, Table, delete, func, select, text, update
 
 from proxyd.audit import (
@@ -30,6 +31,7 @@ from proxyd.audit import (
     chain_hash,
 )
 from proxyd.store import AuditRow, make_engine, migrate
+from proxyd.store.db import write_transaction
 from tests import store_fixtures
 
 engine = store_fixtures.engine  # the fixture: every test taking `engine` runs per backend
@@ -226,13 +228,24 @@ def test_export_jsonl(engine: Engine) -> None:
     assert [json.loads(x)["seq"] for x in denied.getvalue().splitlines()] == [10, 20, 30, 40, 50]
 
 
+def _failed_writes() -> float:
+    return REGISTRY.get_sample_value("proxyd_audit_write_failures_total") or 0.0
+
+
 def test_append_failure_raises_audit_write_error(engine: Engine) -> None:
     log = AuditLog(engine)
     log.append(make_event(1))
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM audit_head"))
+    before = _failed_writes()
     with pytest.raises(AuditWriteError, match="audit_head row is missing"):
         log.append(make_event(2))
+    with (
+        pytest.raises(AuditWriteError, match="audit_head row is missing"),
+        write_transaction(engine) as conn,
+    ):
+        log.append(make_event(2), conn=conn)
+    assert _failed_writes() == before + 2  # operators are alerted on this counter
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE audit_events"))
         conn.execute(text("INSERT INTO audit_head VALUES (1, 1, :h)"), {"h": "0" * 64})

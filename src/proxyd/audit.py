@@ -49,6 +49,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from proxyd.metrics import AUDIT_WRITE_FAILURES
 from proxyd.store.db import require_proxyd_engine, snapshot_transaction, write_transaction
 from proxyd.store.models import AuditHeadRow, AuditRow
 
@@ -333,7 +334,11 @@ class _GroupCommit:
 
 
 def _write_error(exc: BaseException) -> AuditWriteError:
-    """A fresh AuditWriteError for one caller (an exception object is not shared between threads)."""
+    """A fresh AuditWriteError for one caller (an exception object is not shared between threads).
+
+    Counted once per failed caller: each is a request refused for want of its audit event.
+    """
+    AUDIT_WRITE_FAILURES.inc()
     if isinstance(exc, _NotCommitted):
         exc = exc.cause
     if isinstance(exc, AuditWriteError):
@@ -363,6 +368,11 @@ class AuditLog:
         self._engine = engine
         self._group = _GroupCommit(self._write, gather_s=gather_s)
 
+    @property
+    def engine(self) -> Engine:
+        """The database of this chain: a `write_transaction` on it can take events (`conn=`)."""
+        return self._engine
+
     def append(self, event: AuditEvent, *, conn: Connection | None = None) -> StoredEvent:
         """Append one event; raises AuditWriteError if it is not durably in the chain.
 
@@ -390,9 +400,7 @@ class AuditLog:
             return self._group.submit(events)
         try:
             return _append_in(conn, events)
-        except AuditWriteError:
-            raise
-        except Exception as exc:  # the driver's or SQLAlchemy's error: the caller rolls back
+        except Exception as exc:  # ours or the driver's: the caller rolls back
             raise _write_error(exc) from exc
 
     def _write(self, events: list[AuditEvent]) -> list[StoredEvent]:

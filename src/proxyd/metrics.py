@@ -41,3 +41,7 @@ CONNECTIONS_REFUSED = Counter(
     "and reason (the limit's configuration key: max_connections or max_connections_per_peer)",
     ["interface", "reason"],
 )
+AUDIT_WRITE_FAILURES = Counter(
+    "proxyd_audit_write_failures_total",
+    "Audit appends that failed; the request each one records failed with it (I6)",
+)

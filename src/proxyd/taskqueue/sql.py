@@ -1509,8 +1509,8 @@ def _ensure_pairs(conn: Connection, pairs: Iterable[Pair], now: dt.datetime) -> 
 
 def _same_database(audit: AuditSink, engine: Engine) -> bool:
     """Whether `audit` is the audit log of `engine`'s database, so that its events can join
-    our transactions. (AuditLog has no public accessor for its engine.)"""
-    return isinstance(audit, AuditLog) and getattr(audit, "_engine", None) is engine
+    our transactions."""
+    return isinstance(audit, AuditLog) and audit.engine is engine
 
 
 def _claim_params(caps: PilotCapabilities, now: dt.datetime) -> dict[str, Any]:
