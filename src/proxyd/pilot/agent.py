@@ -37,6 +37,13 @@ TASK_GONE_RULES = frozenset({"payload.assignment_ended", "task.not_assigned"})
 LOG_TAIL_BYTES = 16 * 1024
 
 
+def _task_gone(exc: BaseException) -> str | None:
+    """The rule of a refusal saying the task ended elsewhere, or None for any other error."""
+    # Errors of Api.request carry the policy rule that refused (cli.common.ApiError).
+    rule = getattr(exc, "rule", None)
+    return rule if rule in TASK_GONE_RULES else None
+
+
 class Api(Protocol):
     def request(self, method: str, path: str, body: Any = None, *, query: Any = None) -> Any: ...
 
@@ -195,8 +202,8 @@ class PilotAgent:
         try:
             self.api.request("POST", f"/v1/tasks/{task_id}/{verb}", body)
         except Exception as exc:
-            rule = getattr(exc, "rule", None)
-            if rule not in TASK_GONE_RULES:
+            rule = _task_gone(exc)
+            if rule is None:
                 raise
             log.info("task %s: not reported (%s): the server ended it first", task_id, rule)
 
@@ -204,9 +211,8 @@ class PilotAgent:
         try:
             self.api.request("POST", f"/v1/tasks/{task_id}/heartbeat", {})
         except Exception as exc:
-            # Errors of Api.request carry the policy rule that refused (cli.common.ApiError).
-            rule = getattr(exc, "rule", None)
-            if rule in TASK_GONE_RULES:
+            rule = _task_gone(exc)
+            if rule is not None:
                 raise StopPayload(f"stopped: the task is no longer this pilot's ({rule})") from exc
             raise
         # The server gives a proxy for the task's wall time when it may; only a
