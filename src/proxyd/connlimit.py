@@ -34,6 +34,7 @@ from typing import Any
 from aiohttp import web
 
 from .metrics import CONNECTIONS_OPEN, CONNECTIONS_REFUSED
+from .peers import peer_group
 
 log = logging.getLogger("proxyd.connections")
 
@@ -44,9 +45,9 @@ TOTAL = "max_connections"
 
 
 def peer_key(address: Any) -> str:
-    """The address a per-peer limit counts by: the IP, IPv4-mapped IPv6 as IPv4."""
+    """What a per-peer limit counts by: the IPv4 address, or the IPv6 /64 (`peer_group`)."""
     host = address[0] if isinstance(address, tuple) and address else str(address)
-    return host.removeprefix("::ffff:") if "." in host else host
+    return peer_group(host)
 
 
 class ConnectionGate:

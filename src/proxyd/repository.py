@@ -59,6 +59,7 @@ from .issuer import (
 )
 from .keyfiles import check_key_files
 from .metrics import DECISIONS, ISSUED, LOCKOUTS
+from .peers import peer_group
 from .policy import AuthMethod, Bans, CredentialFacts, Decision, Operation
 from .principal import PeerCache, Principal, PrincipalKind, is_pilot_identity
 from .principal import classify as classify_principal
@@ -533,7 +534,7 @@ class Repository:
 
     @staticmethod
     def _lock_keys(principal: Principal, username: str, name: str) -> tuple[tuple[str, ...], ...]:
-        return (("credential", username, name), ("peer", principal.address or ""))
+        return (("credential", username, name), ("peer", peer_group(principal.address or "")))
 
     def _refuse_if_locked(
         self,

@@ -343,9 +343,7 @@ def test_all_shows_a_voms_proxy_info_section_per_ac(
 
     summary = ours(cli_env, proxy)
     assert without_timeleft(mine[:start]) == without_timeleft(summary)  # the summary comes first
-    assert [line.split(":")[0] for line in mine[:start]] == [
-        line.split(":")[0] for line in summary
-    ]
+    assert [line.split(":")[0] for line in mine[:start]] == [line.split(":")[0] for line in summary]
     section = mine[start:]
     their_section = theirs[theirs.index("=== VO dteam extension information ===") :]
 

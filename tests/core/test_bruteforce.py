@@ -91,6 +91,31 @@ def test_guessing_usernames_is_slowed_per_peer(repo: Repository) -> None:
     assert err.value.rule == "auth.locked_out"
 
 
+def test_guessing_from_fresh_ipv6_addresses_of_one_64_is_slowed_as_one_peer(
+    repo: Repository,
+) -> None:
+    """A host owns its whole /64: a new address per guess must not reset the count."""
+    for i in range(4):
+        guesser = principal(repo, None, address=f"2001:db8:7:7::{i + 1:x}")
+        with pytest.raises(NotFound):
+            repo.retrieve(guesser, f"user{i}", csr_for(spare_key(3)), passphrase="whatever1")
+    with pytest.raises(Denied) as err:
+        repo.retrieve(
+            principal(repo, None, address="2001:db8:7:7:ffff::9"),
+            "user9",
+            csr_for(spare_key(3)),
+            passphrase="whatever1",
+        )
+    assert err.value.rule == "auth.locked_out"
+    with pytest.raises(NotFound):  # another /64 is another peer
+        repo.retrieve(
+            principal(repo, None, address="2001:db8:7:8::1"),
+            "user9",
+            csr_for(spare_key(3)),
+            passphrase="whatever1",
+        )
+
+
 def test_timing_does_not_reveal_whether_the_credential_exists(
     repo: Repository, dev_pki: DevPKI
 ) -> None:
