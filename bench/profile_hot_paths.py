@@ -461,20 +461,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                 say("perf is not usable here: skipping the CPU-by-component view")
             if not spy_ok:
                 say("py-spy is not installed in the venv: skipping the sampled Python view")
+
+            def load_while(
+                profiler: subprocess.Popen[bytes], make: Callable[[], Operation], label: str
+            ) -> tuple[LoadResult, bytes]:
+                """The workload under `profiler`: its result, and the profiler's stderr."""
+                result = run_load(
+                    make(),
+                    label=label,
+                    concurrency=c,
+                    duration=duration,
+                    warmup=1.0,
+                    servers=[server.pid],
+                )
+                _, err = profiler.communicate(timeout=120)
+                return result, err
+
             for i, (title, make) in enumerate(workloads):
                 label = title.split(",")[0][:24]
                 if perf_ok:
                     out = root / f"perf{i}.data"
                     proc = perf_record([server.pid], duration + 1.5, out)
-                    result = run_load(
-                        make(),
-                        label=label,
-                        concurrency=c,
-                        duration=duration,
-                        warmup=1.0,
-                        servers=[server.pid],
-                    )
-                    _, err = proc.communicate(timeout=120)
+                    result, err = load_while(proc, make, label)
                     say("  " + result.line())
                     if proc.returncode != 0 or not out.exists():
                         say(f"  perf failed: {err.decode(errors='replace')[-300:]}")
@@ -483,15 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if spy_ok:
                     out = root / f"spy{i}.txt"
                     proc = spy(server.pid, duration + 2, out)
-                    result = run_load(
-                        make(),
-                        label=label,
-                        concurrency=c,
-                        duration=duration,
-                        warmup=1.0,
-                        servers=[server.pid],
-                    )
-                    _, err = proc.communicate(timeout=120)
+                    result, err = load_while(proc, make, label)
                     if proc.returncode != 0 or not out.exists():
                         say(f"py-spy failed: {err.decode(errors='replace')[-300:]}")
                         continue
