@@ -6,15 +6,43 @@ STAMP  := $(VENV)/.installed
 PKI    ?= certs-dev
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck setup pki bench clean
+.PHONY: run test lint typecheck setup pki bench clean lock test-latest
+
+LOCK := requirements.lock
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Installs exactly what requirements.lock names, each file checked against its hash:
+# a new upstream release reaches us only through `make lock` and a commit.
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+# Refresh the lock from pyproject.toml with uv (keeps the pinned versions that still
+# fit; `make lock UPGRADE=--upgrade` moves everything to the newest allowed release).
+UPGRADE ?=
+lock:
+	@test -x $(BIN)/uv || { test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); $(BIN)/python -m pip install --quiet uv; }
+	$(BIN)/uv pip compile pyproject.toml --extra test --group pyproject.toml:tools \
+		--universal --python-version 3.11 --generate-hashes --quiet \
+		--custom-compile-command "make lock" $(UPGRADE) -o $(LOCK)
+
+# The newest releases pyproject.toml allows, ignoring the lock, in a venv of their own:
+# how we learn of an upstream change before a user does.
+LATEST_VENV ?= .venv-latest
+test-latest:
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade -e '.[test]'
+	$(LATEST_VENV)/bin/python -m pip list --format=freeze
+	@set -e; for tool in proxyd proxy-init proxy-info proxy-destroy proxyd-audit proxyd-pilot; do \
+		err=$$($(LATEST_VENV)/bin/$$tool --help 2>&1 >/dev/null); \
+		if [ -n "$$err" ]; then echo "$$tool --help wrote to stderr:"; echo "$$err"; exit 1; fi; \
+	done
+	$(LATEST_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 pki: setup
 	$(BIN)/proxyd dev-pki --out $(PKI)
@@ -28,13 +56,13 @@ test: setup
 lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
-	$(BIN)/mypy --strict src/voms_ext
+	$(BIN)/mypy --strict src
 
 typecheck: setup
-	$(BIN)/mypy --strict src/voms_ext
+	$(BIN)/mypy --strict src
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/.build
+	rm -rf $(VENV) $(LATEST_VENV) .pytest_cache .mypy_cache .ruff_cache tests/.build
 
 # Benchmarks (bench/): each prints ratios measured within one run; see docs/performance.md.
 # bench.myproxy_vs_real starts the Debian /usr/sbin/myproxy-server, so it runs as root.

@@ -24,7 +24,6 @@ import io
 import json
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -43,6 +42,7 @@ from proxyd.cli import pilot as pilot_cli
 from proxyd.cli import proxy_destroy, proxy_info, proxy_init
 from proxyd.config import parse_config
 from proxyd.policy import Operation
+from tests.support.tools import REQUIRE_INTEROP, require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRIB = ROOT / "contrib"
@@ -241,10 +241,12 @@ def test_pilot_template_unit() -> None:
 
 
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
-    """systemd's own parser: no unknown key, no value it cannot parse (skipped without it)."""
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        pytest.skip("systemd-analyze is not installed")
+    """systemd's own parser: no unknown key, no value it cannot parse.
+
+    Skipped on a machine without systemd-analyze; under PROXYD_REQUIRE_INTEROP=1
+    (CI, which installs the systemd package) a missing or failing tool fails.
+    """
+    tool = require_tool("systemd-analyze")
     binary = Path(sys.executable).with_name("proxyd")
     names = []
     for path in sorted(SYSTEMD.iterdir()):
@@ -261,7 +263,10 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     )
     ours = [line for line in proc.stderr.splitlines() if str(tmp_path) in line]
     if proc.returncode != 0 and not ours:
-        pytest.skip(f"systemd-analyze cannot run here: {proc.stderr.strip()[:200]}")
+        message = f"systemd-analyze cannot run here: {proc.stderr.strip()[:400]}"
+        if REQUIRE_INTEROP:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
     assert ours == []
 
 
@@ -274,9 +279,7 @@ def test_logrotate_snippet(tmp_path: Path) -> None:
     service = (SYSTEMD / "proxyd.service").read_text()
     log_file = re.search(r"StandardError=append:(\S+)", service)
     assert log_file is not None and fnmatch.fnmatch(log_file.group(1), pattern)
-    tool = shutil.which("logrotate")
-    if tool is None:
-        return
+    tool = require_tool("logrotate")
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "proxyd.log").write_text("{}\n")

@@ -42,6 +42,7 @@ from sqlalchemy import (
     Dialect,
     Engine,
     Row,
+    Table,
     bindparam,
     insert,
     select,
@@ -75,8 +76,8 @@ _EXPORT_PAGE = 1000
 # How long a group commit under concurrent load waits for more callers (see _GroupCommit).
 GATHER_S = 0.001
 
-_EVENTS = AuditRow.__table__
-_HEAD = AuditHeadRow.__table__
+_EVENTS = cast(Table, AuditRow.__table__)
+_HEAD = cast(Table, AuditHeadRow.__table__)
 _T = _EVENTS.c
 _H = _HEAD.c
 

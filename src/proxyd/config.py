@@ -7,6 +7,7 @@ Relative paths are resolved against the directory of the config file.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import re
 import tomllib
@@ -164,7 +165,13 @@ class _Section:
             raise ConfigError(f"{self.where(key)} must be a non-empty string, got {value!r}")
         return value
 
-    def path(self, key: str, default: str | None = None, *, required: bool = False) -> Path | None:
+    def path(
+        self,
+        key: builtins.str,
+        default: builtins.str | None = None,
+        *,
+        required: builtins.bool = False,
+    ) -> Path | None:
         value = self.str(key, default, required=required)
         if value is None:
             return None
@@ -176,7 +183,9 @@ class _Section:
         except (RuntimeError, OSError, ValueError) as exc:  # e.g. ~nosuchuser/...
             raise ConfigError(f"{self.where(key)}: cannot use the path {value!r}: {exc}") from None
 
-    def int(self, key: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+    def int(
+        self, key: builtins.str, default: int, *, minimum: int = 0, maximum: int | None = None
+    ) -> int:
         value = self._get(key, False)
         if value is None:
             return default
@@ -190,7 +199,7 @@ class _Section:
             raise ConfigError(f"{self.where(key)} must be an integer {bounds}, got {value!r}")
         return value
 
-    def bool(self, key: str, default: bool) -> bool:
+    def bool(self, key: builtins.str, default: bool) -> bool:
         value = self._get(key, False)
         if value is None:
             return default
@@ -198,7 +207,7 @@ class _Section:
             raise ConfigError(f"{self.where(key)} must be true or false, got {value!r}")
         return value
 
-    def duration(self, key: str, default: dt.timedelta) -> dt.timedelta:
+    def duration(self, key: builtins.str, default: dt.timedelta) -> dt.timedelta:
         value = self._get(key, False)
         if value is None:
             return default
@@ -219,7 +228,9 @@ class _Section:
             raise ConfigError(f"{self.where(key)} is longer than 100 years: {value!r}")
         return dt.timedelta(seconds=seconds)
 
-    def strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    def strings(
+        self, key: builtins.str, default: tuple[builtins.str, ...] = ()
+    ) -> tuple[builtins.str, ...]:
         value = self._get(key, False)
         if value is None:
             return default
@@ -229,7 +240,7 @@ class _Section:
             )
         return tuple(value)
 
-    def listen(self, key: str, default: Listen | None) -> Listen | None:
+    def listen(self, key: builtins.str, default: Listen | None) -> Listen | None:
         value = self._get(key, False)
         if value is None:
             return default
@@ -243,7 +254,7 @@ class _Section:
             )
         return Listen(match.group("host").strip("[]"), int(match.group("port")))
 
-    def table(self, key: str) -> Mapping[str, Any]:
+    def table(self, key: builtins.str) -> Mapping[builtins.str, Any]:
         value = self._get(key, False)
         if value is None:
             return {}

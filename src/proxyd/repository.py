@@ -19,13 +19,17 @@ import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificateIssuerPublicKeyTypes,
+    PrivateKeyTypes,
+)
 from cryptography.x509.oid import NameOID
 from sqlalchemy import Dialect, Select, bindparam, delete, func, select
 from sqlalchemy.engine import Connection, Engine
@@ -42,6 +46,7 @@ from voms_ext import (
 )
 from voms_ext.cache import BoundedCache
 from voms_ext.files import private_key_to_pem
+from voms_ext.keys import retired_key_problem
 
 from . import policy
 from .audit import AuditEvent, AuditLog, StoredEvent, VerifyReport
@@ -253,9 +258,9 @@ class _DriverQuery:
 
     def run(self, cursor: Any, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         values = dict(params or {})
-        for name, convert in self._bind.items():
+        for name, to_db in self._bind.items():
             if name in values:
-                values[name] = convert(values[name])
+                values[name] = to_db(values[name])
         cursor.execute(self.sql, [values[n] for n in self._order] if self._positional else values)
         convert = self._convert
         return [
@@ -332,6 +337,9 @@ def _info(row: CredentialRow | StoredCredential) -> CredentialInfo:
 
 def check_public_key(csr: x509.CertificateSigningRequest) -> None:
     """A CSR whose signature verifies and whose key is strong enough to carry a credential."""
+    retired = retired_key_problem(csr)
+    if retired is not None:
+        raise BadRequest(f"certificate request: {retired}")
     try:
         if not csr.is_signature_valid:
             raise BadRequest("certificate request: its signature does not verify")
@@ -1136,8 +1144,10 @@ class Repository:
             ]
             issued = issue_proxy(
                 r.chain,
-                r.key,
-                csr.public_key(),  # type: ignore[arg-type]
+                # Stored keys are RSA or EC (checked when stored), as are CSR keys
+                # (check_public_key).
+                cast(CertificateIssuerPrivateKeyTypes, r.key),
+                cast(CertificateIssuerPublicKeyTypes, csr.public_key()),
                 limited=decision.limited,
                 lifetime=decision.lifetime,
                 acs=acs,
@@ -1278,7 +1288,7 @@ class Repository:
             result = session.execute(
                 delete(BanRow).where(BanRow.kind == kind, BanRow.pattern == pattern)
             )
-        return bool(result.rowcount)
+        return bool(getattr(result, "rowcount", 0))
 
     def list_bans(self, principal: Principal) -> list[BanRow]:
         self._decide(

@@ -29,6 +29,7 @@ from . import asn1
 from .der import children, encode_tlv, read_tlv
 from .errors import AttributeCertificateError, DecodeError, FqanError, VomsExtError
 from .fqan import parse_fqan
+from .keys import retired_key_problem
 from .names import dn_to_slash
 from .trust import TrustStore
 
@@ -570,6 +571,8 @@ def _slash(name: x509.Name) -> str:
 
 
 def _signature_ok(ac: AttributeCertificate, cert: x509.Certificate) -> bool:
+    if retired_key_problem(cert) is not None:
+        return False
     key = cert.public_key()
     digest = _SIG_HASHES.get(ac.signature_algorithm)
     if digest is None or not isinstance(key, rsa.RSAPublicKey):

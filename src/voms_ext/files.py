@@ -22,9 +22,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from .errors import CredentialFileError
+from .keys import retired_key_pem_problem, retired_key_problem
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL)
-_KEY_LABELS = {b"RSA PRIVATE KEY", b"PRIVATE KEY", b"EC PRIVATE KEY", b"ENCRYPTED PRIVATE KEY"}
+# DSA is listed so that its key is refused with a reason (voms_ext.keys), not skipped.
+_KEY_LABELS = {
+    b"RSA PRIVATE KEY",
+    b"PRIVATE KEY",
+    b"EC PRIVATE KEY",
+    b"ENCRYPTED PRIVATE KEY",
+    b"DSA PRIVATE KEY",
+}
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,7 @@ def parse_credential_pem(
 ) -> Credential:
     """Parse PEM text holding certificates and at most one private key."""
     certs: list[x509.Certificate] = []
-    key: PrivateKeyTypes | None = None
+    key_block: tuple[int, bytes, bytes] | None = None
     for number, match in enumerate(_PEM_BLOCK.finditer(data), start=1):
         label = match.group(1)
         block = match.group(0)
@@ -78,27 +86,41 @@ def parse_credential_pem(
                     f"{source}: PEM block {number} (CERTIFICATE) is not a valid certificate: {exc}"
                 ) from None
         elif label in _KEY_LABELS:
-            if key is not None:
+            if key_block is not None:
                 raise CredentialFileError(f"{source}: holds more than one private key")
-            try:
-                key = serialization.load_pem_private_key(block, password=password)
-            except TypeError:
-                raise CredentialFileError(
-                    f"{source}: the private key is encrypted; a passphrase is needed"
-                    if password is None
-                    else f"{source}: the private key is not encrypted, but a passphrase was given"
-                ) from None
-            except UnsupportedAlgorithm as exc:
-                raise CredentialFileError(
-                    f"{source}: PEM block {number} ({label.decode()}) uses an unsupported key algorithm: {exc}"
-                ) from None
-            except ValueError as exc:
-                raise CredentialFileError(
-                    f"{source}: PEM block {number} ({label.decode()}) is not a usable key: {exc}"
-                ) from None
+            key_block = (number, label, block)
     if not certs:
         raise CredentialFileError(f"{source}: no PEM CERTIFICATE block found")
+    for position, cert in enumerate(certs, start=1):
+        problem = retired_key_problem(cert)
+        if problem is not None:
+            raise CredentialFileError(f"{source}: certificate {position}: {problem}")
+    key = None if key_block is None else _load_key(*key_block, password=password, source=source)
     return Credential(tuple(certs), key)
+
+
+def _load_key(
+    number: int, label: bytes, block: bytes, *, password: bytes | None, source: str
+) -> PrivateKeyTypes:
+    problem = retired_key_pem_problem(block)
+    if problem is not None:
+        raise CredentialFileError(f"{source}: PEM block {number}: {problem}")
+    try:
+        return serialization.load_pem_private_key(block, password=password)
+    except TypeError:
+        raise CredentialFileError(
+            f"{source}: the private key is encrypted; a passphrase is needed"
+            if password is None
+            else f"{source}: the private key is not encrypted, but a passphrase was given"
+        ) from None
+    except UnsupportedAlgorithm as exc:
+        raise CredentialFileError(
+            f"{source}: PEM block {number} ({label.decode()}) uses an unsupported key algorithm: {exc}"
+        ) from None
+    except ValueError as exc:
+        raise CredentialFileError(
+            f"{source}: PEM block {number} ({label.decode()}) is not a usable key: {exc}"
+        ) from None
 
 
 def load_credential_file(

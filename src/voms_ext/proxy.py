@@ -30,6 +30,7 @@ from .cache import BoundedCache
 from .der import encode_tlv
 from .errors import ProxyError
 from .extensions import extension_problem
+from .keys import retired_key_problem
 from .names import dn_to_slash
 
 BACKDATE = dt.timedelta(minutes=5)  # what the C tools do, for clock skew
@@ -322,6 +323,9 @@ class ProxyBuilder:
         """
         if not isinstance(csr, x509.CertificateSigningRequest):
             raise TypeError("from_csr needs an x509.CertificateSigningRequest")
+        retired = retired_key_problem(csr)
+        if retired is not None:
+            raise ProxyError(f"certificate request: {retired}")
         if not csr.is_signature_valid:
             raise ProxyError("certificate request: its self-signature does not verify")
         return self.public_key(csr.public_key())

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes
 
 from .errors import ChainError, TrustStoreError
 from .extensions import extension_problem
+from .keys import retired_key_problem
 from .names import dn_to_slash
 
 _ANCHOR_FILE = re.compile(r"^[0-9a-f]{8}\.\d+$")
@@ -248,6 +249,10 @@ class TrustStore:
         problem: str | None = None
         for cand in candidates:
             if cand.subject != cert.issuer:
+                continue
+            retired = retired_key_problem(cand)
+            if retired is not None:
+                problem = f"CA {_slash(cand.subject)}: {retired}"
                 continue
             try:
                 cert.verify_directly_issued_by(cand)

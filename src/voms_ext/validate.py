@@ -26,6 +26,7 @@ from .ac import (
 )
 from .errors import AttributeCertificateError, ChainError, ProxyError, VomsExtError
 from .extensions import extension_problem
+from .keys import retired_key_problem
 from .names import dn_to_slash
 from .proxy import CertificateKind, ProxyType, classify
 from .trust import TrustStore
@@ -225,7 +226,7 @@ def _validate(
             raise ChainError(
                 f"certificate {position} of the chain has an unreadable name: {exc}"
             ) from None
-        problem = extension_problem(cert)
+        problem = extension_problem(cert) or retired_key_problem(cert)
         if problem is not None:
             raise ChainError(f"certificate {position} of the chain ({_slash(cert)}): {problem}")
     kinds: list[CertificateKind] = []

@@ -98,8 +98,10 @@ class ServeProcess:
         debug: bool = False,
         policy: str = "passphrase_attempts = 1000000\n",
         sections: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.pki = pki
+        self.env = env
         self.state_dir = state_dir
         self.myproxy_port, self.api_port = free_port(), free_port()
         self.config = serve_config(
@@ -131,7 +133,13 @@ class ServeProcess:
         if self.debug:
             args.append("--debug")
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+        self.proc = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env={**os.environ, **self.env} if self.env else None,
+        )
         log.close()
         self.starts += 1
         deadline = time.monotonic() + timeout

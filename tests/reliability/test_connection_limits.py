@@ -7,6 +7,11 @@ well-behaved clients (the real MyProxyClient and the HTTPS ApiClient) come
 from 127.0.0.1. Idle connections are raw TCP that never start TLS: they
 hold a slot until the handshake timeout (15 s MyProxy, 60 s HTTPS), longer
 than any test here holds them.
+
+Nothing here sleeps and then counts: the tests read the server's own
+connection gauges from its Prometheus files (PROMETHEUS_MULTIPROC_DIR, so
+reading them takes no connection slot) and wait until they show what the
+step expects.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxyd.connlimit import ConnectionGate
 from proxyd.devpki import DevPKI
@@ -28,19 +35,27 @@ from proxyd.myproxy.client import MyProxyClientError
 from tests.reliability.support import ClientFiles, ServeProcess, client_files, report
 from tests.support.grid import spare_key
 from tests.support.server import running_server
+from tests.support.waiting import eventually
 
 PASS = "limits passphrase"
 TOTAL, PER_PEER = 5, 3
 LIMITS = f"max_connections = {TOTAL}\nmax_connections_per_peer = {PER_PEER}\n"
 EDGES = ("myproxy", "https")
 REFUSED_WITHIN = 2.0  # seconds: a refused connection sees EOF or a reset at once, not later
-SETTLE = 0.5  # seconds for the server to take in a close or a new connection
 
 
 @pytest.fixture(scope="module")
 def server(dev_pki: DevPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     base = tmp_path_factory.mktemp("limits")
-    srv = ServeProcess(dev_pki, base / "state", sections={"myproxy": LIMITS, "api": LIMITS}).start()
+    metrics_dir = base / "metrics"
+    metrics_dir.mkdir()
+    srv = ServeProcess(
+        dev_pki,
+        base / "state",
+        sections={"myproxy": LIMITS, "api": LIMITS},
+        env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+    ).start()
+    srv.metrics_dir = metrics_dir  # type: ignore[attr-defined]
     try:
         alice = client_files(dev_pki, base / "creds", "alice")
         srv.myproxy(alice.credential).put("limits", PASS, alice.issuer)  # type: ignore[arg-type]
@@ -85,31 +100,33 @@ def _assert_refused_at_once(port: int, source: str) -> None:
         sock.close()
 
 
-def _assert_held(socks: list[socket.socket]) -> None:
-    """The server accepted these and is waiting for their TLS handshake."""
-    time.sleep(SETTLE)
+def _assert_held(server: ServeProcess, edge: str, socks: list[socket.socket], open_: int) -> None:
+    """The server counts `open_` connections on `edge` and is waiting for these to start TLS."""
+    _wait_open(server, edge, open_)
     for sock in socks:
         assert not _closed_within(sock, 0.05), "an idle connection under the limit was closed"
 
 
-def _valid_clients_work(server: ServeProcess, edge: str, pause: float = 0.0) -> None:
+def _valid_clients_work(server: ServeProcess, edge: str, held: int = 0) -> None:
     """MyProxy GET and INFO, or HTTPS /healthz and an authenticated request, from 127.0.0.1.
 
-    `pause` between the two: with a single free slot, the second connection
-    must wait until the server has seen the first one close.
+    Between the two, and after, wait until the server has seen the connection
+    close (only the `held` idle ones stay open): with a single free slot the
+    second connection needs the first one's.
     """
     alice: ClientFiles = server.alice  # type: ignore[attr-defined]
     if edge == "myproxy":
         chain = server.myproxy(timeout=10).get("limits", PASS, key=spare_key(4), lifetime=3600)
         assert len(chain) >= 2
-        time.sleep(pause)
+        _wait_open(server, edge, held)
         info = server.myproxy(alice.credential, timeout=10).info("limits")
         assert info.fields
     else:
         assert server.api().request("GET", "/healthz").status == 200
-        time.sleep(pause)
+        _wait_open(server, edge, held)
         reply = server.api(alice.path).request("GET", "/v1/credentials?username=limits")
         assert reply.status == 200, reply.body[:300]
+    _wait_open(server, edge, held)
 
 
 def _valid_client_is_refused(server: ServeProcess, edge: str) -> None:
@@ -123,11 +140,11 @@ _SAMPLE = re.compile(r"^(proxyd_connections_\w+)\{([^}]*)\} (\S+)$", re.MULTILIN
 
 
 def _metrics(server: ServeProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    reply = server.api().request("GET", "/metrics")
-    assert reply.status == 200
-    time.sleep(SETTLE)  # until the server has seen this connection close: it held a slot
+    """The server's connection metrics, read from its files: no connection, no slot taken."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(server.metrics_dir))  # type: ignore[attr-defined,no-untyped-call]
     out = {}
-    for name, labels, value in _SAMPLE.findall(reply.body.decode()):
+    for name, labels, value in _SAMPLE.findall(generate_latest(registry).decode()):
         pairs = frozenset(tuple(kv.split("=", 1)) for kv in labels.split(","))
         out[name, frozenset((k, v.strip('"')) for k, v in pairs)] = float(value)
     return out
@@ -139,29 +156,38 @@ def _refused(metrics: dict, edge: str, reason: str) -> float:
 
 
 def _open(metrics: dict, edge: str) -> float:
-    return metrics[("proxyd_connections_open", frozenset({("interface", edge)}))]
+    return metrics.get(("proxyd_connections_open", frozenset({("interface", edge)})), 0.0)
+
+
+def _wait_open(server: ServeProcess, edge: str, count: int) -> dict:
+    """Until the server counts exactly `count` open connections on `edge`."""
+    return eventually(
+        lambda: _metrics(server),
+        lambda m: _open(m, edge) == count,
+        f"{count} open {edge} connection(s)",
+    )
 
 
 def _wait_until_idle(server: ServeProcess) -> None:
-    """Until our closed connections are gone on the server (only /metrics' own is open)."""
-    deadline = time.monotonic() + 10
-    while True:
-        m = _metrics(server)
-        if _open(m, "myproxy") == 0 and _open(m, "https") <= 1:
-            return
-        assert time.monotonic() < deadline, m
-        time.sleep(0.1)
+    """Until our closed connections are gone on the server."""
+    for edge in EDGES:
+        _wait_open(server, edge, 0)
 
 
 @contextlib.contextmanager
-def _held(port: int, sources: list[str]) -> Iterator[list[socket.socket]]:
+def _held(
+    port: int, sources: list[str], settled: Callable[[], object] | None = None
+) -> Iterator[list[socket.socket]]:
+    """Idle connections from `sources`; on the way out, close them and call `settled`
+    (which waits until the server has seen them go)."""
     socks = [_idle(port, source) for source in sources]
     try:
         yield socks
     finally:
         for sock in socks:
             sock.close()
-        time.sleep(SETTLE)  # the server sees them go before anything else is counted
+        if settled is not None:
+            settled()
 
 
 def _connection_log(server: ServeProcess) -> list[dict[str, object]]:
@@ -179,14 +205,14 @@ def test_over_max_connections_is_closed_at_once_and_a_freed_slot_serves_a_client
     port = _port(server, edge)
     before = _metrics(server)
     sources = [f"127.0.0.{10 + i}" for i in range(TOTAL)]  # one each: under the per-peer limit
-    with _held(port, sources) as socks:
-        _assert_held(socks)
+    with _held(port, sources, lambda: _wait_open(server, edge, 0)) as socks:
+        _assert_held(server, edge, socks, TOTAL)
         _assert_refused_at_once(port, "127.0.0.20")
         _valid_client_is_refused(server, edge)  # the edge is full for everybody
         socks[0].close()
-        time.sleep(SETTLE)
-        _valid_clients_work(server, edge, pause=SETTLE)  # through the one free slot
-        _assert_held(socks[1:])
+        _wait_open(server, edge, TOTAL - 1)
+        _valid_clients_work(server, edge, held=TOTAL - 1)  # through the one free slot
+        _assert_held(server, edge, socks[1:], TOTAL - 1)
     after = _metrics(server)
     assert _refused(after, edge, "max_connections") - _refused(before, edge, "max_connections") == 2
     other = "https" if edge == "myproxy" else "myproxy"
@@ -206,24 +232,23 @@ def test_over_max_connections_per_peer_is_closed_at_once_and_others_are_served(
     port = _port(server, edge)
     attacker = "127.0.0.30"
     before = _metrics(server)
-    with _held(port, [attacker] * PER_PEER) as socks:
-        _assert_held(socks)
+    with _held(port, [attacker] * PER_PEER, lambda: _wait_open(server, edge, 0)) as socks:
+        _assert_held(server, edge, socks, PER_PEER)
         _assert_refused_at_once(port, attacker)
-        _valid_clients_work(server, edge)  # another address, under the total limit
-        time.sleep(SETTLE)
+        _valid_clients_work(server, edge, held=PER_PEER)  # another address, under the total limit
         during = _metrics(server)
         socks[0].close()
-        time.sleep(SETTLE)
-        with _held(port, [attacker]) as again:  # the freed slot is the attacker's again
-            _assert_held(again)
+        _wait_open(server, edge, PER_PEER - 1)
+        # the freed slot is the attacker's again
+        with _held(port, [attacker], lambda: _wait_open(server, edge, PER_PEER - 1)) as again:
+            _assert_held(server, edge, again, PER_PEER)
             _assert_refused_at_once(port, attacker)
     after = _metrics(server)
     reason = "max_connections_per_peer"
     assert _refused(after, edge, reason) - _refused(before, edge, reason) == 2
     assert _refused(after, edge, "max_connections") == _refused(before, edge, "max_connections")
-    # While the attacker held its three: exactly those open on this edge (plus, on the
-    # HTTPS edge, the /metrics request itself).
-    assert _open(during, edge) == PER_PEER + (1 if edge == "https" else 0)
+    # While the attacker held its three: exactly those open on this edge.
+    assert _open(during, edge) == PER_PEER
 
 
 # --- refusals are cheap, logged at a bounded rate, and counted ----------------------------------
@@ -239,15 +264,14 @@ def test_a_flood_of_refusals_is_counted_and_logged_in_a_line_or_two(
     before = _metrics(server)
     lines_before = len(_connection_log(server))
     started = time.monotonic()
-    with _held(port, [attacker] * PER_PEER) as socks:
-        _assert_held(socks)
+    with _held(port, [attacker] * PER_PEER, lambda: _wait_open(server, edge, 0)) as socks:
+        _assert_held(server, edge, socks, PER_PEER)
         for _ in range(flood):
             sock = _idle(port, attacker)
             assert _closed_within(sock, REFUSED_WITHIN)
             sock.close()
-        _valid_clients_work(server, edge)
+        _valid_clients_work(server, edge, held=PER_PEER)
     elapsed = time.monotonic() - started
-    time.sleep(SETTLE)
     after = _metrics(server)
     reason = "max_connections_per_peer"
     assert _refused(after, edge, reason) - _refused(before, edge, reason) == flood
@@ -315,14 +339,13 @@ def test_refused_connections_get_no_tls_state(dev_pki: DevPKI, tmp_path: Path) -
         baseline = tls_states()
         for port in (srv.myproxy_port, srv.api_port):
             with _held(port, ["127.0.0.50"] * 64) as socks:
-                _assert_held(socks[-1:])
-                assert tls_states() - baseline == 64
+                eventually(tls_states, lambda n: n - baseline == 64, "64 TLS states")
+                for sock in socks[-1:]:
+                    assert not _closed_within(sock, 0.05), "an idle connection was closed"
                 for _ in range(40):
                     _assert_refused_at_once(port, "127.0.0.50")
                 assert tls_states() - baseline == 64
-            deadline = time.monotonic() + 10
-            while tls_states() > baseline and time.monotonic() < deadline:
-                time.sleep(0.1)
+            eventually(tls_states, lambda n: n <= baseline, "TLS states back to the baseline")
 
 
 def test_metrics_exist_before_any_refusal(dev_pki: DevPKI, tmp_path: Path) -> None:

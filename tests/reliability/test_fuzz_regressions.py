@@ -141,15 +141,49 @@ def test_known_bug_inputs_are_classified_by_the_harness(bug_id: str) -> None:
     assert outcome == "refused", outcome
 
 
-def test_every_known_bug_has_a_regression_test() -> None:
+def _regression_problems(bugs: tuple[targets.KnownBug, ...]) -> list[str]:
+    """Why listed bugs are not pinned by a strict xfail test in this module (empty: all are)."""
     module = importlib.import_module(__name__)
-    for bug in targets.KNOWN_BUGS:
+    problems = []
+    for bug in bugs:
         path, _, name = bug.regression.partition("::")
-        assert path == "tests/reliability/test_fuzz_regressions.py", bug.id
         test = getattr(module, name, None)
-        assert test is not None, f"{bug.id}: no test {name}"
         marks = [m for m in getattr(test, "pytestmark", []) if m.name == "xfail"]
-        assert marks and marks[0].kwargs.get("strict") is True, f"{name} is not xfail(strict)"
+        if path != "tests/reliability/test_fuzz_regressions.py":
+            problems.append(f"{bug.id}: its regression test is not in this module ({path})")
+        elif test is None:
+            problems.append(f"{bug.id}: no test {name}")
+        elif not (marks and marks[0].kwargs.get("strict") is True):
+            problems.append(f"{bug.id}: {name} is not xfail(strict)")
+    return problems
+
+
+def _pinned_example() -> None:
+    pass
+
+
+_pinned_example.pytestmark = [pytest.mark.xfail(strict=True)]  # type: ignore[attr-defined]
+
+
+def test_every_known_bug_has_a_regression_test() -> None:
+    assert _regression_problems(targets.KNOWN_BUGS) == []
+
+
+def test_the_known_bug_check_finds_unpinned_bugs() -> None:
+    """The check above can fail: it names a missing test and a test that is not a strict xfail."""
+
+    def bug(regression: str) -> targets.KnownBug:
+        return targets.KnownBug("b1", ("t",), (ValueError,), "x", "example", regression)
+
+    here = "tests/reliability/test_fuzz_regressions.py::"
+    assert _regression_problems((bug(here + "_pinned_example"),)) == []
+    assert _regression_problems((bug(here + "no_such_test"),)) == ["b1: no test no_such_test"]
+    assert _regression_problems((bug(here + "test_every_known_bug_has_a_regression_test"),)) == [
+        "b1: test_every_known_bug_has_a_regression_test is not xfail(strict)"
+    ]
+    assert _regression_problems((bug("tests/elsewhere.py::x"),)) == [
+        "b1: its regression test is not in this module (tests/elsewhere.py)"
+    ]
 
 
 def test_lifetime_with_a_non_ascii_digit_is_a_protocol_error() -> None:

@@ -98,6 +98,8 @@ def running_server(
         loop.call_soon_threadsafe(stop.set)
         thread.join(15)
         loop.add_signal_handler = original  # type: ignore[method-assign]
+        if not thread.is_alive():
+            loop.close()
         if server._repo is not None:
             server._repo.engine.dispose()
 

@@ -111,7 +111,7 @@ async def metrics(request: web.Request) -> web.Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several workers: sum what every worker process recorded.
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         body = generate_latest(registry)
     else:
         body = generate_latest()

@@ -15,6 +15,7 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from ..audit import AuditLog
@@ -240,7 +241,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _read_anchors(path: str) -> list[tuple[int, dict[str, Any]]]:
     """(line number, anchor) of every line of an anchor file, or a precise error."""
     try:
-        text = open(path, encoding="utf-8").read()  # noqa: SIM115
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         common.fail(f"cannot read the anchor file {path}: {exc.strerror}")
     anchors = []

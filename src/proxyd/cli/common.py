@@ -34,7 +34,7 @@ from typing import Any, NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from voms_ext import (
@@ -192,10 +192,12 @@ def prompt_secret(prompt: str) -> str:
 # --- the user's credential --------------------------------------------------------------
 
 
+# DSA is not among them: IGTF CAs have not issued DSA certificates for a decade,
+# OpenSSL and cryptography are retiring it, and naming its types makes cryptography
+# print a deprecation warning on every run of every tool.
 _SIGNING_KEYS = (
     rsa.RSAPrivateKey,
     ec.EllipticCurvePrivateKey,
-    dsa.DSAPrivateKey,
     ed25519.Ed25519PrivateKey,
     ed448.Ed448PrivateKey,
 )
@@ -222,8 +224,17 @@ class UserCredential:
     def private_key(self) -> CertificateIssuerPrivateKeyTypes:
         key = self.credential.private_key
         if not isinstance(key, _SIGNING_KEYS):
-            fail(f"{self.key_path}: the private key cannot sign certificates")
+            fail(
+                f"{self.key_path}: a {_key_kind(key)} private key cannot sign proxy "
+                "certificates here (use an RSA, EC, Ed25519 or Ed448 key)"
+            )
         return key
+
+
+def _key_kind(key: object) -> str:
+    """The algorithm of a key in a user's words, from its class name (never naming DSA's type)."""
+    name = type(key).__name__.removeprefix("_").removesuffix("PrivateKey")
+    return name or "key of unknown type"
 
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----\r?\n?", re.DOTALL)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from voms_ext import (
     Credential,
@@ -144,7 +144,7 @@ class ProxyInfo:
     @property
     def strength(self) -> int | None:
         key = self.credential.certificate.public_key()
-        if isinstance(key, rsa.RSAPublicKey | dsa.DSAPublicKey | ec.EllipticCurvePublicKey):
+        if isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
             return key.key_size
         return None
 

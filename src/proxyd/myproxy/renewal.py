@@ -20,6 +20,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from voms_ext.keys import retired_key_problem
+
 from . import protocol as p
 
 METHOD_CERT = 2
@@ -78,6 +80,9 @@ def parse_challenge_reply(data: bytes, challenges: tuple[Challenge, ...]) -> lis
     except p.ProtocolError as exc:
         raise ChallengeError(str(exc)) from None
     digest = _digest(method_id)
+    retired = retired_key_problem(chain[0])
+    if retired is not None:
+        raise ChallengeError(f"the renewal credential: {retired}")
     try:
         key = chain[0].public_key()
     except (UnsupportedAlgorithm, ValueError) as exc:
