@@ -116,10 +116,11 @@ async def run_listeners(
         await stop.wait()
     finally:
         log.info("shutting down")
-        if trust_task is not None:
-            trust_task.cancel()
-        if sweeper is not None:
-            sweeper.cancel()
+        background = [t for t in (trust_task, sweeper) if t is not None]
+        for task in background:
+            task.cancel()
+        # Wait for them to end, so that none is destroyed while pending.
+        await asyncio.gather(*background, return_exceptions=True)
         if myproxy is not None:
             myproxy.close()
             await myproxy.wait_closed()

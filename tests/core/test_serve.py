@@ -32,7 +32,7 @@ def _serve(config: Path, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 30) -> None:
+def _wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float = 90) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:

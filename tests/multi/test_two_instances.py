@@ -11,6 +11,7 @@ unreachable, and fails under PROXYD_REQUIRE_POSTGRES=1).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import re
@@ -85,7 +86,7 @@ def _config(pki: DevPKI, state: Path, database: str, mp: int, api: int) -> Path:
     return path
 
 
-def _wait_port(instance: Instance, port: int, seconds: float = 30) -> None:
+def _wait_port(instance: Instance, port: int, seconds: float = 90) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if instance.proc.poll() is not None:
@@ -108,8 +109,13 @@ def _start(name: str, pki: DevPKI, state: Path, database: str, logs: Path) -> In
             stderr=out,
         )
     instance = Instance(name, mp, api, proc, log)
-    _wait_port(instance, mp)
-    _wait_port(instance, api)
+    try:
+        _wait_port(instance, mp)
+        _wait_port(instance, api)
+    except BaseException:
+        proc.kill()
+        proc.wait(30)
+        raise
     return instance
 
 
@@ -157,8 +163,13 @@ def _csr() -> str:
     return csr_for(spare_key(3)).public_bytes(serialization.Encoding.PEM).decode()
 
 
-def _audit(pair: Pair) -> AuditLog:
-    return AuditLog(make_engine(pair.database))
+@contextlib.contextmanager
+def _audit(pair: Pair) -> Iterator[AuditLog]:
+    engine = make_engine(pair.database)
+    try:
+        yield AuditLog(engine)
+    finally:
+        engine.dispose()
 
 
 def test_stored_on_one_instance_is_served_by_the_other(pair: Pair) -> None:
@@ -219,16 +230,16 @@ def test_concurrent_issuance_on_both_keeps_one_chain(pair: Pair) -> None:
         serials = [j.result(60) for j in (*api_jobs, *mp_jobs)]
     assert len(set(serials)) == len(serials) == 44
 
-    audit = _audit(pair)
-    issued = audit.query(operation="retrieve", decision="allow", since=since, limit=1000)
-    assert sorted(s.event.serial or "" for s in issued) == sorted(serials)
-    report = audit.verify()
-    assert report.ok, report
-    head = audit.query(limit=1)[0].seq
-    assert report.checked == head  # one chain: seqs 1..head, every link verified
-    # Through the API of either instance, the auditor sees the same verified chain.
-    verified = pair.api(pair.b, "carol").request("GET", "/v1/audit/verify").json
-    assert verified["ok"] is True and verified["checked"] >= head
+    with _audit(pair) as audit:
+        issued = audit.query(operation="retrieve", decision="allow", since=since, limit=1000)
+        assert sorted(s.event.serial or "" for s in issued) == sorted(serials)
+        report = audit.verify()
+        assert report.ok, report
+        head = audit.query(limit=1)[0].seq
+        assert report.checked == head  # one chain: seqs 1..head, every link verified
+        # Through the API of either instance, the auditor sees the same verified chain.
+        verified = pair.api(pair.b, "carol").request("GET", "/v1/audit/verify").json
+        assert verified["ok"] is True and verified["checked"] >= head
 
 
 def test_pilots_on_both_instances_never_get_the_same_task(pair: Pair) -> None:
@@ -285,13 +296,13 @@ def test_pilots_on_both_instances_never_get_the_same_task(pair: Pair) -> None:
     assert per_instance["A"] > 0 and per_instance["B"] > 0, per_instance
 
     # The audit chain agrees: one task.match per task, naming the pilot job that got it.
-    audit = _audit(pair)
-    events = audit.query(operation="task.match", limit=10 * TASKS)
-    by_task: dict[int, list[str]] = {}
-    for stored in events:
-        found = re.match(r"task (\d+) to pilot (\S+) ", stored.event.detail or "")
-        assert found is not None and stored.event.actor_dn == PILOT
-        by_task.setdefault(int(found.group(1)), []).append(found.group(2))
-    expected = {task_id: [pid] for pid, mine in results for task_id in mine}
-    assert by_task == expected
-    assert audit.verify().ok
+    with _audit(pair) as audit:
+        events = audit.query(operation="task.match", limit=10 * TASKS)
+        by_task: dict[int, list[str]] = {}
+        for stored in events:
+            found = re.match(r"task (\d+) to pilot (\S+) ", stored.event.detail or "")
+            assert found is not None and stored.event.actor_dn == PILOT
+            by_task.setdefault(int(found.group(1)), []).append(found.group(2))
+        expected = {task_id: [pid] for pid, mine in results for task_id in mine}
+        assert by_task == expected
+        assert audit.verify().ok

@@ -119,7 +119,7 @@ class ServeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self, timeout: float = 60) -> ServeProcess:
+    def start(self, timeout: float = 90) -> ServeProcess:
         args = [
             sys.executable,
             "-m",
@@ -143,13 +143,18 @@ class ServeProcess:
         log.close()
         self.starts += 1
         deadline = time.monotonic() + timeout
-        for port in (self.myproxy_port, self.api_port):
-            while not _port_open(port):
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"proxyd exited early:\n{self.log()}")
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"proxyd did not open port {port}:\n{self.log()}")
-                time.sleep(0.05)
+        try:
+            for port in (self.myproxy_port, self.api_port):
+                while not _port_open(port):
+                    if self.proc.poll() is not None:
+                        raise AssertionError(f"proxyd exited early:\n{self.log()}")
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"proxyd did not open port {port}:\n{self.log()}")
+                    time.sleep(0.05)
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait(30)
+            raise
         return self
 
     @property

@@ -80,14 +80,22 @@ class MyProxyClient:
             raw.close()
             raise
         conn = _Conn(sock)
-        if sock.version() == "TLSv1.3":
-            conn.skip_tls13_byte()
+        try:
+            if sock.version() == "TLSv1.3":
+                conn.skip_tls13_byte()
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _start(self, request: p.Request) -> _Conn:
         conn = self._connect()
-        conn.send(p.GSI_NO_DELEGATION)
-        conn.send(p.encode_request(request))
+        try:
+            conn.send(p.GSI_NO_DELEGATION)
+            conn.send(p.encode_request(request))
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     # --- commands -------------------------------------------------------------------
