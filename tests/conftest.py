@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from proxyd.devpki import DevPKI, generate
-from tests.support.tools import REQUIRE_POSTGRES
+from tests.support.tools import REQUIRE_POSTGRES, no_ambient_grid_identity  # noqa: F401 - a fixture
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "PROXYD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
@@ -39,9 +40,9 @@ def _postgres_connect(url: str):  # type: ignore[no-untyped-def]
     return psycopg.connect(url, autocommit=True, connect_timeout=5)
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A throw-away database on the local PostgreSQL, as an SQLAlchemy URL.
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """A throw-away database on the local PostgreSQL, as an SQLAlchemy URL; dropped after.
 
     Skips when PostgreSQL is unreachable, unless PROXYD_REQUIRE_POSTGRES=1.
     """
@@ -59,6 +60,13 @@ def postgres_url() -> Iterator[str]:
             yield f"{base.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A throw-away database on the local PostgreSQL (see throwaway_postgres)."""
+    with throwaway_postgres() as url:
+        yield url
 
 
 @pytest.fixture

@@ -72,6 +72,14 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # A plain-HTTP listener that serves only /metrics, for a Prometheus on the host or an
+    # internal network; off by default. On the HTTPS API, /metrics needs an identity in
+    # [policy] metrics_readers, admins or auditors.
+    listen: Listen | None = None
+
+
+@dataclass(frozen=True)
 class PolicyConfig:
     max_proxy_lifetime: dt.timedelta = dt.timedelta(hours=12)
     max_stored_lifetime: dt.timedelta = dt.timedelta(days=7)
@@ -90,6 +98,7 @@ class PolicyConfig:
     passphrase_attempts: int = 5
     lockout_base: dt.timedelta = dt.timedelta(seconds=2)
     lockout_max: dt.timedelta = dt.timedelta(hours=1)
+    metrics_readers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,23 @@ class TaskQueueConfig:
     heartbeat_timeout: dt.timedelta = dt.timedelta(minutes=30)
     shares: Mapping[str, float] = field(default_factory=dict)  # group FQAN -> share
     usage_half_life: dt.timedelta = dt.timedelta(hours=24)
+    # The longest wall time a task may ask for (max_wall_s); at most MAX_WALL_TIME.
+    max_wall_time: dt.timedelta = dt.timedelta(days=30)
+    # Pilot DN pattern (MyProxy * and ? syntax) -> the only sites (normalised names) a pilot
+    # with a matching DN may claim; a pilot matching no pattern may claim any site.
+    pilot_sites: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def sites_of(self, pilot_dn: str) -> frozenset[str] | None:
+        """The sites `pilot_dn` is bound to (all matching patterns together), or None."""
+        from .patterns import dn_matches
+
+        bound = [
+            sites for pattern, sites in self.pilot_sites.items() if dn_matches(pattern, pilot_dn)
+        ]
+        return frozenset(s for sites in bound for s in sites) if bound else None
+
+
+MAX_WALL_TIME = dt.timedelta(days=365)  # taskqueue.model.MAX_WALL_S
 
 
 @dataclass(frozen=True)
@@ -129,6 +155,7 @@ class Config:
     voms: tuple[VoConfig, ...]
     sealing: SealingConfig
     taskqueue: TaskQueueConfig = field(default_factory=TaskQueueConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def vo(self, name: str) -> VoConfig | None:
         for vo in self.voms:
@@ -328,6 +355,7 @@ def _policy(source: Path, doc: Mapping[str, Any]) -> PolicyConfig:
         passphrase_attempts=s.int("passphrase_attempts", d.passphrase_attempts, minimum=1),
         lockout_base=s.duration("lockout_base", d.lockout_base),
         lockout_max=s.duration("lockout_max", d.lockout_max),
+        metrics_readers=s.strings("metrics_readers"),
     )
     s.finish()
     return cfg
@@ -420,7 +448,7 @@ def _connection_limits(s: _Section) -> tuple[int, int]:
 
 
 def _parse(path: Path, doc: Mapping[str, Any]) -> Config:
-    known = {"server", "myproxy", "api", "policy", "voms", "sealing", "taskqueue"}
+    known = {"server", "myproxy", "api", "metrics", "policy", "voms", "sealing", "taskqueue"}
     unknown = sorted(set(doc) - known)
     if unknown:
         raise ConfigError(
@@ -448,6 +476,9 @@ def _parse(path: Path, doc: Mapping[str, Any]) -> Config:
         max_connections_per_peer=api_per_peer,
     )
     a.finish()
+    x = _section(path, doc, "metrics")
+    metrics = MetricsConfig(listen=x.listen("listen", None))
+    x.finish()
     g = _section(path, doc, "sealing")
     sealing = SealingConfig(
         argon2_time_cost=g.int("argon2_time_cost", 3, minimum=1),
@@ -462,11 +493,18 @@ def _parse(path: Path, doc: Mapping[str, Any]) -> Config:
         if isinstance(share, bool) or not isinstance(share, int | float) or share <= 0:
             raise ConfigError(f"{t.where('shares')}: {group!r} must map to a positive number")
         shares[group] = float(share)
+    max_wall_time = t.duration("max_wall_time", TaskQueueConfig.max_wall_time)
+    if max_wall_time > MAX_WALL_TIME or max_wall_time.total_seconds() % 1:
+        raise ConfigError(
+            f"{t.where('max_wall_time')} must be a whole number of seconds of at most 365 days"
+        )
     taskqueue = TaskQueueConfig(
         backend=None if backend == "off" else backend,
         heartbeat_timeout=t.duration("heartbeat_timeout", dt.timedelta(minutes=30)),
         shares=shares,
         usage_half_life=t.duration("usage_half_life", dt.timedelta(hours=24)),
+        max_wall_time=max_wall_time,
+        pilot_sites=_pilot_sites(t),
     )
     t.finish()
     return Config(
@@ -478,7 +516,26 @@ def _parse(path: Path, doc: Mapping[str, Any]) -> Config:
         voms=_voms(path, doc),
         sealing=sealing,
         taskqueue=taskqueue,
+        metrics=metrics,
     )
+
+
+def _pilot_sites(t: _Section) -> dict[str, tuple[str, ...]]:
+    """[taskqueue.pilot_sites]: pilot DN pattern -> list of site names (normalised)."""
+    from .taskqueue.model import InvalidTask, normalise_site  # imports policy, which imports us
+
+    bound: dict[str, tuple[str, ...]] = {}
+    for pattern, sites in t.table("pilot_sites").items():
+        where = f"{t.where('pilot_sites')}: {pattern!r}"
+        if not pattern or not pattern.strip():
+            raise ConfigError(f"{t.where('pilot_sites')}: a pilot DN pattern must not be empty")
+        if not isinstance(sites, list) or not all(isinstance(s, str) for s in sites):
+            raise ConfigError(f"{where} must map to a list of site names")
+        try:
+            bound[pattern] = tuple(sorted({normalise_site(s, "site") for s in sites}))
+        except InvalidTask as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return bound
 
 
 def load_config(path: str | Path) -> Config:

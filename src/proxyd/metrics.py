@@ -7,7 +7,17 @@ all workers; gauges say how they combine (`multiprocess_mode`).
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
 
 DECISIONS = Counter(
     "proxyd_decisions_total",
@@ -45,3 +55,16 @@ AUDIT_WRITE_FAILURES = Counter(
     "proxyd_audit_write_failures_total",
     "Audit appends that failed; the request each one records failed with it (I6)",
 )
+
+
+def exposition() -> tuple[bytes, str]:
+    """The current metrics in Prometheus text format, and its content type.
+
+    With several workers (PROMETHEUS_MULTIPROC_DIR set), the sum of what every worker
+    recorded, whichever worker answers.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .config import PolicyConfig
-from .patterns import any_dn_matches
-from .principal import Principal, PrincipalKind
+from .patterns import any_dn_denied, any_dn_matches, same_dn
+from .principal import Principal, PrincipalKind, is_pilot_fqan
 
 MIN_LIFETIME = dt.timedelta(minutes=1)
 
@@ -35,6 +35,7 @@ class Operation(enum.StrEnum):
     ISSUE_AC = "issue_ac"
     PAYLOAD_PROXY = "payload_proxy"
     AUDIT_READ = "audit_read"
+    METRICS_READ = "metrics_read"
     ADMIN = "admin"
     TASK_SUBMIT = "task_submit"
     TASK_READ = "task_read"
@@ -89,6 +90,13 @@ class CredentialFacts:
     renewers: tuple[str, ...] | None = None
     trusted_retrievers: tuple[str, ...] | None = None
     key_retrievers: tuple[str, ...] | None = None
+    # An operator's lock (`proxyd admin lock`): the message shown to whoever asks for it.
+    lock_message: str | None = None
+    # The stored chain checked anew against the current trust store and CRLs, on the
+    # paths that use it: None (valid, or not checked), "revoked", "expired" or "untrusted";
+    # `chain_problem` says why, for the client.
+    chain_verdict: str | None = None
+    chain_problem: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,9 @@ class Assignment:
     # Matched or running, whatever the time left: the pilot may still report on it
     # (a payload killed for exceeding its wall time is, by definition, out of time).
     active: bool = False
+    # The asking pilot presented this attempt's assignment secret: it is the pilot
+    # instance the task was matched to, not a sibling sharing its certificate (I2).
+    instance_ok: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,7 +125,8 @@ class Bans:
     hosts: tuple[str, ...] = ()
 
     def matches(self, dn: str) -> bool:
-        return any_dn_matches((*self.users, *self.hosts), dn)
+        """A deny rule: every spelling of a banned name matches (patterns.dn_denied)."""
+        return any_dn_denied((*self.users, *self.hosts), dn)
 
 
 NO_BANS = Bans()
@@ -134,6 +146,13 @@ class Request:
     proof: Principal | None = None
     assignment: Assignment | None = None
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    # task_match: the (normalised) site the pilot claims, and the sites an operator bound
+    # this pilot's DN to ([taskqueue] pilot_sites; None: not bound).
+    site: str | None = None
+    allowed_sites: frozenset[str] | None = None
+    # task_update: why the task's life cycle refuses the reported event right now
+    # (e.g. complete before start); None when it allows it.
+    state_conflict: str | None = None
 
 
 @dataclass(frozen=True)
@@ -180,16 +199,16 @@ def decide(
     op = request.operation
     who = principal.identity
 
-    # I5: bans win, before anything else.
-    if any_dn_matches(config.banned_dns, who) or bans.matches(who):
+    # I5: bans win, before anything else. Deny rules: any spelling of a banned DN matches.
+    if any_dn_denied(config.banned_dns, who) or bans.matches(who):
         return _deny("ban.peer", f'"{who}" is banned')
     if request.proof is not None and (
-        any_dn_matches(config.banned_dns, request.proof.identity)
+        any_dn_denied(config.banned_dns, request.proof.identity)
         or bans.matches(request.proof.identity)
     ):
         return _deny("ban.peer", f'"{request.proof.identity}" is banned')
     owner = credential.owner if credential is not None else request.owner
-    if owner is not None and (any_dn_matches(config.banned_dns, owner) or bans.matches(owner)):
+    if owner is not None and (any_dn_denied(config.banned_dns, owner) or bans.matches(owner)):
         return _deny("ban.owner", f'the owner "{owner}" is banned')
 
     # I1: a limited proxy never delegates, stores, renews or retrieves.
@@ -201,8 +220,24 @@ def decide(
     if request.proof is not None and request.proof.limited:
         return _deny("limited.peer", "a limited proxy cannot be used to renew a credential")
 
+    # The stored credential itself, on every operation that uses or replaces it: locked by
+    # an operator, or no longer valid (revoked, expired, CA untrusted) -- as myproxy-server
+    # checks the stored chain on every GET.
+    if credential is not None and op in (
+        Operation.RETRIEVE,
+        Operation.RENEW,
+        Operation.RETRIEVE_KEY,
+        Operation.PAYLOAD_PROXY,
+        Operation.ISSUE_AC,
+        Operation.STORE,
+    ):
+        if credential.lock_message is not None:
+            return _deny("credential.locked", f"credential locked: {credential.lock_message}")
+        if credential.chain_verdict in ("revoked", "expired", "untrusted"):
+            return _deny(f"credential.{credential.chain_verdict}", credential.chain_problem)
+
     # I2: pilots get limited payload proxies for assigned tasks, nothing else.
-    pilot_decision = _pilot_rules(request, principal, credential)
+    pilot_decision = _pilot_rules(request, principal, credential, config)
     if pilot_decision is not None:
         return pilot_decision
 
@@ -222,14 +257,54 @@ def decide(
     return _cap_lifetime(decision, request, credential, config)
 
 
+def _embedded_fqans(request: Request) -> tuple[str, ...]:
+    """The FQANs an issued proxy would carry: the requested ones, then every group held
+    without a role (what VOMS adds by default, issuer.AttributeAuthority.default_fqans)."""
+    defaults = tuple(f for f in request.held_fqans if not _has_role(f))
+    return (*request.fqans, *defaults)
+
+
+def _has_role(fqan: str) -> bool:
+    role = fqan.partition("/Role=")[2].partition("/")[0]
+    return bool(role) and role != "NULL"
+
+
 def _pilot_rules(
-    request: Request, principal: Principal, credential: CredentialFacts | None
+    request: Request,
+    principal: Principal,
+    credential: CredentialFacts | None,
+    config: PolicyConfig,
 ) -> Decision | None:
     op = request.operation
     proof_is_pilot = request.proof is not None and request.proof.kind is PrincipalKind.PILOT
     if op is Operation.RENEW and (principal.kind is PrincipalKind.PILOT or proof_is_pilot):
         return _deny("pilot.no_renewal", "a pilot identity can never renew a credential")
+    # Pilot roles never travel in payloads: a task may not ask for one, and no payload
+    # proxy carries one (else a user holding Role=pilot could be matched as a pilot to itself).
+    if op in (Operation.TASK_SUBMIT, Operation.PAYLOAD_PROXY):
+        pilot_fqans = [f for f in _embedded_fqans(request) if is_pilot_fqan(f, config)]
+        if pilot_fqans:
+            return _deny(
+                "pilot.fqan_in_payload",
+                f"a payload may not carry a pilot FQAN: {', '.join(sorted(set(pilot_fqans)))}",
+            )
     if principal.kind is not PrincipalKind.PILOT:
+        # A pilot identity's own credential goes only to certificate-authenticated trusted
+        # retrievers (a pilot factory's host): never down the passphrase path, where who asks
+        # is unknown and could be the pilot itself.
+        if (
+            credential is not None
+            and credential.owner_is_pilot
+            and (
+                op is Operation.RETRIEVE_KEY
+                or (op is Operation.RETRIEVE and request.auth is not AuthMethod.CERTIFICATE)
+            )
+        ):
+            return _deny(
+                "pilot.credential_trusted_only",
+                f'a credential of the pilot identity "{credential.owner}" is handed only to '
+                "trusted retrievers authenticated by certificate",
+            )
         return None
     if (
         credential is not None
@@ -310,8 +385,13 @@ def _retrieve(
                 "retrieve.passphrase_not_set",
                 "this credential is stored for trusted retrieval only",
             )
-        limited = not request.want_full and principal.kind is PrincipalKind.HOST
-        return Decision(True, "retrieve.passphrase", "passphrase retrieval", limited=limited)
+        # I3 whatever the authentication: a host (every trusted retriever is one) gets a
+        # limited proxy unless it is on the explicit full-delegation list, as on the
+        # trusted path below; asking for "full" changes nothing for it.
+        if principal.kind is PrincipalKind.HOST:
+            full = any_dn_matches(config.full_delegation_hosts, who)
+            return Decision(True, "retrieve.passphrase", "passphrase retrieval", limited=not full)
+        return Decision(True, "retrieve.passphrase", "passphrase retrieval", limited=False)
     if request.auth is AuthMethod.CERTIFICATE:
         if not any_dn_matches(config.trusted_retrievers, who):
             return _deny(
@@ -326,7 +406,7 @@ def _retrieve(
             )
         if credential.has_passphrase:
             return _deny("retrieve.passphrase_required", "this credential needs its passphrase")
-        if who == credential.owner and not config.allow_self_authorization:
+        if same_dn(who, credential.owner) and not config.allow_self_authorization:
             return _deny(
                 "retrieve.self_authorization",
                 "a trusted retriever may not retrieve its own credential",
@@ -353,7 +433,7 @@ def _renew(
         )
     if request.proof is None or request.proof.identity != credential.owner:
         return _deny("renew.proof_mismatch", "the renewal proof is not a credential of the owner")
-    if who == credential.owner and not config.allow_self_authorization:
+    if same_dn(who, credential.owner) and not config.allow_self_authorization:
         return _deny(
             "renew.self_authorization",
             "a credential may not renew itself (allow_self_authorization is off)",
@@ -411,6 +491,12 @@ def _payload_proxy(
         or a.credential_name != credential.name
     ):
         return _deny("payload.not_assigned", "this task is not assigned to the requesting pilot")
+    if not a.instance_ok:
+        return _deny(
+            "payload.wrong_instance",
+            f"task {a.task_id} is assigned to another instance of this pilot: "
+            "the assignment secret of its match is missing or wrong",
+        )
     if not a.live:
         return _deny(
             "payload.assignment_ended", f"task {a.task_id} is no longer running on this pilot"
@@ -479,6 +565,13 @@ def _task_match(
 ) -> Decision:
     if principal.kind is not PrincipalKind.PILOT:
         return _deny("task.not_pilot", "only pilots match tasks")
+    # I5: a pilot bound to sites ([taskqueue] pilot_sites) cannot claim another one.
+    if request.allowed_sites is not None and request.site not in request.allowed_sites:
+        allowed = ", ".join(sorted(request.allowed_sites)) or "none"
+        return _deny(
+            "task.site_not_allowed",
+            f'this pilot may claim only the sites {allowed}, not "{request.site}"',
+        )
     return Decision(True, "task.pilot", "a pilot asks for work", limited=True)
 
 
@@ -488,14 +581,37 @@ def _task_update(
     a = request.assignment
     if principal.kind is not PrincipalKind.PILOT or a is None or a.pilot != principal.identity:
         return _deny("task.not_assigned", "only the pilot running a task reports on it")
+    if not a.instance_ok:
+        return _deny(
+            "payload.wrong_instance",
+            f"task {a.task_id} is assigned to another instance of this pilot: "
+            "the assignment secret of its match is missing or wrong",
+        )
     if not a.active:
         return _deny(
             "payload.assignment_ended", f"task {a.task_id} is no longer running on this pilot"
         )
+    if request.state_conflict is not None:
+        return _deny("task.state_conflict", request.state_conflict)
     return Decision(True, "task.assigned_pilot", f"the pilot of task {a.task_id}", limited=True)
 
 
 _listed_admins = _listed("admins")
+
+
+def _metrics_read(
+    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
+) -> Decision:
+    # Counters by rule and operation tell an attacker what is tried and refused: readers
+    # are named (Prometheus with a client certificate), admins and auditors may look too.
+    if any_dn_matches(
+        (*config.metrics_readers, *config.admins, *config.auditors), principal.identity
+    ):
+        return Decision(True, "metrics_read.readers", "listed in metrics_readers", limited=False)
+    return _deny(
+        "metrics_read.readers",
+        f'"{principal.identity}" is not listed in metrics_readers, admins or auditors',
+    )
 
 
 def _admin(
@@ -519,6 +635,7 @@ _HANDLERS = {
     Operation.ISSUE_AC: _issue_ac,
     Operation.PAYLOAD_PROXY: _payload_proxy,
     Operation.AUDIT_READ: _listed("auditors"),
+    Operation.METRICS_READ: _metrics_read,
     Operation.ADMIN: _admin,
     Operation.TASK_SUBMIT: _task_submit,
     Operation.TASK_READ: _task_read,

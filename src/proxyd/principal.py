@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import fnmatch
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -18,10 +19,17 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from voms_ext import TrustStore, ValidationResult, fqan_matches, normalise_fqan, validate_chain
+from voms_ext import (
+    TrustStore,
+    ValidationResult,
+    VomsExtError,
+    dn_to_slash,
+    normalise_fqan,
+    validate_chain,
+)
 
 from .config import PolicyConfig
-from .patterns import any_dn_matches
+from .patterns import any_dn_denied, any_dn_matches
 
 ANONYMOUS = "<anonymous>"
 
@@ -62,11 +70,46 @@ def local_operator() -> Principal:
     return Principal(f"local-operator:{getpass.getuser()}", PrincipalKind.OPERATOR, address="local")
 
 
+class IdentityRefused(VomsExtError):
+    """A chain that verifies but that proxyd does not accept as an identity."""
+
+
+def identity_of(result: ValidationResult) -> str:
+    """The identity a verified chain speaks for: the subject of its end-entity certificate.
+
+    A chain holding an independent proxy (RFC 3820 or pre-RFC draft) is refused.
+    RFC 3820 gives such a proxy an identity of its own, the proxy's subject,
+    which anyone holding a non-limited proxy can mint without any CA: under
+    that identity no DN-keyed rule (bans, pilot classification,
+    self-authorization, VO membership, ACLs) would recognise the person
+    behind it. No grid client needs one (docs/security.md).
+    """
+    eec = dn_to_slash(result.end_entity.subject)
+    if result.identity != eec:
+        raise IdentityRefused(
+            f"the chain holds an independent proxy ({result.identity}); proxyd accepts only "
+            f"impersonation and limited proxies, which speak for the end-entity certificate "
+            f"({eec})"
+        )
+    return eec
+
+
 def is_pilot_identity(dn: str, fqans: tuple[str, ...], policy: PolicyConfig) -> bool:
-    """Pilot by DN pattern, or by any FQAN matching a pilot FQAN pattern (e.g. `/*/Role=pilot`)."""
-    if any_dn_matches(policy.pilot_dns, dn):
-        return True
-    return any(fqan_matches(p, f) for p in policy.pilot_fqans for f in fqans)
+    """Pilot by DN pattern, or by any FQAN matching a pilot FQAN pattern (e.g. `/*/Role=pilot`).
+
+    A deny rule: the DN patterns match every spelling of the name (patterns.dn_denied).
+    """
+    return any_dn_denied(policy.pilot_dns, dn) or any(is_pilot_fqan(f, policy) for f in fqans)
+
+
+def is_pilot_fqan(fqan: str, policy: PolicyConfig) -> bool:
+    """Does `fqan` match a pilot FQAN pattern? Without regard to case: a deny rule errs on
+    the side of matching (`/dteam/Role=Pilot` is a pilot role where `/*/Role=pilot` is)."""
+    try:
+        value = normalise_fqan(fqan).casefold()
+    except VomsExtError:
+        value = fqan.casefold()
+    return any(fnmatch.fnmatchcase(value, p.casefold()) for p in policy.pilot_fqans)
 
 
 def _looks_like_host(cert: x509.Certificate) -> bool:
@@ -84,18 +127,22 @@ def _looks_like_host(cert: x509.Certificate) -> bool:
 def classify(
     result: ValidationResult, policy: PolicyConfig, address: str | None = None
 ) -> Principal:
-    """A Principal from a verified chain and the pilot/host settings of the policy."""
+    """A Principal from a verified chain and the pilot/host settings of the policy.
+
+    Raises IdentityRefused for a chain with an independent proxy (`identity_of`).
+    """
+    identity = identity_of(result)
     fqans = tuple(normalise_fqan(f) for f in result.fqans)
-    if is_pilot_identity(result.identity, fqans, policy):
+    if is_pilot_identity(identity, fqans, policy):
         kind = PrincipalKind.PILOT
     elif _looks_like_host(result.end_entity) or any_dn_matches(
-        (*policy.trusted_retrievers, *policy.full_delegation_hosts), result.identity
+        (*policy.trusted_retrievers, *policy.full_delegation_hosts), identity
     ):
         kind = PrincipalKind.HOST
     else:
         kind = PrincipalKind.USER
     return Principal(
-        identity=result.identity,
+        identity=identity,
         kind=kind,
         limited=result.is_limited,
         fqans=fqans,
@@ -194,6 +241,9 @@ class PeerCache:
         if hit is not None:
             return hit
         certs = [x509.load_der_x509_certificate(der) for der in chain_der]
+        from .names import check_chain_names  # no control characters in any DN (issue 15, #5)
+
+        check_chain_names(certs)  # raises names.UnsafeName, a VomsExtError
         result = validate_chain(certs, trust, at)
         principal = classify(result, self.policy)
         if not result.voms:

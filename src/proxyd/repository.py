@@ -47,6 +47,7 @@ from voms_ext import (
 from voms_ext.cache import BoundedCache
 from voms_ext.files import private_key_to_pem
 from voms_ext.keys import retired_key_problem
+from voms_ext.names import dn_to_slash
 
 from . import policy
 from .audit import AuditEvent, AuditLog, StoredEvent, VerifyReport
@@ -66,7 +67,15 @@ from .keyfiles import check_key_files
 from .metrics import DECISIONS, ISSUED, LOCKOUTS
 from .peers import peer_group
 from .policy import AuthMethod, Bans, CredentialFacts, Decision, Operation
-from .principal import PeerCache, Principal, PrincipalKind, is_pilot_identity
+from .principal import (
+    IdentityRefused,
+    PeerCache,
+    Principal,
+    PrincipalKind,
+    identity_of,
+    is_pilot_identity,
+    validity_window,
+)
 from .principal import classify as classify_principal
 from .ratelimit import FailureLimiter
 from .sealing import (
@@ -93,6 +102,7 @@ DEFAULT_NAME = "default"
 MIN_PASSPHRASE = 6  # what myproxy-server enforces
 MIN_RSA_BITS = 2048
 MAX_PENDING_PER_ACTOR = 100
+MAX_LOCK_MESSAGE = 512
 _KEY_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----\n?", re.DOTALL
 )
@@ -142,6 +152,7 @@ class CredentialInfo:
     retrievers: tuple[str, ...] | None
     renewers: tuple[str, ...] | None
     trusted_retrievers: tuple[str, ...] | None
+    locked: str | None = None  # the operator's lock message (proxyd admin lock)
 
 
 @dataclass(frozen=True)
@@ -214,6 +225,7 @@ class StoredCredential:
     max_lifetime_s: int
     not_before: dt.datetime
     not_after: dt.datetime
+    lock_message: str | None
 
     def __repr__(self) -> str:
         # Never the sealed key or the chain (I7), as CredentialRow.
@@ -314,6 +326,7 @@ def _row_facts(row: CredentialRow | StoredCredential, config: Config) -> Credent
         if row.trusted_retrievers is not None
         else None,
         key_retrievers=tuple(row.key_retrievers) if row.key_retrievers is not None else None,
+        lock_message=row.lock_message,
     )
 
 
@@ -332,6 +345,96 @@ def _info(row: CredentialRow | StoredCredential) -> CredentialInfo:
         trusted_retrievers=tuple(row.trusted_retrievers)
         if row.trusted_retrievers is not None
         else None,
+        locked=row.lock_message,
+    )
+
+
+def check_lock_message(message: str) -> str:
+    """An operator's lock message: 1-512 printable characters (no control or format
+    characters: it is shown in MyProxy ERROR lines, problem details and listings)."""
+    if not message.strip():
+        raise BadRequest("the lock message is empty")
+    if len(message) > MAX_LOCK_MESSAGE:
+        raise BadRequest(f"the lock message is longer than {MAX_LOCK_MESSAGE} characters")
+    if not message.isprintable():
+        raise BadRequest("the lock message may hold printable characters only, no control ones")
+    return message
+
+
+@dataclass(frozen=True)
+class _Verified:
+    """A stored chain that validated against `trust`; the verdict holds from `start` to `end`."""
+
+    trust: TrustStore
+    start: dt.datetime
+    end: dt.datetime
+
+
+def _dn(name: x509.Name) -> str:
+    try:
+        return dn_to_slash(name)
+    except (ValueError, TypeError):
+        return "<unreadable name>"
+
+
+def _signed_by(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> bool:
+    try:
+        return crl.is_signature_valid(cert.public_key())  # type: ignore[arg-type]
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+
+
+def _revoked_certificate(
+    chain: Sequence[x509.Certificate], trust: TrustStore
+) -> tuple[x509.Certificate, x509.Name] | None:
+    """The first certificate of `chain`, or of the CA path above it in `trust`, that a CRL
+    of `trust` revokes (a CRL whose signature verifies with its issuer's key), and that issuer."""
+    if not trust.crls or not chain:
+        return None
+    path = list(chain)
+    current = chain[-1]
+    for _ in range(16):  # up the CA path, by name (validation has failed: no path to trust)
+        issuer = next((a for a in trust.anchors if a.subject == current.issuer), None)
+        if issuer is None or issuer.subject == issuer.issuer:
+            break
+        path.append(issuer)
+        current = issuer
+    signers = (*chain, *trust.anchors)
+    for cert in path:
+        for crl in trust.crls:
+            if (
+                crl.issuer == cert.issuer
+                and crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+                and any(c.subject == crl.issuer and _signed_by(crl, c) for c in signers)
+            ):
+                return cert, crl.issuer
+    return None
+
+
+def _chain_refusal(
+    chain: Sequence[x509.Certificate], trust: TrustStore, now: dt.datetime, problem: str
+) -> tuple[str, str]:
+    """Why a stored chain no longer validates: ("revoked" | "expired" | "untrusted", reason).
+
+    The reason is shown to the client, which may not have authenticated yet (a passphrase
+    GET is decided before the passphrase is tried): it names no owner and no server path.
+    """
+    revoked = _revoked_certificate(chain, trust)
+    if revoked is not None:
+        cert, issuer = revoked
+        return "revoked", (
+            f"the stored credential has been revoked: certificate serial {cert.serial_number} "
+            f"was revoked by {_dn(issuer)}"
+        )
+    ended = [c.not_valid_after_utc for c in chain if c.not_valid_after_utc < now]
+    if ended:
+        return "expired", f"the stored credential expired at {min(ended):%Y-%m-%d %H:%M:%SZ}"
+    for subject in sorted({_dn(c.subject) for c in chain}, key=len, reverse=True):
+        problem = problem.replace(subject, "<stored certificate>")
+    if trust.cert_dir is not None:
+        problem = problem.replace(f" {trust.cert_dir}", "")
+    return "untrusted", (
+        f"the stored credential no longer validates against this server's trust store: {problem}"
     )
 
 
@@ -380,6 +483,9 @@ class Repository:
         self.peers = PeerCache(config.policy)
         self._keys = UnsealedKeyCache()
         self._chains: BoundedCache[str, tuple[x509.Certificate, ...]] = BoundedCache(1024)
+        # Stored chains that validated against the trust store (see _chain_verdict).
+        self._verdicts: BoundedCache[tuple[int, str], _Verified] = BoundedCache(1024)
+        self._verdicts_trust: TrustStore | None = None
         self._reads = _Reads(engine)
         self._argon = {
             "time_cost": config.sealing.argon2_time_cost,
@@ -439,6 +545,49 @@ class Repository:
             chain = parse_credential_pem(chain_pem.encode(), source="stored chain").certificates
             self._chains.put(chain_pem, chain)
         return chain
+
+    def _chain_verdict(
+        self, row: StoredCredential, chain: tuple[x509.Certificate, ...]
+    ) -> tuple[str, str] | None:
+        """None while the stored chain validates against the current trust store and CRLs;
+        else ("revoked" | "expired" | "untrusted", the reason for the client).
+
+        myproxy-server checks the stored credential on every GET; so does every use here.
+        A success is remembered per (row id, chain text), for the very trust-store object
+        it was checked against (a reload swaps `self.trust` and so starts afresh) and only
+        inside the window in which every time-dependent check it passed still passes
+        (`principal.validity_window`): the answer validation would give. Refusals are
+        decided anew every time.
+        """
+        trust = self.trust  # read once: a reload may swap it meanwhile
+        now = dt.datetime.now(dt.UTC)
+        key = (row.id, row.chain_pem)
+        hit = self._verdicts.get(key)
+        if hit is not None and hit.trust is trust and hit.start <= now <= hit.end:
+            return None
+        try:
+            result = validate_chain(chain, trust, now, check_voms=False)
+        except VomsExtError as exc:
+            self._verdicts.pop(key)
+            return _chain_refusal(chain, trust, now, str(exc))
+        if trust is not self._verdicts_trust:  # entries for an older store are of no use
+            self._verdicts.clear()
+            self._verdicts_trust = trust
+        start, end = validity_window(result, trust)
+        self._verdicts.put(key, _Verified(trust, start, end))
+        return None
+
+    def _facts_in_use(
+        self, row: StoredCredential
+    ) -> tuple[CredentialFacts, tuple[x509.Certificate, ...]]:
+        """The policy facts of a credential about to be used (issued from, its key handed
+        out): its lock and the verdict on its chain now. Its parsed chain too."""
+        chain = self._stored_chain(row.chain_pem)
+        facts = _row_facts(row, self.config)
+        verdict = self._chain_verdict(row, chain)
+        if verdict is not None:
+            facts = dataclasses.replace(facts, chain_verdict=verdict[0], chain_problem=verdict[1])
+        return facts, chain
 
     def _record(
         self,
@@ -568,6 +717,7 @@ class Repository:
 
     def begin_store(self, principal: Principal, options: StoreOptions) -> PendingStore:
         """Check the store is allowed, then make the key pair and a CSR for the client to sign."""
+        self._check_store_names(options)
         if options.passphrase is not None and len(options.passphrase) < MIN_PASSPHRASE:
             raise BadRequest(
                 f"Pass phrase too short.  Must be at least {MIN_PASSPHRASE} characters long."
@@ -651,6 +801,7 @@ class Repository:
     ) -> CredentialInfo:
         """Store the proxy chain the client signed for our key (its leaf first)."""
         principal, options = pending.principal, pending.options
+        self._check_store_names(options, chain=chain)
         if not chain:
             raise BadRequest("no certificates received")
         ours = _spki(pending.csr.public_key())
@@ -677,6 +828,7 @@ class Repository:
         An encrypted key stays encrypted (we never see its passphrase); it
         is sealed under the master key and opens only with the passphrase.
         """
+        self._check_store_names(options, pem=pem)
         key_blocks = [m.group(0) for m in _KEY_BLOCK.finditer(pem)]
         if len(key_blocks) != 1:
             raise BadRequest(
@@ -717,6 +869,7 @@ class Repository:
         now = dt.datetime.now(dt.UTC)
         try:
             result = validate_chain(chain, self.trust, now, check_voms=False)
+            owner = identity_of(result)
         except VomsExtError as exc:
             raise BadRequest(f"the delegated chain does not validate: {exc}") from None
         if principal.kind is PrincipalKind.OPERATOR:
@@ -729,7 +882,7 @@ class Repository:
                 record_allow=False,
             )
         else:
-            decision = self._decide_store(principal, options, owner=result.identity)
+            decision = self._decide_store(principal, options, owner=owner)
         ceiling = self.config.policy.max_stored_lifetime
         max_lifetime = min(options.lifetime or ceiling, ceiling)
         if sealed is None:
@@ -744,7 +897,7 @@ class Repository:
                         CredentialRow.name == options.name,
                     )
                 ).one_or_none()
-                if row is not None and row.owner_dn != result.identity:
+                if row is not None and row.owner_dn != owner:
                     raise Denied(
                         f'credentials for username "{options.username}" belong to another owner',
                         "store.not_owner",
@@ -752,7 +905,7 @@ class Repository:
                 if row is None:
                     row = CredentialRow(username=options.username, name=options.name)
                     session.add(row)
-                row.owner_dn = result.identity
+                row.owner_dn = owner
                 row.description = options.description
                 row.chain_pem = chain_pem
                 row.sealed_key = sealed.to_bytes()
@@ -788,7 +941,7 @@ class Repository:
                     principal,
                     Operation.STORE,
                     decision,
-                    owner=result.identity,
+                    owner=owner,
                     name=options.name,
                     lifetime=max_lifetime,
                     conn=session.connection(),
@@ -796,9 +949,7 @@ class Repository:
         except Denied as exc:
             # Lost a race after the policy decision (a concurrent store): audit the refusal (I6).
             refusal = Decision(False, exc.rule or "store.conflict", exc.message)
-            self._record(
-                principal, Operation.STORE, refusal, owner=result.identity, name=options.name
-            )
+            self._record(principal, Operation.STORE, refusal, owner=owner, name=options.name)
             raise
         return info
 
@@ -1006,7 +1157,7 @@ class Repository:
     ) -> bytes:
         """MyProxy RETRIEVE: the stored chain and key, the key encrypted with its passphrase."""
         row = self._require(principal, Operation.RETRIEVE_KEY, username, name)
-        facts = _row_facts(row, self.config)
+        facts, _ = self._facts_in_use(row)
         auth = AuthMethod.PASSPHRASE if passphrase else AuthMethod.NONE
         request = policy.Request(Operation.RETRIEVE_KEY, owner=row.owner_dn, name=name, auth=auth)
         decision = self._decide(principal, request, facts, name=name, record_allow=False)
@@ -1086,12 +1237,16 @@ class Repository:
                 dummy_unseal_cost(**self._argon)
                 self._count_failure(principal, username, name)
             raise self._not_found(principal, op, username, name, auth, bans=bans)
-        facts = _row_facts(row, self.config)
-        chain = self._stored_chain(row.chain_pem)
+        facts, chain = self._facts_in_use(row)
         ac_plan = self._plan_acs(row.owner_dn, voms)
         proof = None
         if renewal_proof is not None:
-            proof = classify_principal(renewal_proof, self.config.policy, principal.address)
+            try:
+                proof = classify_principal(renewal_proof, self.config.policy, principal.address)
+            except IdentityRefused as exc:
+                refusal = Decision(False, "auth.independent_proxy", f"the renewal proof: {exc}")
+                self._record(principal, op, refusal, owner=row.owner_dn, name=name)
+                raise Denied(refusal.reason, refusal.rule) from None
         request = policy.Request(
             op,
             owner=row.owner_dn,
@@ -1244,6 +1399,9 @@ class Repository:
         self._decide(principal, policy.Request(Operation.AUDIT_READ), None, name=None)
         return self.audit.query(**filters)
 
+    def authorize_metrics(self, principal: Principal) -> None:
+        self._decide(principal, policy.Request(Operation.METRICS_READ), None, name=None)
+
     def audit_verify(self, principal: Principal) -> VerifyReport:
         self._decide(principal, policy.Request(Operation.AUDIT_READ), None, name=None)
         return self.audit.verify()
@@ -1289,6 +1447,74 @@ class Repository:
                 delete(BanRow).where(BanRow.kind == kind, BanRow.pattern == pattern)
             )
         return bool(getattr(result, "rowcount", 0))
+
+    def lock(
+        self, principal: Principal, username: str, name: str | None, message: str
+    ) -> list[CredentialInfo]:
+        """Lock `username`'s credential `name` (without a name: all of them), as
+        myproxy-admin-query -L does: every use of it (retrieve, renew, payload proxy, key
+        retrieval, storing over it) is refused with `credential.locked` and `message`,
+        until `unlock`. INFO and DESTROY stay open to the owner. Decided as an admin
+        action; each credential's event commits with its change (I6)."""
+        return self._set_lock(principal, username, name, check_lock_message(message))
+
+    def unlock(
+        self, principal: Principal, username: str, name: str | None = None
+    ) -> list[CredentialInfo]:
+        """Lift the lock of `username`'s credential `name` (all of them without a name)."""
+        return self._set_lock(principal, username, name, None)
+
+    def _set_lock(
+        self, principal: Principal, username: str, name: str | None, message: str | None
+    ) -> list[CredentialInfo]:
+        verb = "lock" if message is not None else "unlock"
+        decision = self._decide(
+            principal, policy.Request(Operation.ADMIN), None, name=name, record_allow=False
+        )
+        now = dt.datetime.now(dt.UTC)
+        done: list[CredentialInfo] = []
+        with self._writing() as session:
+            query = select(CredentialRow).where(CredentialRow.username == username)
+            if name is not None:
+                query = query.where(CredentialRow.name == name)
+            rows = list(session.scalars(query.order_by(CredentialRow.name)))
+            found = bool(rows)
+            if message is None:
+                rows = [r for r in rows if r.lock_message is not None]
+            for row in rows:
+                row.lock_message = message
+                row.locked_by = principal.identity if message is not None else None
+                row.locked_at = now if message is not None else None
+                session.flush()
+                self._record(
+                    principal,
+                    Operation.ADMIN,
+                    decision,
+                    owner=row.owner_dn,
+                    name=row.name,
+                    detail=f"{verb} {username}/{row.name}" + (f": {message}" if message else ""),
+                    conn=session.connection(),
+                )
+                done.append(_info(row))
+        if not done:
+            where = f"{username[:100]}/{name[:100]}" if name is not None else username[:100]
+            refusal: RepositoryError = (
+                BadRequest(f"no credential of {where} is locked", "credential.not_locked")
+                if found
+                else NotFound(
+                    f'No credentials exist for username "{where}".', "credential.not_found"
+                )
+            )
+            self._record(
+                principal,
+                Operation.ADMIN,
+                Decision(False, refusal.rule or "credential.not_found", refusal.message),
+                owner=None,
+                name=name,
+                detail=f"{verb} {where}: {refusal.message}",
+            )
+            raise refusal
+        return done
 
     def list_bans(self, principal: Principal) -> list[BanRow]:
         self._decide(
@@ -1428,7 +1654,7 @@ class Repository:
             held_fqans=tuple(f for _, _, held in plan for f in held),
             assignment=queue.assignment(task_id),
         )
-        facts = _row_facts(row, self.config) if row is not None else None
+        facts = self._facts_in_use(row)[0] if row is not None else None
         decision = self._decide(
             principal,
             request,
@@ -1454,6 +1680,43 @@ class Repository:
             detail=f"task {task_id} (limited)",
         )
         return self.complete_retrieval(retrieval, csr)
+
+    # --- names (issue 15, finding 5) -----------------------------------------------------------
+
+    def _check_store_names(
+        self,
+        options: StoreOptions,
+        *,
+        chain: Sequence[x509.Certificate] = (),
+        pem: bytes | None = None,
+    ) -> None:
+        """Refuse (BadRequest) a store whose names or chain DNs break `proxyd.names`' rules.
+
+        The edges check first, naming their own fields; this is the same check
+        for every caller of the store paths (admin import included).
+        """
+        from . import names
+
+        try:
+            names.check(names.USERNAME, options.username, "username")
+            names.check(names.CREDENTIAL_NAME, options.name, "credential name")
+            if options.description is not None:
+                names.check(names.DESCRIPTION, options.description, "description")
+            for label in ("retrievers", "renewers", "trusted_retrievers", "key_retrievers"):
+                names.check_patterns(getattr(options, label), label)
+        except names.InvalidField as exc:
+            raise BadRequest(exc.message, exc.rule) from None
+        if pem is not None:
+            try:
+                chain = parse_credential_pem(
+                    _KEY_BLOCK.sub(b"", pem), source="stored credential"
+                ).certificates
+            except VomsExtError:
+                chain = ()  # store_pem itself says what is wrong with it
+        try:
+            names.check_chain_names(chain)
+        except names.UnsafeName as exc:
+            raise BadRequest(str(exc), "request.bad_dn") from None
 
 
 def _with_reason(detail: str | None, decision: Decision) -> str | None:

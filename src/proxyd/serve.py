@@ -31,6 +31,7 @@ from .connlimit import ConnectionGate, LimitedTCPSite
 from .errors import ServeError
 from .issuer import IssueError
 from .logs import configure as configure_logging
+from .metrics import exposition
 from .myproxy.server import SESSION_TIMEOUT, MyProxyServer
 from .repository import Repository
 from .sealing import SealingError
@@ -62,6 +63,7 @@ async def run_listeners(
     _ensure_fd_limit(config)
     stop = stop or asyncio.Event()
     runner: web.AppRunner | None = None
+    metrics_runner: web.AppRunner | None = None
     myproxy: asyncio.AbstractServer | None = None
     sweeper: asyncio.Task[None] | None = None
     reload_now = asyncio.Event()
@@ -106,6 +108,8 @@ async def run_listeners(
                     f"cannot listen for HTTPS on {config.api.listen}: {exc.strerror}"
                 ) from None
             log.info("HTTPS API listening on https://%s/", config.api.listen)
+        if config.metrics.listen is not None:
+            metrics_runner = await _start_metrics(config, reuse_port)
         trust_task = asyncio.create_task(_watch_trust(repo, watcher, config, reload_now))
         if ready is not None:
             ready()
@@ -124,9 +128,34 @@ async def run_listeners(
         if myproxy is not None:
             myproxy.close()
             await myproxy.wait_closed()
-        if runner is not None:
-            await runner.cleanup()
+        for each in (runner, metrics_runner):
+            if each is not None:
+                await each.cleanup()
         repo.engine.dispose()
+
+
+async def _metrics_only(request: web.Request) -> web.Response:
+    body, content_type = exposition()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def _start_metrics(config: Config, reuse_port: bool) -> web.AppRunner:
+    """[metrics] listen: plain HTTP, /metrics only, no identity (who can reach the address may
+    read the counters, as with any Prometheus exporter: bind it to loopback or an internal
+    network). Scrapes here make no policy decision and no audit event."""
+    listen = config.metrics.listen
+    assert listen is not None
+    app = web.Application()
+    app.router.add_get("/metrics", _metrics_only)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, listen.host, listen.port, reuse_port=reuse_port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ServeError(f"cannot listen for metrics on {listen}: {exc.strerror}") from None
+    log.info("metrics listening on http://%s/metrics", listen)
+    return runner
 
 
 def _ensure_fd_limit(config: Config) -> None:

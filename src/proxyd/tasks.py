@@ -2,33 +2,81 @@
 
 The queue backend (`proxyd.taskqueue`) keeps tasks; this module decides
 who may submit, match, report on and read them, and hands payload proxies
-out through the Repository (I2: only the matched pilot, only while live,
-only limited).
+out through the Repository (I2: only the matched pilot instance, only while
+live, only limited).
+
+An allow is recorded only for an action that is allowed to happen: a pilot
+report that the task's life cycle refuses (complete before start, ...) is
+refused by policy (`task.state_conflict`); a cancel of a finished task is
+decided by policy for who asks, then recorded as a `task.state_conflict`
+refusal, with no allow. When the state changes between the decision and
+the action (another request won the race), the refusal is recorded after
+the allow. Such refusals answer 409 (`TaskConflict`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 from cryptography import x509
 
 from voms_ext import normalise_fqan
 
 from . import policy
+from .audit import AuditEvent
 from .issuer import IssuedProxy
-from .policy import Operation
+from .metrics import DECISIONS
+from .policy import Assignment, Operation
 from .principal import Principal
-from .repository import BadRequest, NotFound, Repository
+from .repository import BadRequest, Denied, NotFound, Repository, RepositoryError
 from .taskqueue.base import TaskQueue
 from .taskqueue.model import (
+    TRANSITIONS,
     Accounting,
     AccountingTotal,
+    InvalidTask,
+    NotAssigned,
     PilotCapabilities,
     Task,
+    TaskEvent,
     TaskFilter,
     TaskSpec,
+    TaskStateError,
+    UnknownTask,
+    free_text,
+    normalise_site,
+    text_field,
 )
+
+T = TypeVar("T")
+STATE_CONFLICT = "task.state_conflict"
+
+
+class TaskConflict(RepositoryError):
+    """A life-cycle event the task's current state does not allow (HTTP 409); the message
+    names the state and the events it allows."""
+
+    code = "conflict"
+
+
+class _PresentedSecret:
+    """The queue as `Repository.payload_proxy` reads it for one request: the assignment
+    carries whether the asking pilot presented the task's assignment secret."""
+
+    def __init__(self, queue: TaskQueue, secret: str | None) -> None:
+        self._queue = queue
+        self._secret = secret
+
+    def get(self, task_id: int) -> Task | None:
+        return self._queue.get(task_id)
+
+    def assignment(self, task_id: int, secret: str | None = None) -> Assignment | None:
+        return self._queue.assignment(task_id, self._secret)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._queue, name)
 
 
 class TaskService:
@@ -39,6 +87,12 @@ class TaskService:
     # --- owners ---------------------------------------------------------------------------
 
     def submit(self, principal: Principal, spec: TaskSpec) -> Task:
+        limit = int(self.repo.config.taskqueue.max_wall_time.total_seconds())
+        if spec.max_wall_s > limit:
+            raise BadRequest(
+                f"TaskSpec.max_wall_s: must be at most {limit} s (the server's [taskqueue] "
+                f"max_wall_time), not {spec.max_wall_s}"
+            )
         fqans = tuple(normalise_fqan(f) for f in spec.fqans)
         aa = self.repo.authorities.get(spec.vo)
         held = aa.held_fqans(spec.owner) if aa is not None else ()
@@ -77,15 +131,40 @@ class TaskService:
     def cancel(self, principal: Principal, task_id: int) -> Task:
         task = self.queue.get(task_id)
         owner = task.spec.owner if task is not None else None
-        self.repo.authorize(principal, policy.Request(Operation.TASK_CANCEL, owner=owner))
+        request = policy.Request(Operation.TASK_CANCEL, owner=owner)
+        if task is not None and TaskEvent.CANCEL not in TRANSITIONS[task.state]:
+            # A finished task: who asks is decided first (a refusal is recorded and raised),
+            # then the life cycle refuses; no allow is recorded for a cancel that cannot be.
+            self.repo._decide(principal, request, None, name=None, record_allow=False)
+            conflict = str(TaskStateError(task.state, TaskEvent.CANCEL, task.id))
+            self._refuse(principal, Operation.TASK_CANCEL, task, conflict)
+            raise TaskConflict(conflict, STATE_CONFLICT)
+        self.repo.authorize(principal, request)
         if task is None:
             raise NotFound(f"no task {task_id}", "task.not_found")
-        return self.queue.cancel(task.id, by=principal.identity, reason="cancelled by request")
+        return self._act(
+            principal,
+            Operation.TASK_CANCEL,
+            task,
+            lambda: self.queue.cancel(
+                task.id, by=principal.identity, reason="cancelled by request"
+            ),
+        )
 
     # --- pilots ---------------------------------------------------------------------------
 
     def match(self, principal: Principal, capabilities: PilotCapabilities) -> Task | None:
-        self.repo.authorize(principal, policy.Request(Operation.TASK_MATCH))
+        """The best task for this pilot, carrying its assignment secret (once), or None.
+
+        A pilot whose DN is bound to sites ([taskqueue] pilot_sites) is refused any
+        other site by policy (`task.site_not_allowed`).
+        """
+        request = policy.Request(
+            Operation.TASK_MATCH,
+            site=capabilities.site,  # normalised by PilotCapabilities
+            allowed_sites=self.repo.config.taskqueue.sites_of(principal.identity),
+        )
+        self.repo.authorize(principal, request)
         # The pilot is who authenticated, whatever the request body says.
         caps = PilotCapabilities(
             pilot_dn=principal.identity,
@@ -99,41 +178,151 @@ class TaskService:
         )
         return self.queue.match(caps)
 
-    def _as_assigned_pilot(self, principal: Principal, task_id: int) -> None:
-        assignment = self.queue.assignment(task_id)
-        request = policy.Request(Operation.TASK_UPDATE, assignment=assignment)
-        self.repo.authorize(principal, request, name=None)
+    def _report(
+        self,
+        principal: Principal,
+        task_id: int,
+        event: TaskEvent,
+        secret: str | None,
+        act: Callable[[], T],
+    ) -> T:
+        """A pilot's report on a task: policy decides with the assignment (this pilot
+        instance, by its secret) and whether the task's state allows `event`, then it acts."""
+        task = self.queue.get(task_id)
+        conflict = None
+        if task is not None and event not in TRANSITIONS[task.state]:
+            conflict = str(TaskStateError(task.state, event, task_id))
+        request = policy.Request(
+            Operation.TASK_UPDATE,
+            assignment=self.queue.assignment(task_id, secret),
+            state_conflict=conflict,
+        )
+        try:
+            self.repo.authorize(principal, request, name=None)
+        except Denied as exc:
+            if exc.rule == STATE_CONFLICT:
+                raise TaskConflict(exc.message, STATE_CONFLICT) from None
+            raise
+        return self._act(principal, Operation.TASK_UPDATE, task, act)
 
-    def start(self, principal: Principal, task_id: int) -> Task:
-        self._as_assigned_pilot(principal, task_id)
-        return self.queue.start(task_id, principal.identity)
+    def _act(
+        self, principal: Principal, op: Operation, task: Task | None, act: Callable[[], T]
+    ) -> T:
+        """Do what policy allowed; if the task changed meanwhile and the queue refuses,
+        record the refusal (I6) and answer 409 (or 403 when the task is no longer this
+        pilot's)."""
+        try:
+            return act()
+        except TaskStateError as exc:
+            self._refuse(principal, op, task, str(exc))
+            raise TaskConflict(str(exc), STATE_CONFLICT) from None
+        except (NotAssigned, UnknownTask) as exc:
+            self._refuse(principal, op, task, str(exc), rule="task.not_assigned")
+            raise Denied(str(exc), "task.not_assigned") from None
 
-    def heartbeat(self, principal: Principal, task_id: int) -> Task:
-        self._as_assigned_pilot(principal, task_id)
-        return self.queue.heartbeat(task_id, principal.identity)
+    def _refuse(
+        self,
+        principal: Principal,
+        op: Operation,
+        task: Task | None,
+        reason: str,
+        *,
+        rule: str = STATE_CONFLICT,
+    ) -> None:
+        """Audit a refusal that the queue's state decided (raises AuditWriteError)."""
+        DECISIONS.labels(op.value, "deny", rule).inc()
+        self.repo.audit.append(
+            AuditEvent(
+                actor_dn=principal.identity,
+                actor_kind=principal.kind.value,
+                peer=principal.address or "",
+                operation=op.value,
+                rule=rule,
+                decision="deny",
+                owner_dn=task.spec.owner if task is not None else None,
+                credential_name=task.spec.credential_name if task is not None else None,
+                detail=reason[:2000],
+            )
+        )
 
-    def complete(self, principal: Principal, task_id: int, accounting: Accounting) -> Task:
-        self._as_assigned_pilot(principal, task_id)
-        return self.queue.complete(task_id, principal.identity, accounting)
+    def start(self, principal: Principal, task_id: int, secret: str | None = None) -> Task:
+        return self._report(
+            principal,
+            task_id,
+            TaskEvent.START,
+            secret,
+            lambda: self.queue.start(task_id, principal.identity),
+        )
+
+    def heartbeat(self, principal: Principal, task_id: int, secret: str | None = None) -> Task:
+        return self._report(
+            principal,
+            task_id,
+            TaskEvent.HEARTBEAT,
+            secret,
+            lambda: self.queue.heartbeat(task_id, principal.identity),
+        )
+
+    def complete(
+        self,
+        principal: Principal,
+        task_id: int,
+        accounting: Accounting,
+        secret: str | None = None,
+    ) -> Task:
+        return self._report(
+            principal,
+            task_id,
+            TaskEvent.COMPLETE,
+            secret,
+            lambda: self.queue.complete(task_id, principal.identity, accounting),
+        )
 
     def fail(
-        self, principal: Principal, task_id: int, reason: str, accounting: Accounting | None
+        self,
+        principal: Principal,
+        task_id: int,
+        reason: str,
+        accounting: Accounting | None,
+        secret: str | None = None,
     ) -> Task:
-        self._as_assigned_pilot(principal, task_id)
-        return self.queue.fail(task_id, principal.identity, reason, accounting)
+        return self._report(
+            principal,
+            task_id,
+            TaskEvent.FAIL,
+            secret,
+            lambda: self.queue.fail(task_id, principal.identity, reason, accounting),
+        )
 
     def payload_proxy(
-        self, principal: Principal, task_id: int, csr: x509.CertificateSigningRequest
+        self,
+        principal: Principal,
+        task_id: int,
+        csr: x509.CertificateSigningRequest,
+        secret: str | None = None,
     ) -> IssuedProxy:
-        return self.repo.payload_proxy(principal, task_id, csr, self.queue)
+        """The limited payload proxy, for the pilot instance holding the task's secret."""
+        queue = cast(TaskQueue, _PresentedSecret(self.queue, secret))
+        return self.repo.payload_proxy(principal, task_id, csr, queue)
 
     # --- operators ------------------------------------------------------------------------
 
-    def mask_site(self, principal: Principal, site: str, masked: bool, reason: str = "") -> None:
+    def mask_site(self, principal: Principal, site: str, masked: bool, reason: str = "") -> str:
+        """Mask or unmask a site; the site's name as the queue spells it (normalise_site)."""
+        try:
+            site = normalise_site(site)
+        except InvalidTask as exc:
+            raise BadRequest(str(exc)) from None
         self.repo.authorize(principal, policy.Request(Operation.ADMIN), name=None)
         self.queue.set_site_mask(site, masked, by=principal.identity, reason=reason)
+        return site
 
     def ban_owner(self, principal: Principal, dn: str, banned: bool, reason: str = "") -> None:
+        try:
+            text_field("dn", dn, length=1024, plain=True)
+        except InvalidTask as exc:
+            raise BadRequest(str(exc)) from None
+        reason = free_text(reason[:1000], 1000)
         self.repo.authorize(principal, policy.Request(Operation.ADMIN), name=None)
         if banned:
             self.queue.ban_owner(dn, by=principal.identity, reason=reason)

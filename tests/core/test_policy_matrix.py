@@ -98,7 +98,7 @@ S, R, N, INFO, D = (
     Operation.DESTROY,
 )
 PW, CERT = AuthMethod.PASSPHRASE, AuthMethod.CERTIFICATE
-LIVE = Assignment(PILOT, 7, ALICE, "default", True, 2 * H)
+LIVE = Assignment(PILOT, 7, ALICE, "default", True, 2 * H, instance_ok=True)
 
 # (id, principal, request, credential, allowed, rule, limited or None)
 MATRIX = [

@@ -274,8 +274,9 @@ def test_I2_a_pilot_gets_only_its_own_live_assignment(bed: Bed) -> None:
     pilot1 = bed.api("pilot")
     matched = pilot1.request("POST", "/v1/pilot/match", {"site": "SITE-A", "cpu_time_left": 3600})
     assert matched.status == 200 and matched.json["id"] == task_id
+    secret = {"assignment_secret": matched.json["assignment_secret"]}
     csr = csr_for(spare_key(3)).public_bytes(serialization.Encoding.PEM).decode()
-    other = bed.api("pilot2").request("POST", f"/v1/tasks/{task_id}/proxy", {"csr": csr})
+    other = bed.api("pilot2").request("POST", f"/v1/tasks/{task_id}/proxy", {"csr": csr, **secret})
     assert (other.status, other.json["rule"]) == (403, "payload.not_assigned")
     own = bed.api("pilot").request(
         "POST", "/v1/credentials/default/proxy?username=pilot", {"csr": csr}
@@ -285,11 +286,14 @@ def test_I2_a_pilot_gets_only_its_own_live_assignment(bed: Bed) -> None:
         "credential.not_found",
         "pilot.restricted",
     )
-    ok = pilot1.request("POST", f"/v1/tasks/{task_id}/proxy", {"csr": csr})
+    ok = pilot1.request("POST", f"/v1/tasks/{task_id}/proxy", {"csr": csr, **secret})
     assert ok.status == 200, ok.body
-    pilot1.request("POST", f"/v1/tasks/{task_id}/start", {})
-    pilot1.request("POST", f"/v1/tasks/{task_id}/complete", {"cpu_s": 0.1, "wall_s": 0.2})
-    after = pilot1.request("POST", f"/v1/tasks/{task_id}/proxy", {"csr": csr})
+    assert pilot1.request("POST", f"/v1/tasks/{task_id}/start", secret).status == 200
+    done = pilot1.request(
+        "POST", f"/v1/tasks/{task_id}/complete", {"cpu_s": 0.1, "wall_s": 0.2, **secret}
+    )
+    assert done.status == 200, done.body
+    after = pilot1.request("POST", f"/v1/tasks/{task_id}/proxy", {"csr": csr, **secret})
     assert (after.status, after.json["rule"]) == (403, "payload.assignment_ended")
     denials = {
         e.event.rule

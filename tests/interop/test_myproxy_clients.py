@@ -23,7 +23,7 @@ from tests.support.server import RunningServer, running_server
 from tests.support.tools import run_tool
 from tests.support.vomscheck import check_proxy
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.usefixtures("no_ambient_grid_identity")]
 
 ALICE = "/C=XX/O=proxyd dev/OU=Users/CN=alice"
 BOB = "/C=XX/O=proxyd dev/OU=Users/CN=bob"
@@ -41,22 +41,6 @@ PRODUCTION = "/dteam/Role=production/Capability=NULL"
 TLS_VERSIONS = pytest.mark.parametrize(
     ("tls_min", "tls_max"), [("1.2", "1.2"), ("1.3", "1.3")], ids=["tls1.2", "tls1.3"]
 )
-
-
-@pytest.fixture(autouse=True)
-def _no_ambient_grid_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only what a test sets may identify a client (no inherited proxy, cert or server)."""
-    for var in (
-        "X509_USER_PROXY",
-        "X509_USER_CERT",
-        "X509_USER_KEY",
-        "X509_CERT_DIR",
-        "X509_VOMS_DIR",
-        "MYPROXY_SERVER",
-        "MYPROXY_SERVER_PORT",
-        "MYPROXY_SERVER_DN",
-    ):
-        monkeypatch.delenv(var, raising=False)
 
 
 @dataclasses.dataclass

@@ -349,10 +349,10 @@ def test_refused_connections_get_no_tls_state(dev_pki: DevPKI, tmp_path: Path) -
 
 
 def test_metrics_exist_before_any_refusal(dev_pki: DevPKI, tmp_path: Path) -> None:
-    with running_server(dev_pki, tmp_path / "state") as srv:
-        from tests.support.https import ApiClient
+    from proxyd.metrics import exposition
 
-        body = ApiClient(srv.api_port, dev_pki.cert_dir).request("GET", "/metrics").body.decode()
+    with running_server(dev_pki, tmp_path / "state"):  # in this process: its registry is ours
+        body = exposition()[0].decode()
     for edge in EDGES:
         assert f'proxyd_connections_open{{interface="{edge}"}}' in body
         for reason in ("max_connections", "max_connections_per_peer"):

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from proxyd.audit import AuditLog
-from proxyd.devpki import DevPKI
+from proxyd.devpki import DevPKI, user_dn
 from proxyd.myproxy import protocol as p
 from proxyd.myproxy.client import MyProxyClientError
 from proxyd.store.db import make_engine
@@ -201,7 +201,7 @@ def _run_scenario(server: ServeProcess, pki: DevPKI, creds: Path) -> Scenario:
         (alice.path, "GET", "/v1/credentials?username=alice-api", None),
         (bob.path, "GET", "/v1/credentials?username=bob-api", None),
         (None, "GET", "/healthz", None),
-        (None, "GET", "/metrics", None),
+        (alice.path, "GET", "/metrics", None),
     ):
         reply = server.api(who).request(method, path, payload)
         api_bodies.append(reply.body)
@@ -285,7 +285,12 @@ def _scan(artifacts: dict[str, bytes], needles: dict[str, list[bytes]]) -> list[
 
 def test_no_secret_in_logs_audit_api_or_database(dev_pki: DevPKI, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    server = ServeProcess(dev_pki, state, debug=True).start()
+    server = ServeProcess(
+        dev_pki,
+        state,
+        debug=True,
+        policy=f'passphrase_attempts = 1000000\nmetrics_readers = ["{user_dn("alice")}"]\n',
+    ).start()
     snapshot = tmp_path / "db-snapshot"
     snapshot.mkdir()
     try:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from proxyd.config import ApiConfig, Config, Listen, MyProxyConfig, PolicyConfig
+from proxyd.config import ApiConfig, Config, Listen, MyProxyConfig, PolicyConfig, TaskQueueConfig
 from proxyd.devpki import DevPKI
 from proxyd.repository import Repository
 from proxyd.serve import run_listeners
@@ -61,6 +61,7 @@ def running_server(
     tls_min: str = "1.2",
     tls_max: str = "1.3",
     policy: PolicyConfig | None = None,
+    taskqueue: TaskQueueConfig | None = None,
 ) -> Iterator[RunningServer]:
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     config = make_test_config(pki, database or f"sqlite:///{state_dir / 'proxyd.db'}", state_dir)
@@ -70,6 +71,7 @@ def running_server(
         myproxy=MyProxyConfig(Listen("127.0.0.1", mp_port), tls_min, tls_max),
         api=ApiConfig(Listen("127.0.0.1", api_port)),
         policy=policy or config.policy,
+        taskqueue=taskqueue or config.taskqueue,
     )
     loop = asyncio.new_event_loop()
     ready = threading.Event()

@@ -18,6 +18,29 @@ REQUIRE_INTEROP = os.environ.get("PROXYD_REQUIRE_INTEROP") == "1"
 REQUIRE_POSTGRES = os.environ.get("PROXYD_REQUIRE_POSTGRES") == "1"
 
 
+# What identifies a grid client or names its server, from the environment.
+GRID_ENVIRONMENT = (
+    "X509_USER_PROXY",
+    "X509_USER_CERT",
+    "X509_USER_KEY",
+    "X509_CERT_DIR",
+    "X509_VOMS_DIR",
+    "MYPROXY_SERVER",
+    "MYPROXY_SERVER_PORT",
+    "MYPROXY_SERVER_DN",
+)
+
+
+@pytest.fixture
+def no_ambient_grid_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only what a test sets may identify a client (no inherited proxy, cert or server).
+
+    Use with `pytestmark = pytest.mark.usefixtures("no_ambient_grid_identity")`.
+    """
+    for var in GRID_ENVIRONMENT:
+        monkeypatch.delenv(var, raising=False)
+
+
 def require_tool(name: str) -> str:
     """Path of an installed tool, or skip (fail under PROXYD_REQUIRE_INTEROP=1)."""
     path = shutil.which(name)

@@ -42,7 +42,9 @@ from proxyd.taskqueue.model import (
     TaskState,
     UnknownTask,
     assignment_of,
+    new_assignment_secret,
     next_state,
+    normalise_site,
 )
 
 
@@ -105,6 +107,7 @@ class MemoryTaskQueue:
                 key=lambda t: match_key(t.spec.priority, t.spec.group, t.spec.owner, t.id, ranks),
             )
             now = self._clock()
+            secret, digest = new_assignment_secret()  # the pilot gets the secret, we the digest
             task = dataclasses.replace(
                 best,
                 state=next_state(best.state, TaskEvent.MATCH, best.id),
@@ -116,6 +119,7 @@ class MemoryTaskQueue:
                 heartbeat_at=now,
                 attempts=best.attempts + 1,
                 reason=None,
+                secret_digest=digest,
             )
             self._tasks[task.id] = task
         event = queue_event(
@@ -127,7 +131,7 @@ class MemoryTaskQueue:
             detail=f"task {task.id}",
         )
         self._log(event)
-        return task
+        return dataclasses.replace(task, assignment_secret=secret)
 
     def _usages(self) -> list[PairUsage]:
         """Per (group, owner): wall seconds used, and max_wall_s of its active tasks."""
@@ -175,6 +179,7 @@ class MemoryTaskQueue:
                     started_at=None,
                     heartbeat_at=None,
                     finished_at=None,
+                    secret_digest=None,  # the earlier attempt's secret is dead
                 )
             if before.state in ACTIVE and state not in ACTIVE:
                 pair = (before.spec.group, before.spec.owner)
@@ -233,11 +238,12 @@ class MemoryTaskQueue:
             )
         return found[: filters.limit]
 
-    def assignment(self, task_id: int) -> Assignment | None:
+    def assignment(self, task_id: int, secret: str | None = None) -> Assignment | None:
         task = self._tasks.get(task_id)
-        return assignment_of(task, self._clock()) if task is not None else None
+        return assignment_of(task, self._clock(), secret) if task is not None else None
 
     def set_site_mask(self, site: str, masked: bool, by: str, reason: str = "") -> None:
+        site = normalise_site(site)
         with self._lock:
             (self._masked.add if masked else self._masked.discard)(site)
         self._log(
@@ -296,6 +302,7 @@ class MemoryTaskQueue:
         until: dt.datetime | None = None,
     ) -> list[AccountingTotal]:
         totals: dict[str, list[Any]] = {}
+        site = normalise_site(site) if site is not None else None
         for task, outcome, acc, at in self._accounting:
             values = {"owner": task.spec.owner, "group": task.spec.group, "site": task.site or ""}
             if (

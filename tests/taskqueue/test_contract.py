@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 
 import pytest
 
 from proxyd.taskqueue import (
     Accounting,
+    InvalidTask,
     NotAssigned,
     TaskFilter,
     TaskQueue,
@@ -39,7 +41,7 @@ class TestContract:
         got = q.get(a.id)
         assert got is not None and got == a
         assert got.state is TaskState.WAITING and got.attempts == 0 and got.pilot is None
-        assert got.spec.requirements.sites_allowed == {"SITE-A"}
+        assert got.spec.requirements.sites_allowed == {"site-a"}  # normalise_site
         assert got.submitted_at == harness.clock.now
         assert q.get(10**6) is None
         assert [t.id for t in q.query(TaskFilter(owner=owner_dn("bob")))] == ids
@@ -58,7 +60,7 @@ class TestContract:
         clock.advance(10)
         m = q.match(pilot(pilot_id="p-42"))
         assert m is not None and m.id == t.id and m.state is TaskState.MATCHED
-        assert (m.pilot, m.pilot_id, m.site, m.attempts) == (PILOT, "p-42", "SITE-A", 1)
+        assert (m.pilot, m.pilot_id, m.site, m.attempts) == (PILOT, "p-42", "site-a", 1)
         assert m.matched_at == clock.now and m.started_at is None
         clock.advance(5)
         assert q.heartbeat(t.id, PILOT).state is TaskState.MATCHED
@@ -180,7 +182,7 @@ class TestContract:
         q = harness.queue
         ids = q.submit_many([spec() for _ in range(3)])
         q.set_site_mask("SITE-A", True, by=owner_dn("admin"), reason="downtime")
-        assert q.masked_sites() == {"SITE-A"}
+        assert q.masked_sites() == {"site-a"}
         assert q.match(pilot("SITE-A")) is None
         assert q.match(pilot("SITE-B")).id == ids[0]  # type: ignore[union-attr]
         q.set_site_mask("SITE-A", False, by=owner_dn("admin"))
@@ -193,7 +195,7 @@ class TestContract:
             "allow",
             owner_dn("admin"),
         )
-        assert "SITE-A" in (masks[0].detail or "") and "downtime" in (masks[0].detail or "")
+        assert "site-a" in (masks[0].detail or "") and "downtime" in (masks[0].detail or "")
 
     def test_owner_ban_takes_effect_at_once(self, harness: Harness) -> None:
         q = harness.queue
@@ -236,11 +238,11 @@ class TestContract:
         clock.advance(100)
         q.start(t.id, PILOT)
         clock.advance(600)
-        a = q.assignment(t.id)
-        assert a is not None and a.live and a.time_left == dt.timedelta(seconds=3000)
-        clock.advance(3000)
+        a = q.assignment(t.id)  # the budget runs from the match, not from the start
+        assert a is not None and a.live and a.time_left == dt.timedelta(seconds=2900)
+        clock.advance(2900)
         assert q.assignment(t.id).live is False  # type: ignore[union-attr]  # out of wall time
-        clock.advance(-3000)
+        clock.advance(-2900)
         q.complete(t.id, PILOT, ACC)
         a = q.assignment(t.id)
         assert a is not None and a.pilot == PILOT and not a.live
@@ -294,9 +296,9 @@ class TestContract:
             5000,
         )
         assert [(t.key, t.attempts) for t in q.accounting("site")] == [
-            ("SITE-A", 1),
-            ("SITE-B", 1),
-            ("SITE-C", 1),
+            ("site-a", 1),
+            ("site-b", 1),
+            ("site-c", 1),
         ]
         assert [t.key for t in q.accounting("group")] == ["/dteam", "/dteam/x"]
         later = q.accounting("owner", since=harness.clock.now)
@@ -309,3 +311,73 @@ class TestContract:
         q.submit_many([spec("alice") for _ in range(4)] + [spec("bob") for _ in range(4)])
         owners = [q.get(i).spec.owner for i in drain(q)]  # type: ignore[union-attr]
         assert owners == [owner_dn("alice"), owner_dn("bob")] * 4
+
+
+# --- issue 15 -------------------------------------------------------------------------------------
+
+
+def test_a_match_hands_out_a_secret_once_and_keeps_only_its_digest(harness: Harness) -> None:
+    """Payloads are bound to one pilot instance: a sibling sharing the DN lacks the secret."""
+    q = harness.queue
+    t = q.submit(spec())
+    m = q.match(pilot())
+    assert m is not None and m.assignment_secret is not None
+    secret = m.assignment_secret
+    stored = q.get(t.id)
+    assert stored is not None and stored.assignment_secret is None  # never read back
+    assert stored.secret_digest == hashlib.sha256(secret.encode()).hexdigest()
+    assert secret not in repr(m)
+    assert q.assignment(t.id, secret).instance_ok is True  # type: ignore[union-attr]
+    assert q.assignment(t.id, secret[:-1]).instance_ok is False  # type: ignore[union-attr]
+    assert q.assignment(t.id).instance_ok is False  # type: ignore[union-attr]
+    for s in q.query(TaskFilter()):
+        assert s.assignment_secret is None
+    # Queued again and matched again: the earlier attempt's secret is dead.
+    q.reschedule(t.id, reason="operator")
+    assert q.get(t.id).secret_digest is None  # type: ignore[union-attr]
+    again = q.match(pilot(pilot_id="pilot-2"))
+    assert again is not None and again.assignment_secret not in (None, secret)
+    assert q.assignment(t.id, secret).instance_ok is False  # type: ignore[union-attr]
+    assert q.assignment(t.id, again.assignment_secret).instance_ok is True  # type: ignore[union-attr]
+
+
+def test_the_wall_time_budget_runs_from_the_match(harness: Harness) -> None:
+    """Finding 2 (I2/I4): a pilot that never starts cannot keep its assignment alive with
+    heartbeats; once max_wall_s has passed since the match, the assignment is over."""
+    q, clock = harness.queue, harness.clock
+    t = q.submit(spec(max_wall_s=600))
+    m = q.match(pilot())
+    assert m is not None
+    lefts = []
+    for _ in range(5):
+        clock.advance(119)
+        assert q.heartbeat(t.id, PILOT).state is TaskState.MATCHED
+        a = q.assignment(t.id, m.assignment_secret)
+        assert a is not None
+        lefts.append(a.time_left.total_seconds())
+    assert lefts == [481, 362, 243, 124, 5]
+    clock.advance(5)
+    a = q.assignment(t.id, m.assignment_secret)
+    assert a is not None and a.time_left == dt.timedelta(0) and a.live is False
+
+
+def test_site_names_are_one_spelling_everywhere(harness: Harness) -> None:
+    """Finding 4 (I5): masks, requirements, matching and accounting fold case and spaces."""
+    q = harness.queue
+    picky, plain = q.submit_many([spec(priority=5, sites_allowed=frozenset({"Site-B"})), spec()])
+    q.set_site_mask("SITE-A", True, by=owner_dn("admin"), reason="downtime")
+    assert q.masked_sites() == {"site-a"}
+    for spelling in ("site-a", " SITE-A", "Site-A\n", "ＳＩＴＥ-Ａ"):
+        assert q.match(pilot(spelling)) is None, spelling
+    m = q.match(pilot("site-b "))
+    assert m is not None and m.id == picky and m.site == "site-b"
+    q.set_site_mask(" site-A ", False, by=owner_dn("admin"))
+    assert q.masked_sites() == frozenset()
+    assert q.match(pilot("SITE-A")).id == plain  # type: ignore[union-attr]
+    q.start(picky, PILOT)
+    q.complete(picky, PILOT, ACC)
+    assert [t.key for t in q.accounting("site")] == ["site-b"]
+    assert q.accounting("owner", site="SITE-B")[0].attempts == 1
+    assert [t.id for t in q.query(TaskFilter(site="SITE-B"))] == [picky]
+    with pytest.raises(InvalidTask, match="control or formatting"):
+        q.set_site_mask("SITE-A\nSITE-B", True, by=owner_dn("admin"))

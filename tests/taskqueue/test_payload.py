@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
 from proxyd.devpki import PILOT_DN, DevPKI, user_dn
+from proxyd.issuer import IssuedProxy
 from proxyd.principal import Principal, PrincipalKind
 from proxyd.repository import Denied, Repository, StoreOptions
 from proxyd.sealing import MasterKeyring
@@ -35,6 +37,7 @@ from voms_ext.proxy import decode_proxy_cert_info
 ALICE = user_dn("alice")
 CAROL = user_dn("carol")  # a second pilot identity in these tests (policy.pilot_dns)
 LIMITED = "1.3.6.1.4.1.3536.1.1.1.9"
+OWN = object()  # World: present the secret the match gave
 
 
 @dataclasses.dataclass
@@ -42,6 +45,11 @@ class World:
     repo: Repository
     queue: SqlTaskQueue
     ids: dict[str, Identity]
+    secrets: dict[int, str] = dataclasses.field(default_factory=dict)  # task id -> its secret
+
+    @property
+    def service(self) -> TaskService:
+        return TaskService(self.repo, self.queue)
 
     def who(self, name: str) -> Principal:
         return principal(self.repo, self.ids[name])
@@ -49,16 +57,24 @@ class World:
     def match(self, who: str = "pilot") -> int:
         dn = self.who(who).identity
         task = self.queue.match(PilotCapabilities(dn, f"{who}-1", "SITE-A", cpu_time_left=10**5))
-        assert task is not None
+        assert task is not None and task.assignment_secret is not None
+        self.secrets[task.id] = task.assignment_secret
         return task.id
 
-    def handoff(self, who: str, task_id: int) -> x509.Certificate:
-        issued = self.repo.payload_proxy(self.who(who), task_id, csr_for(spare_key(3)), self.queue)
-        return issued.proxy
+    def issue(self, who: str, task_id: int, secret: str | object | None = OWN) -> IssuedProxy:
+        """A payload proxy as the HTTPS edge asks for it (OWN: with the secret of the match)."""
+        presented = self.secrets.get(task_id) if secret is OWN else secret
+        assert presented is None or isinstance(presented, str)
+        return self.service.payload_proxy(self.who(who), task_id, csr_for(spare_key(3)), presented)
 
-    def denied(self, who: str, task_id: int) -> str:
+    def handoff(
+        self, who: str, task_id: int, secret: str | object | None = OWN
+    ) -> x509.Certificate:
+        return self.issue(who, task_id, secret).proxy
+
+    def denied(self, who: str, task_id: int, secret: str | object | None = OWN) -> str:
         with pytest.raises(Denied) as err:
-            self.handoff(who, task_id)
+            self.handoff(who, task_id, secret)
         assert err.value.rule is not None
         return err.value.rule
 
@@ -120,9 +136,7 @@ def test_the_matched_pilot_gets_a_limited_proxy_with_the_task_fqans(world: World
     proxy = world.handoff("pilot", task.id)
 
     assert OID_POLICY_LIMITED == LIMITED and policy_oid(proxy) == LIMITED
-    issued = world.repo.payload_proxy(
-        world.who("pilot"), task.id, csr_for(spare_key(3)), world.queue
-    )
+    issued = world.issue("pilot", task.id)
     result = validate_chain(issued.certificates, world.repo.trust)
     assert result.identity == ALICE and result.is_limited
     assert result.fqans[:2] == (
@@ -182,7 +196,7 @@ def test_no_proxy_before_the_match_or_after_the_end(world: World) -> None:
 
 def test_a_pilot_never_gets_a_pilot_credential(world: World) -> None:
     delegate(world.repo, world.ids["pilot"], StoreOptions("pilot"))  # the pilot stores its own
-    task = world.queue.submit(task_of(PILOT_DN, "pilot", "/dteam/Role=pilot"))
+    task = world.queue.submit(task_of(PILOT_DN, "pilot"))  # no pilot role: the DN alone
     world.match()
     assert world.denied("pilot", task.id) == "pilot.pilot_credential"
 
@@ -229,3 +243,81 @@ def test_only_the_owner_and_admins_cancel_a_task_auditors_only_read(world: World
         e for e in world.repo.audit.query(operation="task_cancel") if e.event.decision == "deny"
     ]
     assert {e.event.rule for e in refusals} == {"task.not_owner", "task.limited"}
+
+
+# --- issue 15 ----------------------------------------------------------------------------------
+
+
+def test_a_pilot_that_only_heartbeats_gets_no_proxy_past_its_budget(world: World) -> None:
+    """Finding 2 (I2/I4): the wall-time budget starts at the match. A pilot that heartbeats
+    but never starts gets proxies that all end by matched_at + max_wall_s + margin, and
+    after that none at all (payload.assignment_ended)."""
+    spec = dataclasses.replace(task_of(ALICE, "alice"), max_wall_s=4)
+    task = world.queue.submit(spec)
+    world.match()
+    matched_at = world.queue.get(task.id).matched_at  # type: ignore[union-attr]
+    assert matched_at is not None
+    margin = world.repo.config.policy.payload_lifetime_margin
+    bound = matched_at + dt.timedelta(seconds=4) + margin
+    pilot, secret = world.who("pilot"), world.secrets[task.id]
+    ends = []
+    while dt.datetime.now(dt.UTC) < matched_at + dt.timedelta(seconds=3.5):
+        world.service.heartbeat(pilot, task.id, secret)
+        ends.append(world.handoff("pilot", task.id).not_valid_after_utc)
+        time.sleep(0.7)
+    assert len(ends) >= 4
+    # Certificates count whole seconds, and the lifetime is granted relative to when the
+    # request is decided: at most a fraction of a second past the bound, never more.
+    assert max(ends) < bound + dt.timedelta(seconds=1), (ends, bound)
+    while dt.datetime.now(dt.UTC) <= matched_at + dt.timedelta(seconds=4):
+        time.sleep(0.1)
+    world.service.heartbeat(pilot, task.id, secret)  # heartbeats stretch nothing
+    assert world.denied("pilot", task.id) == "payload.assignment_ended"
+    assert world.queue.get(task.id).state is TaskState.MATCHED  # type: ignore[union-attr]
+
+
+def test_a_sibling_pilot_without_the_secret_is_refused_everything(world: World) -> None:
+    """Payloads bound to one pilot instance: the same certificate without the match's
+    secret gets no proxy and cannot start, heartbeat, complete or fail the task."""
+    task = world.queue.submit(task_of(ALICE, "alice"))
+    world.match()
+    service, pilot, secret = world.service, world.who("pilot"), world.secrets[task.id]
+    acc = Accounting(cpu_s=1, wall_s=2)
+    calls: dict[str, Callable[[str | None], object]] = {
+        "proxy": lambda s: service.payload_proxy(pilot, task.id, csr_for(spare_key(3)), s),
+        "start": lambda s: service.start(pilot, task.id, s),
+        "heartbeat": lambda s: service.heartbeat(pilot, task.id, s),
+        "complete": lambda s: service.complete(pilot, task.id, acc, s),
+        "fail": lambda s: service.fail(pilot, task.id, "sibling", acc, s),
+    }
+    for name, call in calls.items():
+        for wrong in (None, "", secret[:-1] + ("A" if secret[-1] != "A" else "B")):
+            with pytest.raises(Denied) as refused:
+                call(wrong)
+            assert refused.value.rule == "payload.wrong_instance", (name, wrong)
+    assert world.queue.get(task.id).state is TaskState.MATCHED  # type: ignore[union-attr]
+    denials = world.repo.audit.query(decision="deny", rule="payload.wrong_instance", limit=100)
+    assert {e.event.operation for e in denials} == {"payload_proxy", "task_update"}
+    assert len(denials) == 15 and {e.event.actor_dn for e in denials} == {PILOT_DN}
+
+    # The instance that holds the secret does all of it.
+    assert calls["proxy"](secret) is not None
+    assert service.start(pilot, task.id, secret).state is TaskState.RUNNING
+    assert service.heartbeat(pilot, task.id, secret).state is TaskState.RUNNING
+    assert service.complete(pilot, task.id, acc, secret).state is TaskState.DONE
+
+
+def test_a_rescheduled_task_kills_the_earlier_secret(world: World) -> None:
+    task = world.queue.submit(task_of(ALICE, "alice"))
+    world.match()
+    first = world.secrets[task.id]
+    world.queue.reschedule(task.id, reason="operator")
+    world.match()  # the same DN: a sibling pilot instance gets it this time
+    second = world.secrets[task.id]
+    assert second != first
+    assert world.denied("pilot", task.id, first) == "payload.wrong_instance"
+    with pytest.raises(Denied, match="another instance"):
+        world.service.heartbeat(world.who("pilot"), task.id, first)
+    world.handoff("pilot", task.id, second)
+    second_task = world.queue.get(task.id)
+    assert second_task is not None and second_task.attempts == 2

@@ -107,11 +107,14 @@ def seeded(dev_pki: DevPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         ]
         pilot = seed.client("pilot")
         caps = {"site": "SITE-A", "pilot_id": "job-1"}
-        first = _ok(pilot.request("POST", "/v1/pilot/match", caps)).json["id"]
-        _ok(pilot.request("POST", f"/v1/tasks/{first}/start", {}))
+        matched = _ok(pilot.request("POST", "/v1/pilot/match", caps)).json
+        first, secret = matched["id"], {"assignment_secret": matched["assignment_secret"]}
+        _ok(pilot.request("POST", f"/v1/tasks/{first}/start", secret))
         _ok(
             pilot.request(
-                "POST", f"/v1/tasks/{first}/complete", {"cpu_s": 1800.0, "wall_s": 3600.0}
+                "POST",
+                f"/v1/tasks/{first}/complete",
+                {"cpu_s": 1800.0, "wall_s": 3600.0, **secret},
             )
         )
         _ok(pilot.request("POST", "/v1/pilot/match", caps))

@@ -12,22 +12,28 @@ import base64
 import datetime as dt
 import json
 import logging
-import os
 import time
 
 from aiohttp import web
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from voms_ext import VomsExtError, classify, parse_credential_pem
 
-from .. import __version__
+from .. import __version__, names
+from ..authfail import (
+    AuthFailure,
+    AuthFailureLog,
+    Redactor,
+    for_repository,
+    presented_identity,
+    reason_class,
+)
 from ..config import Config
 from ..issuer import IssueError
-from ..metrics import REQUEST_SECONDS
+from ..metrics import REQUEST_SECONDS, exposition
 from ..policy import DecisionTally, current_tally
 from ..principal import anonymous
 from ..repository import (
@@ -46,6 +52,8 @@ from .ui import UI_ROUTES
 from .util import (
     PRINCIPAL,
     blocking,
+    checked,
+    checked_list,
     credential_json,
     field_of,
     iso,
@@ -65,6 +73,8 @@ CONFIG = web.AppKey("config", Config)
 REPO = web.AppKey("repo", Repository)
 OPEN = web.AppKey("open_handlers", set)
 ROUTES = web.AppKey("routes", list)
+AUTH_FAILURES = web.AppKey("auth_failures", AuthFailureLog)
+REDACT = web.AppKey("redact", Redactor)
 MAX_BODY = 64 * 1024
 
 # --- open routes ---------------------------------------------------------------------------
@@ -108,14 +118,11 @@ def _audit_head_problem(engine: Engine) -> str | None:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # Several workers: sum what every worker process recorded.
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        body = generate_latest(registry)
-    else:
-        body = generate_latest()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    # Decided (metrics_readers, admins, auditors) and audited like any read; for routine
+    # scraping without an audit event per scrape, see [metrics] listen.
+    await blocking(request.app[REPO].authorize_metrics, principal_of(request))
+    body, content_type = exposition()
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -129,14 +136,24 @@ async def create_delegation(request: web.Request) -> web.Response:
     body = await json_body(request)
     principal = principal_of(request)
     options = StoreOptions(
-        username=field_of(body, "username", str) or principal.identity,
-        name=field_of(body, "name", str) or DEFAULT_NAME,
+        username=checked(
+            names.USERNAME,
+            field_of(body, "username", str) or principal.identity,
+            "field 'username'",
+        ),
+        name=checked(
+            names.CREDENTIAL_NAME, field_of(body, "name", str) or DEFAULT_NAME, "field 'name'"
+        ),
         passphrase=field_of(body, "passphrase", str) or None,
         lifetime=positive_seconds(body, "lifetime"),
-        description=field_of(body, "description", str),
-        retrievers=string_list(body, "retrievers"),
-        renewers=string_list(body, "renewers"),
-        trusted_retrievers=string_list(body, "trusted_retrievers"),
+        description=checked(
+            names.DESCRIPTION, field_of(body, "description", str), "field 'description'"
+        ),
+        retrievers=checked_list(string_list(body, "retrievers"), "retrievers"),
+        renewers=checked_list(string_list(body, "renewers"), "renewers"),
+        trusted_retrievers=checked_list(
+            string_list(body, "trusted_retrievers"), "trusted_retrievers"
+        ),
     )
     repo = request.app[REPO]
     pending = await blocking(repo.begin_store, principal, options)
@@ -165,9 +182,22 @@ async def finish_delegation(request: web.Request) -> web.Response:
 # --- credentials and proxies -----------------------------------------------------------------
 
 
+def _username(request: web.Request) -> str:
+    """The `username` query parameter (default: the caller's DN), checked (proxyd.names)."""
+    value = request.query.get("username") or principal_of(request).identity
+    return checked(names.USERNAME, value, "query parameter 'username'")
+
+
+def _name(request: web.Request) -> str:
+    """The credential name of the path, checked (proxyd.names)."""
+    return checked(
+        names.CREDENTIAL_NAME, request.match_info["name"], "the credential name of the path"
+    )
+
+
 async def list_credentials(request: web.Request) -> web.Response:
     principal = principal_of(request)
-    username = request.query.get("username") or principal.identity
+    username = _username(request)
     try:
         creds = await blocking(request.app[REPO].info, principal, username)
     except NotFound:
@@ -177,22 +207,22 @@ async def list_credentials(request: web.Request) -> web.Response:
 
 async def delete_credential(request: web.Request) -> web.Response:
     principal = principal_of(request)
-    username = request.query.get("username") or principal.identity
-    await blocking(request.app[REPO].destroy, principal, username, request.match_info["name"])
+    await blocking(request.app[REPO].destroy, principal, _username(request), _name(request))
     return web.Response(status=204)
 
 
 async def issue_proxy(request: web.Request) -> web.Response:
     body = await json_body(request)
     principal = principal_of(request)
-    username = request.query.get("username") or principal.identity
+    username = _username(request)
+    name = _name(request)
     csr = load_csr(body)
     issued = await blocking(
         request.app[REPO].retrieve,
         principal,
         username,
         csr,
-        name=request.match_info["name"],
+        name=name,
         passphrase=field_of(body, "passphrase", str) or None,
         lifetime=positive_seconds(body, "lifetime"),
         voms=voms_requests(body),
@@ -294,7 +324,11 @@ ROUTE_TABLE: list[ApiRoute] = [
     ApiRoute("GET", "/healthz", healthz, "Liveness", open=True),
     ApiRoute("GET", "/readyz", readyz, "Readiness: the database and the audit chain", open=True),
     ApiRoute(
-        "GET", "/metrics", metrics, "Prometheus metrics", open=True, content_type="text/plain"
+        "GET",
+        "/metrics",
+        metrics,
+        "Prometheus metrics (metrics_readers, admins and auditors; see [metrics] listen)",
+        content_type="text/plain",
     ),
     ApiRoute("GET", "/v1/openapi.json", openapi, "This document", open=True),
     ApiRoute(
@@ -418,20 +452,21 @@ ROUTE_TABLE: list[ApiRoute] = [
 async def log_and_problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     rule: str | None = None
+    redact = request.app[REDACT]  # no server paths in what clients read
     try:
         response = await handler(request)
     except Problem as exc:
         rule = exc.rule
-        response = problem_response(exc.status, exc.detail, exc.rule)
+        response = problem_response(exc.status, redact(exc.detail), exc.rule)
     except RepositoryError as exc:
         rule = exc.rule
-        response = from_repository_error(exc)
+        response = from_repository_error(exc, redact)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         response = problem_response(exc.status, exc.reason)
     except (IssueError, VomsExtError) as exc:
-        response = problem_response(400, str(exc))
+        response = problem_response(400, redact(str(exc)))
     except Exception:
         log.exception("internal error answering %s %s", request.method, request.path)
         response = problem_response(500, "internal server error; the event is logged")
@@ -477,8 +512,9 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             try:
                 principal = await blocking(repo.peers.principal, chain, repo.trust, request.remote)
             except VomsExtError as exc:
+                rule = await _audit_failed_authentication(request, chain, exc)
                 raise Problem(
-                    401, f"the client certificate chain is not acceptable: {exc}"
+                    401, f"the client certificate chain is not acceptable: {exc}", rule
                 ) from None
         request[PRINCIPAL] = principal
     else:
@@ -496,12 +532,40 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     return response
 
 
+async def _audit_failed_authentication(
+    request: web.Request, chain: list[bytes], exc: VomsExtError
+) -> str:
+    """Audit (bounded, authfail) a chain that passed TLS but not proxyd's checks; its rule."""
+    try:
+        certs = [x509.load_der_x509_certificate(der) for der in chain]
+    except ValueError:
+        certs = []
+    failure = AuthFailure(
+        rule=reason_class(exc, certs, dt.datetime.now(dt.UTC)),
+        address=request.remote or "",
+        identity=presented_identity(certs),
+        reason=str(exc),
+        where=f"https {request.method} {request.path[:200]}",
+    )
+    failures = request.app[AUTH_FAILURES]
+    await blocking(failures.record, failure)
+    failures.schedule_flush(asyncio.get_running_loop())
+    return failure.rule
+
+
+async def _close_auth_failures(app: web.Application) -> None:
+    app[AUTH_FAILURES].close()  # pending summaries written at shutdown
+
+
 def make_app(config: Config, repo: Repository) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[log_and_problems, authenticate])
     app[CONFIG] = config
     app[REPO] = repo
     app[ROUTES] = ROUTE_TABLE
     app[OPEN] = {r.handler for r in ROUTE_TABLE if r.open}
+    app[AUTH_FAILURES] = for_repository(repo)
+    app[REDACT] = Redactor.for_config(config)
+    app.on_cleanup.append(_close_auth_failures)
     for r in ROUTE_TABLE:
         app.router.add_route(r.method, r.path, r.handler)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -35,6 +36,7 @@ def problem_response(status: int, detail: str, rule: str | None = None) -> web.R
     return web.json_response(body, status=status, content_type=PROBLEM_TYPE)
 
 
-def from_repository_error(exc: RepositoryError) -> web.Response:
+def from_repository_error(exc: RepositoryError, redact: Callable[[str], str] = str) -> web.Response:
+    """The problem of a refused operation; `redact` takes the server's paths out of the text."""
     status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 400)
-    return problem_response(status, exc.message, exc.rule)
+    return problem_response(status, redact(exc.message), exc.rule)

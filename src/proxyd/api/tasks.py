@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from ..taskqueue.model import (
+    LIST_MAX,
+    LOG_TAIL_MAX,
+    REASON_MAX,
     Accounting,
+    InvalidTask,
     Payload,
     PilotCapabilities,
     Requirements,
@@ -18,14 +23,34 @@ from ..taskqueue.model import (
     TaskQueueError,
     TaskSpec,
     TaskState,
+    UnknownTask,
+    free_text,
 )
-from ..tasks import TaskService
+from ..tasks import TaskConflict, TaskService
 from .openapi import ApiRoute
 from .problems import Problem
 from .util import blocking, json_body, load_csr, pem_chain, principal_of
 
 TASKS = web.AppKey("tasks", TaskService)
-MAX_LOG_TAIL = 16 * 1024
+MAX_LOG_TAIL = LOG_TAIL_MAX
+# The assignment secret a pilot got with its match (`assignment_secret` in the match answer)
+# travels in this JSON body field of proxy, start, heartbeat, complete and fail.
+SECRET_FIELD = "assignment_secret"  # noqa: S105 - a field name
+_SECRET_MAX = 256
+_ID_MAX = 2**63 - 1
+R = TypeVar("R")
+
+
+async def _call(fn: Callable[..., R], *args: Any) -> R:
+    """Run a TaskService call in a thread; queue refusals become problem details, never 500."""
+    try:
+        return await blocking(fn, *args)
+    except TaskConflict as exc:
+        raise Problem(409, exc.message, exc.rule) from None
+    except UnknownTask as exc:
+        raise Problem(404, str(exc), "task.not_found") from None
+    except (InvalidTask, TaskQueueError) as exc:
+        raise Problem(400, str(exc)) from None
 
 
 def _service(request: web.Request) -> TaskService:
@@ -89,8 +114,8 @@ def _get(
 
 def _strings(body: dict[str, Any], name: str) -> tuple[str, ...]:
     value = _get(body, name, list, [])
-    if not all(isinstance(v, str) for v in value) or len(value) > 256:
-        raise Problem(400, f"field {name!r} must be a list of strings")
+    if not all(isinstance(v, str) for v in value) or len(value) > LIST_MAX:
+        raise Problem(400, f"field {name!r} must be a list of at most {LIST_MAX} strings")
     return tuple(value)
 
 
@@ -130,7 +155,7 @@ async def submit_task(request: web.Request) -> web.Response:
         )
     except (ValueError, TaskQueueError) as exc:
         raise Problem(400, str(exc)) from None
-    task = await blocking(_service(request).submit, principal, spec)
+    task = await _call(_service(request).submit, principal, spec)
     return web.json_response(task_json(task), status=201)
 
 
@@ -140,15 +165,22 @@ async def list_tasks(request: web.Request) -> web.Response:
     q = request.query
     try:
         states = frozenset(TaskState(s) for s in q.getall("state", []))
-        limit = min(int(q.get("limit", "100")), 1000)
+        limit = int(q.get("limit", "100"))
         after = int(q["after"]) if q.get("after") else None
     except ValueError:
         raise Problem(400, "'state' must be a task state, 'limit' and 'after' integers") from None
+    if not 1 <= limit <= 1000:
+        raise Problem(400, "'limit' must be from 1 to 1000")
+    if after is not None and not 0 <= after <= _ID_MAX:
+        raise Problem(400, f"'after' must be a task id from 0 to {_ID_MAX}")
     owner = q.get("owner", principal.identity)
-    filters = TaskFilter(
-        owner=owner or None, states=states, site=q.get("site"), after_id=after, limit=limit
-    )
-    tasks = await blocking(_service(request).tasks, principal, filters)
+    try:
+        filters = TaskFilter(
+            owner=owner or None, states=states, site=q.get("site"), after_id=after, limit=limit
+        )
+    except (ValueError, TaskQueueError) as exc:
+        raise Problem(400, str(exc)) from None
+    tasks = await _call(_service(request).tasks, principal, filters)
     return web.json_response(
         {
             "tasks": [task_json(t) for t in tasks],
@@ -158,26 +190,43 @@ async def list_tasks(request: web.Request) -> web.Response:
 
 
 def _task_id(request: web.Request) -> int:
-    try:
-        return int(request.match_info["id"])
-    except ValueError:
-        raise Problem(404, "no such task") from None
+    text = request.match_info["id"]
+    if not text.isascii() or not text.isdigit() or len(text) > 19 or not 0 < int(text) <= _ID_MAX:
+        raise Problem(404, "no such task")
+    return int(text)
+
+
+def _secret(body: dict[str, Any]) -> str | None:
+    """The assignment secret the pilot presents (None when it sends none: refused by policy)."""
+    value = body.get(SECRET_FIELD)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > _SECRET_MAX:
+        raise Problem(
+            400, f"field {SECRET_FIELD!r} must be a string of at most {_SECRET_MAX} characters"
+        )
+    return value
+
+
+async def _optional_body(request: web.Request) -> dict[str, Any]:
+    """The JSON object of a request whose body may be left out (start, heartbeat)."""
+    return await json_body(request) if request.can_read_body else {}
 
 
 async def get_task(request: web.Request) -> web.Response:
 
-    task = await blocking(_service(request).task, principal_of(request), _task_id(request))
+    task = await _call(_service(request).task, principal_of(request), _task_id(request))
     return web.json_response(task_json(task))
 
 
 async def task_log(request: web.Request) -> web.Response:
-    tail = await blocking(_service(request).log_tail, principal_of(request), _task_id(request))
+    tail = await _call(_service(request).log_tail, principal_of(request), _task_id(request))
     return web.json_response({"id": _task_id(request), "log_tail": tail})
 
 
 async def cancel_task(request: web.Request) -> web.Response:
 
-    task = await blocking(_service(request).cancel, principal_of(request), _task_id(request))
+    task = await _call(_service(request).cancel, principal_of(request), _task_id(request))
     return web.json_response(task_json(task))
 
 
@@ -198,17 +247,22 @@ async def match_task(request: web.Request) -> web.Response:
         )
     except (ValueError, TaskQueueError) as exc:
         raise Problem(400, str(exc)) from None
-    task = await blocking(_service(request).match, principal, caps)
+    task = await _call(_service(request).match, principal, caps)
     if task is None:
         return web.Response(status=204)
-    return web.json_response(task_json(task))
+    # The secret goes to this pilot instance, once; proxyd keeps only its digest.
+    return web.json_response({**task_json(task), SECRET_FIELD: task.assignment_secret})
 
 
 async def task_proxy(request: web.Request) -> web.Response:
 
     body = await json_body(request)
-    issued = await blocking(
-        _service(request).payload_proxy, principal_of(request), _task_id(request), load_csr(body)
+    issued = await _call(
+        _service(request).payload_proxy,
+        principal_of(request),
+        _task_id(request),
+        load_csr(body),
+        _secret(body),
     )
     return web.json_response(
         {
@@ -221,21 +275,28 @@ async def task_proxy(request: web.Request) -> web.Response:
 
 async def start_task(request: web.Request) -> web.Response:
 
-    task = await blocking(_service(request).start, principal_of(request), _task_id(request))
+    body = await _optional_body(request)
+    task = await _call(
+        _service(request).start, principal_of(request), _task_id(request), _secret(body)
+    )
     return web.json_response(task_json(task))
 
 
 async def heartbeat_task(request: web.Request) -> web.Response:
 
-    task = await blocking(_service(request).heartbeat, principal_of(request), _task_id(request))
+    body = await _optional_body(request)
+    task = await _call(
+        _service(request).heartbeat, principal_of(request), _task_id(request), _secret(body)
+    )
     return web.json_response(task_json(task))
 
 
 def _accounting(body: dict[str, Any]) -> Accounting:
+    """A pilot's accounting report; every number bounded (400 naming the field and bound)."""
     try:
         return Accounting(
-            cpu_s=float(_get(body, "cpu_s", (int, float), 0.0)),
-            wall_s=float(_get(body, "wall_s", (int, float), 0.0)),
+            cpu_s=_get(body, "cpu_s", (int, float), 0.0),
+            wall_s=_get(body, "wall_s", (int, float), 0.0),
             max_rss_kb=_get(body, "max_rss_kb", int, 0),
             exit_code=_get(body, "exit_code", int),
             log_tail=_get(body, "log_tail", str, ""),
@@ -247,8 +308,12 @@ def _accounting(body: dict[str, Any]) -> Accounting:
 async def complete_task(request: web.Request) -> web.Response:
 
     body = await json_body(request)
-    task = await blocking(
-        _service(request).complete, principal_of(request), _task_id(request), _accounting(body)
+    task = await _call(
+        _service(request).complete,
+        principal_of(request),
+        _task_id(request),
+        _accounting(body),
+        _secret(body),
     )
     return web.json_response(task_json(task))
 
@@ -256,10 +321,17 @@ async def complete_task(request: web.Request) -> web.Response:
 async def fail_task(request: web.Request) -> web.Response:
 
     body = await json_body(request)
-    reason = _get(body, "reason", str, "failed")[:2000]
+    reason = _get(body, "reason", str, "failed")
+    if len(reason) > REASON_MAX:
+        raise Problem(400, f"field 'reason' must be at most {REASON_MAX} characters")
     accounting = _accounting(body) if "wall_s" in body or "cpu_s" in body else None
-    task = await blocking(
-        _service(request).fail, principal_of(request), _task_id(request), reason, accounting
+    task = await _call(
+        _service(request).fail,
+        principal_of(request),
+        _task_id(request),
+        free_text(reason, REASON_MAX),
+        accounting,
+        _secret(body),
     )
     return web.json_response(task_json(task))
 
@@ -270,14 +342,17 @@ async def mask_site(request: web.Request) -> web.Response:
     masked = _get(body, "masked", bool)
     if masked is None:
         raise Problem(400, "field 'masked' (true or false) is required")
-    await blocking(
+    reason = _get(body, "reason", str, "")
+    if len(reason) > 1000:
+        raise Problem(400, "field 'reason' must be at most 1000 characters")
+    site = await _call(
         _service(request).mask_site,
         principal_of(request),
         request.match_info["site"],
         masked,
-        _get(body, "reason", str, ""),
+        reason,
     )
-    return web.json_response({"site": request.match_info["site"], "masked": masked})
+    return web.json_response({"site": site, "masked": masked})
 
 
 async def ban_owner(request: web.Request) -> web.Response:
@@ -287,7 +362,7 @@ async def ban_owner(request: web.Request) -> web.Response:
     banned = _get(body, "banned", bool)
     if not dn or banned is None:
         raise Problem(400, "fields 'dn' and 'banned' are required")
-    await blocking(
+    await _call(
         _service(request).ban_owner,
         principal_of(request),
         dn,
@@ -299,13 +374,26 @@ async def ban_owner(request: web.Request) -> web.Response:
 
 async def accounting(request: web.Request) -> web.Response:
 
-    totals = await blocking(
+    totals = await _call(
         _service(request).accounting, principal_of(request), request.query.get("by", "owner")
     )
     return web.json_response({"totals": [dataclasses.asdict(t) for t in totals]})
 
 
-_TASK = {"type": "object", "properties": {"id": {"type": "integer"}, "state": {"type": "string"}}}
+_TASK_PROPERTIES = {"id": {"type": "integer"}, "state": {"type": "string"}}
+_TASK = {"type": "object", "properties": _TASK_PROPERTIES}
+_MATCHED = {
+    "type": "object",
+    "properties": {
+        **_TASK_PROPERTIES,
+        SECRET_FIELD: {
+            "type": "string",
+            "description": "given once, to this pilot instance: send it with every later call",
+        },
+    },
+}
+_SECRET = {SECRET_FIELD: {"type": "string", "description": "the secret of the match (required)"}}
+_PRESENT_SECRET = {"type": "object", "properties": _SECRET, "required": [SECRET_FIELD]}
 _ID = (("id", "task id"),)
 
 TASK_ROUTES: list[ApiRoute] = [
@@ -353,7 +441,7 @@ TASK_ROUTES: list[ApiRoute] = [
         "/v1/pilot/match",
         match_task,
         "A pilot asks for the best matching task (204: none)",
-        response=_TASK,
+        response=_MATCHED,
         body={
             "type": "object",
             "properties": {
@@ -371,14 +459,28 @@ TASK_ROUTES: list[ApiRoute] = [
         "POST",
         "/v1/tasks/{id}/proxy",
         task_proxy,
-        "The limited payload proxy of a task (its pilot only)",
-        body={"type": "object", "properties": {"csr": {"type": "string"}}, "required": ["csr"]},
+        "The limited payload proxy of a task (its pilot instance only)",
+        body={
+            "type": "object",
+            "properties": {"csr": {"type": "string"}, **_SECRET},
+            "required": ["csr", SECRET_FIELD],
+        },
     ),
     ApiRoute(
-        "POST", "/v1/tasks/{id}/start", start_task, "The pilot starts the payload", response=_TASK
+        "POST",
+        "/v1/tasks/{id}/start",
+        start_task,
+        "The pilot starts the payload",
+        response=_TASK,
+        body=_PRESENT_SECRET,
     ),
     ApiRoute(
-        "POST", "/v1/tasks/{id}/heartbeat", heartbeat_task, "The pilot is alive", response=_TASK
+        "POST",
+        "/v1/tasks/{id}/heartbeat",
+        heartbeat_task,
+        "The pilot is alive",
+        response=_TASK,
+        body=_PRESENT_SECRET,
     ),
     ApiRoute(
         "POST",
@@ -393,8 +495,10 @@ TASK_ROUTES: list[ApiRoute] = [
                 "wall_s": {"type": "number"},
                 "max_rss_kb": {"type": "integer"},
                 "exit_code": {"type": "integer"},
-                "log_tail": {"type": "string"},
+                "log_tail": {"type": "string", "maxLength": LOG_TAIL_MAX},
+                **_SECRET,
             },
+            "required": [SECRET_FIELD],
         },
     ),
     ApiRoute(
@@ -403,7 +507,11 @@ TASK_ROUTES: list[ApiRoute] = [
         fail_task,
         "The payload failed",
         response=_TASK,
-        body={"type": "object", "properties": {"reason": {"type": "string"}}},
+        body={
+            "type": "object",
+            "properties": {"reason": {"type": "string", "maxLength": REASON_MAX}, **_SECRET},
+            "required": [SECRET_FIELD],
+        },
     ),
     ApiRoute(
         "PUT",

@@ -34,7 +34,7 @@ from sqlalchemy import and_, case, func, literal_column, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from .. import policy
+from .. import names, policy
 from ..audit import AuditError, Decision, StoredEvent, VerifyReport
 from ..policy import Operation
 from ..principal import Principal
@@ -88,8 +88,10 @@ class BadInput(Exception):
 
 
 def h(value: object) -> str:
-    """Escaped text for HTML content and quoted attribute values; None is empty."""
-    return "" if value is None else html.escape(str(value), quote=True)
+    """Escaped text for HTML content and quoted attribute values; None is empty. Control and
+    bidi-format characters are shown as escapes (names.escape), so an RTL override in a DN
+    cannot reorder what an auditor reads."""
+    return "" if value is None else html.escape(names.escape(str(value)), quote=True)
 
 
 # --- the frame of every page ---------------------------------------------------------------

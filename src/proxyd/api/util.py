@@ -8,12 +8,13 @@ import datetime as dt
 import functools
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from .. import names
 from ..issuer import IssueError, VomsRequest
 from ..principal import Principal
 from ..repository import CredentialInfo
@@ -61,6 +62,28 @@ def string_list(body: dict[str, Any], name: str) -> tuple[str, ...] | None:
     if not all(isinstance(v, str) and v for v in value) or len(value) > 64:
         raise Problem(400, f"field {name!r} must be a list of at most 64 non-empty strings")
     return tuple(value)
+
+
+@overload
+def checked(kind: names.Kind, value: str, field: str) -> str: ...
+@overload
+def checked(kind: names.Kind, value: None, field: str) -> None: ...
+def checked(kind: names.Kind, value: str | None, field: str) -> str | None:
+    """`value` checked by proxyd.names (None passes); a 400 naming the field and the rule."""
+    if value is None:
+        return None
+    try:
+        return names.check(kind, value, field)
+    except names.InvalidField as exc:
+        raise Problem(400, exc.message, exc.rule) from None
+
+
+def checked_list(values: tuple[str, ...] | None, field: str) -> tuple[str, ...] | None:
+    """Each DN pattern of an ACL list checked by proxyd.names; a 400 naming the field."""
+    try:
+        return names.check_patterns(values, f"field {field!r}")
+    except names.InvalidField as exc:
+        raise Problem(400, exc.message, exc.rule) from None
 
 
 def positive_seconds(body: dict[str, Any], name: str) -> dt.timedelta | None:

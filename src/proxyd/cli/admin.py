@@ -16,6 +16,7 @@ from voms_ext import TrustStoreError
 
 from ..config import ConfigError, load_config
 from ..errors import ServeError
+from ..names import escape
 from ..principal import local_operator
 from ..repository import DEFAULT_NAME, Repository, RepositoryError, StoreOptions
 from ..sealing import SealingError
@@ -48,22 +49,23 @@ def _repo(args: argparse.Namespace) -> Repository:
 def _ban(args: argparse.Namespace) -> int:
     kind, dn = ("user", args.user) if args.user else ("host", args.host)
     _repo(args).ban(local_operator(), kind, dn, args.reason)
-    print(f"banned {kind} {dn}")
+    print(f"banned {kind} {escape(dn)}")
     return 0
 
 
 def _unban(args: argparse.Namespace) -> int:
     kind, dn = ("user", args.user) if args.user else ("host", args.host)
     if not _repo(args).unban(local_operator(), kind, dn):
-        common.fail(f"{kind} {dn} was not banned")
-    print(f"unbanned {kind} {dn}")
+        common.fail(f"{kind} {escape(dn)} was not banned")
+    print(f"unbanned {kind} {escape(dn)}")
     return 0
 
 
 def _bans(args: argparse.Namespace) -> int:
     for ban in _repo(args).list_bans(local_operator()):
         print(
-            f"{ban.kind:5}  {ban.pattern}  ({ban.reason}; by {ban.created_by} at {ban.created_at:%Y-%m-%d %H:%M}Z)"
+            f"{ban.kind:5}  {escape(ban.pattern)}  ({escape(ban.reason)}; "
+            f"by {escape(ban.created_by)} at {ban.created_at:%Y-%m-%d %H:%M}Z)"
         )
     return 0
 
@@ -91,8 +93,24 @@ def _list(args: argparse.Namespace) -> int:
     for c in creds:
         left = common.format_hms(max(c.not_after - now, dt.timedelta(0)))
         lock = "passphrase" if c.has_passphrase else "trusted"
-        print(f"{c.username}\t{c.name}\t{c.owner}\t{left}\t{lock}")
+        # Escaped: a tab or newline in a stored name must not shift columns or forge a line.
+        locked = f"\tlocked: {escape(c.locked)}" if c.locked is not None else ""
+        print(f"{escape(c.username)}\t{escape(c.name)}\t{escape(c.owner)}\t{left}\t{lock}{locked}")
     print(f"{len(creds)} credential(s)", file=sys.stderr)
+    return 0
+
+
+def _lock(args: argparse.Namespace) -> int:
+    done = _repo(args).lock(local_operator(), args.username, args.name, args.message)
+    for c in done:
+        print(f"locked {escape(c.username)}/{escape(c.name)} of {escape(c.owner)}")
+    return 0
+
+
+def _unlock(args: argparse.Namespace) -> int:
+    done = _repo(args).unlock(local_operator(), args.username, args.name)
+    for c in done:
+        print(f"unlocked {escape(c.username)}/{escape(c.name)} of {escape(c.owner)}")
     return 0
 
 
@@ -100,7 +118,10 @@ def _expire(args: argparse.Namespace) -> int:
     gone = _repo(args).expire(local_operator(), dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for c in gone:
-        print(f"{verb} {c.username}/{c.name} of {c.owner} (ended {c.not_after:%Y-%m-%d %H:%M}Z)")
+        print(
+            f"{verb} {escape(c.username)}/{escape(c.name)} of {escape(c.owner)} "
+            f"(ended {c.not_after:%Y-%m-%d %H:%M}Z)"
+        )
     print(f"{len(gone)} expired credential(s) {verb}", file=sys.stderr)
     return 0
 
@@ -134,26 +155,26 @@ def _import(args: argparse.Namespace) -> int:
         try:
             pem = creds.read_bytes()
             if args.dry_run:
-                print(f"would import {username}/{name} ({data_file.name})")
+                print(f"would import {escape(username)}/{escape(name)} ({data_file.name})")
             else:
                 info = repo.import_pem(operator, options, pem)
                 if meta.get("OWNER") and meta["OWNER"] != info.owner:
                     print(
                         f"note: {data_file.name} names owner {meta['OWNER']}; the chain says {info.owner}"
                     )
-                print(f"imported {username}/{name} of {info.owner}")
+                print(f"imported {escape(username)}/{escape(name)} of {escape(info.owner)}")
             imported += 1
         except (OSError, RepositoryError) as exc:
             failed += 1
             reason = exc.message if isinstance(exc, RepositoryError) else str(exc)
-            print(f"skipped {data_file.name}: {reason}", file=sys.stderr)
+            print(f"skipped {data_file.name}: {escape(reason)}", file=sys.stderr)
     print(f"{imported} imported, {failed} skipped", file=sys.stderr)
     return 1 if failed and not imported else 0
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     admin = sub.add_parser(
-        "admin", help="administration: bans, site mask, master key, credentials, import"
+        "admin", help="administration: bans, site mask, master key, credentials, locks, import"
     )
     admin.add_argument(
         "--config", "-c", default="/etc/proxyd/proxyd.toml", help="the service's proxyd.toml"
@@ -190,6 +211,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--owner", help="only this owner DN")
     p.add_argument("--expired", action="store_true", help="only those past their end")
     p.set_defaults(func=_list)
+    p = cmds.add_parser(
+        "lock", help="refuse every use of a credential, showing a message (myproxy-admin-query -L)"
+    )
+    p.add_argument("--username", "-l", required=True, help="the MyProxy username")
+    p.add_argument("--name", "-k", help="one credential name (default: all of the username's)")
+    p.add_argument("--message", "-m", required=True, help="shown to clients (1-512 characters)")
+    p.set_defaults(func=_lock)
+    p = cmds.add_parser("unlock", help="lift a lock (myproxy-admin-query -U)")
+    p.add_argument("--username", "-l", required=True, help="the MyProxy username")
+    p.add_argument("--name", "-k", help="one credential name (default: all of the username's)")
+    p.set_defaults(func=_unlock)
     p = cmds.add_parser("expire", help="delete credentials past their end")
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(func=_expire)

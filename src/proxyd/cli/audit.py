@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from ..audit import AuditLog
 from ..config import ConfigError, load_config
+from ..names import escape
 from . import common
 
 COLUMNS = (
@@ -176,12 +177,14 @@ def _source(args: argparse.Namespace) -> Source:
 
 
 def _cell(event: dict[str, Any], column: str) -> str:
+    """A value as the table and CSV show it: control and format characters escaped
+    (proxyd.names.escape), so one event is one line whatever its DNs and names hold."""
     value = event.get(column)
     if value is None:
         return ""
     if isinstance(value, list | tuple):
-        return ",".join(str(v) for v in value)
-    return str(value)
+        return escape(",".join(str(v) for v in value))
+    return escape(str(value))
 
 
 def _print_table(events: list[dict[str, Any]], out: TextIO) -> None:
@@ -218,7 +221,10 @@ def _verify(args: argparse.Namespace) -> int:
     anchors = _read_anchors(args.anchors) if args.anchors else []
     report = source.verify()
     if not report.get("ok"):
-        print(f"audit chain BROKEN at row {report.get('first_bad_seq')}: {report.get('reason')}")
+        print(
+            f"audit chain BROKEN at row {report.get('first_bad_seq')}: "
+            f"{escape(str(report.get('reason')))}"
+        )
         return 1
     print(f"audit chain OK: {report.get('checked')} events verified")
     bad = 0
@@ -309,11 +315,13 @@ def _stats(args: argparse.Namespace) -> int:
     issued: Counter[str] = Counter()
     denied: Counter[str] = Counter()
     for e in _source(args).pages(filters, newest_first=True, limit=None):
-        key = {
-            "day": str(e.get("time", ""))[:10],
-            "host": e.get("actor_dn") or "",
-            "user": e.get("owner_dn") or "",
-        }[args.by]
+        key = escape(
+            {
+                "day": str(e.get("time", ""))[:10],
+                "host": e.get("actor_dn") or "",
+                "user": e.get("owner_dn") or "",
+            }[args.by]
+        )
         if e.get("decision") == "allow" and e.get("serial"):
             issued[key] += 1
         elif e.get("decision") == "deny":

@@ -23,7 +23,7 @@ from voms_ext import (
     validate_chain,
 )
 
-from .. import __version__
+from .. import __version__, names
 from .common import (
     ApiClient,
     ClientAuth,
@@ -57,9 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also destroy the credential stored in proxyd (see --name, --username)",
     )
-    parser.add_argument("--name", help="with --remote: the credential name (default: default)")
     parser.add_argument(
-        "--username", help="with --remote: the username it is stored under (default: your DN)"
+        "--name",
+        type=names.argument(names.CREDENTIAL_NAME, "--name"),
+        help="with --remote: the credential name (default: default)",
+    )
+    parser.add_argument(
+        "--username",
+        type=names.argument(names.USERNAME, "--username"),
+        help="with --remote: the username it is stored under (default: your DN)",
     )
     parser.add_argument(
         "--server", metavar="URL", help="proxyd API base URL (default: $PROXYD_URL)"

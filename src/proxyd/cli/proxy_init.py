@@ -41,7 +41,7 @@ from voms_ext import (
     write_credential_file,
 )
 
-from .. import __version__
+from .. import __version__, names
 from .common import (
     ApiClient,
     ClientAuth,
@@ -151,22 +151,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="the longest proxies later issued from the stored one may live "
         "(default: the server's maximum)",
     )
-    store.add_argument("--name", help="name of the stored credential (default: default)")
-    store.add_argument("--username", help="store under this username (default: your DN)")
-    store.add_argument("--description", help="a description stored with the credential")
+    store.add_argument(
+        "--name",
+        type=names.argument(names.CREDENTIAL_NAME, "--name"),
+        help="name of the stored credential (default: default)",
+    )
+    store.add_argument(
+        "--username",
+        type=names.argument(names.USERNAME, "--username"),
+        help="store under this username (default: your DN)",
+    )
+    store.add_argument(
+        "--description",
+        type=names.argument(names.DESCRIPTION, "--description"),
+        help="a description stored with the credential",
+    )
     store.add_argument(
         "--retrievers",
         metavar="DN,...",
         action="append",
+        type=names.argument(names.DN_PATTERN, "--retrievers"),
         help="who may retrieve proxies with the pass phrase (DNs or patterns)",
     )
     store.add_argument(
-        "--renewers", metavar="DN,...", action="append", help="who may renew proxies"
+        "--renewers",
+        metavar="DN,...",
+        action="append",
+        type=names.argument(names.DN_PATTERN, "--renewers"),
+        help="who may renew proxies",
     )
     store.add_argument(
         "--trusted-retrievers",
         metavar="DN,...",
         action="append",
+        type=names.argument(names.DN_PATTERN, "--trusted-retrievers"),
         help="services that may retrieve proxies without a pass phrase",
     )
     store.add_argument(

@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from voms_ext.der import read_tlv
 from voms_ext.errors import DecodeError
 
+from .. import names
+
 VERSION = "MYPROXYv2"
 GSI_NO_DELEGATION = b"0"
 MAX_REQUEST_BYTES = 16 * 1024  # a real request is a few hundred bytes
@@ -157,6 +159,39 @@ def parse_request(data: bytes) -> Request:
     return Request(command=command, vonames=tuple(vonames), vomses=tuple(vomses), **values)  # type: ignore[arg-type]
 
 
+# The request fields that carry names, and the rule each follows (proxyd.names).
+_PATTERN_FIELDS = (
+    ("RETRIEVER", "retriever"),
+    ("RENEWER", "renewer"),
+    ("RETRIEVER_TRUSTED", "trusted_retrievers"),
+    ("KEYRETRIEVERS", "keyretrievers"),
+)
+
+
+def check_names(request: Request) -> None:
+    """Refuse (ProtocolError) a request whose names break proxyd.names' rules.
+
+    USERNAME for every command but GET_TRUSTROOTS (which names no credential),
+    CRED_NAME when given (absent or empty: the default credential), CRED_DESC,
+    and each comma-separated pattern of RETRIEVER, RENEWER, RETRIEVER_TRUSTED
+    (TRUSTED_RETRIEVERS) and KEYRETRIEVERS. The error line names the field and
+    the rule and repeats at most a short, escaped part of the value.
+    """
+    try:
+        if request.command is not Command.GET_TRUSTROOTS:
+            names.check(names.USERNAME, request.username, "USERNAME")
+        if request.cred_name:
+            names.check(names.CREDENTIAL_NAME, request.cred_name, "CRED_NAME")
+        if request.cred_desc is not None:
+            names.check(names.DESCRIPTION, request.cred_desc, "CRED_DESC")
+        for key, attr in _PATTERN_FIELDS:
+            value = getattr(request, attr)
+            if value:
+                names.check_patterns([v.strip() for v in value.split(",") if v.strip()], key)
+    except names.InvalidField as exc:
+        raise ProtocolError(exc.message) from None
+
+
 def encode_request(request: Request) -> bytes:
     lines = [
         f"VERSION={VERSION}",
@@ -195,17 +230,24 @@ class Response:
         return None
 
 
+_FRAMING = str.maketrans({"\0": "\\x00", "\n": "\\x0a", "\r": "\\x0d"})
+
+
 def _clean(text: str) -> str:
-    # One ERROR= line per line of text; never let a value break the framing.
-    return text.replace("\0", " ").replace("\r", " ")
+    """One line of a message: NUL, newline and CR escaped, so no value can break the framing
+    or forge a line. What `parse_response` returns has none of them, so encoding it gives
+    the same message back. (The server escapes every other control or format character of
+    what it shows: proxyd.names.escape.)"""
+    return text.translate(_FRAMING)
 
 
 def encode_response(response: Response) -> bytes:
     lines = [f"VERSION={VERSION}", f"RESPONSE={int(response.type)}"]
     for key, value in response.fields:
-        lines.append(f"{key}={_clean(value)}")
+        lines.append(f"{_clean(key)}={_clean(value)}")
     for error in response.errors:
-        lines.extend(f"ERROR={part}" for part in _clean(error).split("\n"))
+        # One ERROR= line per line of text.
+        lines.extend(f"ERROR={_clean(part)}" for part in error.split("\n"))
     for method, challenge in response.authorization:
         lines.append(f"AUTHORIZATION_DATA={method}:{challenge}")
     return ("\n".join(lines) + "\n").encode() + b"\0"

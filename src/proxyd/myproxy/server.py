@@ -24,10 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from voms_ext import AttributeCertificateError, ValidationResult, VomsExtError, validate_chain
 
+from .. import names
+from ..authfail import AuthFailure, Redactor, for_repository, presented_identity, reason_class
 from ..config import Config
 from ..connlimit import ConnectionGate, LimitedTLSServer
 from ..issuer import IssueError, VomsRequest
@@ -109,7 +112,7 @@ class Session:
             request = p.parse_request(raw)
         except p.ProtocolError as exc:
             self.outcome = "bad_request"
-            await self._send(p.error(str(exc)))
+            await self._refuse(str(exc))
             return
         self.command = request.command.name
         try:
@@ -117,26 +120,40 @@ class Session:
             self.actor = principal.identity
         except VomsExtError as exc:
             self.outcome = "bad_credential"
-            await self._send(p.error(f"authentication failed: {exc}"))
+            self.rule = await self._audit_failed_authentication(ssl_object, exc)
+            await self._refuse(f"authentication failed: {exc}")
             return
         handler = _COMMANDS.get(request.command)
         if handler is None:
-            await self._send(p.error(p.ERR_COMMAND))
+            await self._refuse(p.ERR_COMMAND)
             return
         try:
+            p.check_names(request)
             await handler(self, request, principal)
             self.outcome = "ok"
         except RepositoryError as exc:
             self.outcome, self.rule = exc.code, exc.rule
-            await self._send(_error_message(exc))
+            await self._refuse(*_error_lines(exc))
         except p.ProtocolError as exc:
             self.outcome = "bad_request"
-            await self._send(p.error(str(exc)))
+            await self._refuse(str(exc))
         except IssueError as exc:
             self.outcome = "error"
-            await self._send(p.error(str(exc)))
+            await self._refuse(str(exc))
 
     # --- I/O helpers -------------------------------------------------------------------
+
+    async def _refuse(self, *messages: str) -> None:
+        """An error answer: the server's paths replaced (authfail.Redactor), and in each line
+        every control or format character escaped (proxyd.names.escape)."""
+        await self._send(
+            p.error(
+                *(
+                    "\n".join(names.escape(line) for line in self.server.redact(m).split("\n"))
+                    for m in messages
+                )
+            )
+        )
 
     async def _send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -191,6 +208,25 @@ class Session:
             return anonymous(self.address)
         # validate_chain + classify, memoised per chain while it stays valid (PeerCache).
         return self.repo.peers.principal(chain, self.repo.trust, self.address)
+
+    async def _audit_failed_authentication(
+        self, ssl_object: ssl.SSLObject | None, exc: VomsExtError
+    ) -> str:
+        """Audit (bounded, authfail) a chain that passed TLS but not proxyd's checks; its rule."""
+        try:
+            certs = [x509.load_der_x509_certificate(d) for d in verified_chain_der(ssl_object)]
+        except ValueError:
+            certs = []
+        failure = AuthFailure(
+            rule=reason_class(exc, certs, dt.datetime.now(dt.UTC)),
+            address=self.address,
+            identity=presented_identity(certs),
+            reason=str(exc),
+            where=f"myproxy {self.command}",
+        )
+        await self._blocking(self.server.auth_failures.record, failure)
+        self.server.auth_failures.schedule_flush(asyncio.get_running_loop())
+        return failure.rule
 
     # --- commands ---------------------------------------------------------------------
 
@@ -285,6 +321,7 @@ class Session:
         except ChallengeError as exc:
             raise p.ProtocolError(f"{exc}\nauthentication failed") from None
         try:
+            names.check_chain_names(chain)
             return validate_chain(chain, self.repo.trust)
         except VomsExtError as exc:
             raise p.ProtocolError(
@@ -330,7 +367,8 @@ class Session:
             creds = [c for c in creds if c.name == wanted]
             if not creds:
                 raise p.ProtocolError(
-                    f'No credentials exist for username "{request.username[:100]}" named "{wanted[:100]}".'
+                    f"No credentials exist for username {names.shown(request.username, 100)} "
+                    f"named {names.shown(wanted, 100)}."
                 )
         await self._send(p.ok(_info_fields(creds)))
 
@@ -380,13 +418,13 @@ _COMMANDS: dict[p.Command, Callable[[Session, p.Request, Principal], Any]] = {
 }
 
 
-def _error_message(exc: RepositoryError) -> bytes:
+def _error_lines(exc: RepositoryError) -> tuple[str, ...]:
     """The message the real server would send, plus the proxyd policy rule when one said no."""
     if exc.rule == "auth.bad_passphrase":
-        return p.error("Bad password", exc.message)
+        return ("Bad password", exc.message)
     if exc.rule and exc.rule != "credential.not_found":
-        return p.error(exc.message, f"(proxyd policy rule: {exc.rule})")
-    return p.error(exc.message)
+        return (exc.message, f"(proxyd policy rule: {exc.rule})")
+    return (exc.message,)
 
 
 def _unix(t: dt.datetime) -> str:
@@ -401,18 +439,29 @@ def _info_fields(creds: list[CredentialInfo]) -> list[tuple[str, str]]:
     first, others = ordered[0], ordered[1:]
     fields = _cred_fields("CRED_", first)
     if first.name != DEFAULT_NAME:
-        fields.insert(0, ("CRED_NAME", first.name))
+        fields.insert(0, ("CRED_NAME", _wire_name(first.name)))
     for c in others:
-        fields += _cred_fields(f"CRED_{c.name}_", c)
+        fields += _cred_fields(f"CRED_{_wire_name(c.name)}_", c)
     if others:
-        fields.append(("ADDL_CREDS", ",".join(c.name for c in others)))
-    return fields
+        fields.append(("ADDL_CREDS", ",".join(_wire_name(c.name) for c in others)))
+    # Owners, descriptions and ACL patterns as stored: shown with control characters escaped.
+    return [(names.escape(k), names.escape(v)) for k, v in fields]
+
+
+def _wire_name(name: str) -> str:
+    """A credential name as INFO may show it: as it is if it follows proxyd.names' rule; a name
+    stored before that rule existed is escaped, and its ',' and '=' too (ADDL_CREDS is a
+    comma-separated list; names are part of KEY=VALUE keys)."""
+    try:
+        return names.check(names.CREDENTIAL_NAME, name, "name")
+    except names.InvalidField:
+        return names.escape(name).replace(",", "\\x2c").replace("=", "\\x3d")
 
 
 def _cred_fields(prefix: str, c: CredentialInfo) -> list[tuple[str, str]]:
     out = []
     if c.description:
-        out.append((f"{prefix}DESC", c.description.replace("\n", " ")))
+        out.append((f"{prefix}DESC", c.description))  # escaped by _info_fields
     out += [
         (f"{prefix}START_TIME", _unix(c.not_before)),
         (f"{prefix}END_TIME", _unix(c.not_after)),
@@ -434,6 +483,8 @@ class MyProxyServer:
         self.repo = repo
         self.config = repo.config
         self._trustroots: list[tuple[str, str]] | None = None
+        self.auth_failures = for_repository(repo)
+        self.redact = Redactor.for_config(repo.config)
 
     def is_trusted(self, principal: Principal) -> bool:
         return any_dn_matches(self.config.policy.trusted_retrievers, principal.identity)
@@ -467,7 +518,7 @@ class MyProxyServer:
             )
         except p.ProtocolError as exc:
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await session._send(p.error(str(exc)))
+                await session._refuse(str(exc))
         except AttributeCertificateError as exc:
             log.info("myproxy peer %s refused: %s", session.address, exc)
         except Exception:
@@ -513,11 +564,24 @@ class MyProxyServer:
             limits.max_connections,
             min(limits.max_connections_per_peer, limits.max_connections),
         )
-        server = LimitedTLSServer(
+        server = _Listener(
             stream_protocol,
             myproxy_context(self.config),
             gate,
             handshake_timeout=HANDSHAKE_TIMEOUT,
             backlog=512,
         )
+        server.on_close = self.auth_failures.close
         return await server.start(host, port, reuse_port=reuse_port)
+
+
+class _Listener(LimitedTLSServer):
+    """The MyProxy listener: when it closes, pending failed-authentication summaries are written."""
+
+    on_close: Callable[[], None] | None = None
+
+    def close(self) -> None:
+        super().close()
+        callback, self.on_close = self.on_close, None
+        if callback is not None:
+            callback()

@@ -3,6 +3,11 @@
 Every call to proxyd is authenticated with the pilot's own credential; what
 it receives for a task is a limited proxy of the task's owner (I2), written
 0600 into a fresh work directory and removed with it afterwards.
+
+A match comes with an assignment secret: the proof that this pilot instance,
+not a sibling sharing the pilot certificate, holds the task. The agent keeps
+it in memory only (never on disk, never in a log or in the payload's
+environment) and sends it with every call about the task.
 """
 
 from __future__ import annotations
@@ -32,9 +37,14 @@ from .watchdog import Limits, Outcome, StopPayload, run_watched
 log = logging.getLogger("proxyd.pilot")
 
 # Heartbeat refusals that mean the task ended elsewhere (cancelled by its owner
-# or an admin, or declared stalled and handed on): the payload must stop.
-TASK_GONE_RULES = frozenset({"payload.assignment_ended", "task.not_assigned"})
+# or an admin, or declared stalled and handed on, possibly to a sibling pilot
+# instance): the payload must stop.
+TASK_GONE_RULES = frozenset(
+    {"payload.assignment_ended", "task.not_assigned", "payload.wrong_instance"}
+)
 LOG_TAIL_BYTES = 16 * 1024
+REASON_CHARS = 2000  # the server refuses longer failure reasons
+SECRET_FIELD = "assignment_secret"  # noqa: S105 - api.tasks.SECRET_FIELD
 
 
 def _task_gone(exc: BaseException) -> str | None:
@@ -124,13 +134,17 @@ class PilotAgent:
         }
 
     def run_task(self, task: dict[str, Any]) -> tuple[Outcome | None, str]:
+        # The task's wall-time budget runs from the match (the server counts it so too).
+        matched = self.clock()
         task_id = int(task["id"])
+        # In memory only: this pilot instance's proof that it holds the task.
+        secret = {SECRET_FIELD: task.pop(SECRET_FIELD, None)}
         workdir = Path(tempfile.mkdtemp(prefix=f"task-{task_id}-", dir=self.settings.workdir_root))
         outcome: Outcome | None = None
         reason = ""
         try:
             proxy = workdir / "x509up"
-            proxy_ends = self._fetch_proxy(task_id, proxy)
+            proxy_ends = self._fetch_proxy(task_id, proxy, secret)
             payload = task["payload"]
             argv = [payload["command"], *payload["args"]]
             launch = self.switch.launch(task["owner"], argv, proxy)
@@ -139,9 +153,12 @@ class PilotAgent:
                 for path in (workdir, proxy, *workdir.iterdir()):
                     os.chown(path, launch.uid, -1)
             self._proxy_ends = proxy_ends
-            self.api.request("POST", f"/v1/tasks/{task_id}/start", {})
+            self.api.request("POST", f"/v1/tasks/{task_id}/start", dict(secret))
             limits = Limits(
-                wall_s=min(task["max_wall_s"], self.time_left()),
+                wall_s=max(
+                    0.0,
+                    min(task["max_wall_s"] - (self.clock() - matched), float(self.time_left())),
+                ),
                 cpu_s=task["max_cpu_s"],
                 memory_mb=task["requirements"].get("memory_mb") or self.settings.memory_mb,
                 heartbeat_s=self.settings.heartbeat_s,
@@ -161,7 +178,7 @@ class PilotAgent:
                 env=env,
                 limits=limits,
                 log_path=workdir / "payload.log",
-                heartbeat=lambda: self._heartbeat(task_id, proxy, launch.uid),
+                heartbeat=lambda: self._heartbeat(task_id, proxy, launch.uid, secret),
                 preexec=launch.preexec,
             )
             tail = _tail(workdir / "payload.log")
@@ -177,7 +194,7 @@ class PilotAgent:
                 reason = outcome.killed_for
                 log.info("task %s: %s", task_id, reason)
             elif outcome.succeeded:
-                self._report(task_id, "complete", accounting)
+                self._report(task_id, "complete", {**accounting, **secret})
                 reason = "done"
             else:
                 reason = (
@@ -187,14 +204,21 @@ class PilotAgent:
                     if outcome.exit_code is not None
                     else f"killed by signal {outcome.signal}"
                 )
-                self._report(task_id, "fail", {"reason": reason, **accounting})
+                self._report(
+                    task_id, "fail", {"reason": reason[:REASON_CHARS], **accounting, **secret}
+                )
         except (IdentityError, OSError) as exc:
             reason = f"the pilot could not run the payload: {exc}"
             log.warning("task %s: %s", task_id, reason)
             with contextlib.suppress(Exception):
-                self.api.request("POST", f"/v1/tasks/{task_id}/fail", {"reason": reason})
+                self.api.request(
+                    "POST",
+                    f"/v1/tasks/{task_id}/fail",
+                    {"reason": reason[:REASON_CHARS], **secret},
+                )
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+            secret.clear()
         return outcome, reason
 
     def _report(self, task_id: int, verb: str, body: dict[str, Any]) -> None:
@@ -207,9 +231,11 @@ class PilotAgent:
                 raise
             log.info("task %s: not reported (%s): the server ended it first", task_id, rule)
 
-    def _heartbeat(self, task_id: int, proxy: Path, uid: int | None) -> None:
+    def _heartbeat(
+        self, task_id: int, proxy: Path, uid: int | None, secret: dict[str, Any]
+    ) -> None:
         try:
-            self.api.request("POST", f"/v1/tasks/{task_id}/heartbeat", {})
+            self.api.request("POST", f"/v1/tasks/{task_id}/heartbeat", dict(secret))
         except Exception as exc:
             rule = _task_gone(exc)
             if rule is not None:
@@ -220,9 +246,11 @@ class PilotAgent:
         now = dt.datetime.now(dt.UTC)
         left = (self._proxy_ends - now).total_seconds()
         if self._proxy_ends < self._task_deadline and left < self.settings.renew_proxy_before_s:
-            self._renew_proxy(task_id, proxy, uid)
+            self._renew_proxy(task_id, proxy, uid, secret)
 
-    def _renew_proxy(self, task_id: int, proxy: Path, uid: int | None) -> None:
+    def _renew_proxy(
+        self, task_id: int, proxy: Path, uid: int | None, secret: dict[str, Any]
+    ) -> None:
         """Replace the payload's proxy file in one rename, so the payload never reads half a file.
 
         A failure leaves the old proxy in place (the payload may still finish
@@ -230,7 +258,7 @@ class PilotAgent:
         """
         fresh = proxy.with_name(proxy.name + ".new")
         try:
-            ends = self._fetch_proxy(task_id, fresh)
+            ends = self._fetch_proxy(task_id, fresh, secret)
             if uid is not None:
                 # The payload owns this directory and could swap in a symlink: never follow one.
                 os.chown(fresh, uid, -1, follow_symlinks=False)
@@ -242,7 +270,7 @@ class PilotAgent:
         self._proxy_ends = ends
         log.info("task %s: payload proxy renewed, valid until %s", task_id, ends.isoformat())
 
-    def _fetch_proxy(self, task_id: int, path: Path) -> dt.datetime:
+    def _fetch_proxy(self, task_id: int, path: Path, secret: dict[str, Any]) -> dt.datetime:
         """Write a fresh limited proxy of the task's owner to `path`; return when it ends."""
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         csr = (
@@ -253,7 +281,7 @@ class PilotAgent:
         answer = self.api.request(
             "POST",
             f"/v1/tasks/{task_id}/proxy",
-            {"csr": csr.public_bytes(serialization.Encoding.PEM).decode()},
+            {"csr": csr.public_bytes(serialization.Encoding.PEM).decode(), **secret},
         )
         chain = parse_credential_pem(
             answer["chain"].encode(), source=f"payload proxy of task {task_id}"

@@ -124,6 +124,11 @@ class CredentialRow(Base):
     not_after: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # An operator's lock (proxyd admin lock; migration 0006): every use is refused with
+    # this message (1-512 printable characters) until it is lifted.
+    lock_message: Mapped[str | None] = mapped_column(String(512))
+    locked_by: Mapped[str | None] = mapped_column(String(DN_LEN))
+    locked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     def __repr__(self) -> str:
         # Never the sealed key or the chain: reprs end up in logs (I7).
@@ -254,6 +259,9 @@ class TaskRow(Base):
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     reason: Mapped[str | None] = mapped_column(Text)
+    # SHA-256 (hex) of the current attempt's assignment secret (migration 0005): only the
+    # pilot instance holding the secret reports on the task and gets its proxies.
+    secret_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 # Matching reads one (group, owner) at a time in priority-then-submission order; the

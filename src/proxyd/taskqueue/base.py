@@ -98,7 +98,10 @@ class TaskQueue(Protocol):
     def match(self, capabilities: PilotCapabilities) -> Task | None:
         """Claim the best eligible task for this pilot (state matched), or None.
 
-        Audited as `task.match`. Two pilots never get the same task.
+        Audited as `task.match`. Two pilots never get the same task. Each match
+        makes a fresh secret (`model.new_assignment_secret`): the returned Task
+        carries it once in `assignment_secret`; the queue keeps only its digest
+        (`Task.secret_digest`), until the task is queued again.
         """
         ...
 
@@ -134,12 +137,16 @@ class TaskQueue(Protocol):
         """Tasks matching `filters`, in id order, one page of at most `filters.limit`."""
         ...
 
-    def assignment(self, task_id: int) -> Assignment | None:
-        """Which pilot holds the task and for how long (see `model.assignment_of`)."""
+    def assignment(self, task_id: int, secret: str | None = None) -> Assignment | None:
+        """Which pilot holds the task and for how long, and whether `secret` (what the
+        asking pilot presented) is this attempt's assignment secret (`model.assignment_of`)."""
         ...
 
     def set_site_mask(self, site: str, masked: bool, by: str, reason: str = "") -> None:
-        """Mask (no work at all) or unmask a site, effective at the next match. Audited."""
+        """Mask (no work at all) or unmask a site, effective at the next match. Audited.
+
+        Site names are compared as `model.normalise_site` spells them (a bad name raises
+        InvalidTask)."""
         ...
 
     def masked_sites(self) -> frozenset[str]: ...

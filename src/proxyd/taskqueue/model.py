@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import hashlib
+import hmac
 import re
+import secrets
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -22,9 +26,15 @@ from ..policy import Assignment
 __all__ = [
     "ACTIVE",
     "FINAL",
+    "LIST_MAX",
+    "LOG_TAIL_MAX",
+    "MAX_CPU_S",
+    "MAX_MEMORY_MB",
     "MAX_PRIORITY",
+    "MAX_WALL_S",
     "MIN_PRIORITY",
     "QUEUED",
+    "REASON_MAX",
     "SYSTEM_ACTOR",
     "TRANSITIONS",
     "Accounting",
@@ -43,15 +53,36 @@ __all__ = [
     "TaskStateError",
     "UnknownTask",
     "assignment_of",
+    "free_text",
+    "new_assignment_secret",
     "next_state",
+    "normalise_site",
+    "secret_digest",
+    "secret_matches",
+    "text_field",
 ]
 
 MIN_PRIORITY = -1_000_000
 MAX_PRIORITY = 1_000_000
+# Bounds of every number a task or a pilot report carries: far beyond any real job, far
+# within the database's integers (a 32-bit INTEGER holds 68 years of seconds).
+MAX_WALL_S = 365 * 86400  # the ceiling; [taskqueue] max_wall_time (default 30 days) is lower
+MAX_CPU_S = 10 * 365 * 86400  # CPU seconds: a year on ten cores
+MAX_MEMORY_MB = 64 * 1024 * 1024  # 64 TiB
+MAX_RSS_KB = MAX_MEMORY_MB * 1024
+EXIT_CODE_RANGE = (-(2**31), 2**31 - 1)
+LIST_MAX = 256  # sites, tags, FQANs, arguments, input files
+LOG_TAIL_MAX = 16 * 1024  # characters of payload output a pilot reports
+REASON_MAX = 2000  # characters of a failure reason
+SITE_NAME_LEN = 255
 SYSTEM_ACTOR = "<proxyd>"  # the actor of what proxyd does by itself (the stalled sweep)
 _VO = re.compile(r"[A-Za-z0-9_.\-]+")
 _NAME_LEN = 255
 _DN_LEN = 1024
+_ARG_LEN = 4096
+# Control, format (bidirectional overrides, zero-width), surrogate and line/paragraph
+# separator characters: never part of a name a person reads in a log or a table.
+_NOT_IN_NAMES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 class TaskQueueError(Exception):
@@ -166,22 +197,107 @@ def _bad(where: str, message: str) -> InvalidTask:
     return InvalidTask(f"{where}: {message}")
 
 
-def _name(where: str, value: object, *, length: int = _NAME_LEN) -> str:
+def _storable(where: str, value: str) -> str:
+    """A string every database stores: no NUL (PostgreSQL refuses it), no lone surrogate
+    (not UTF-8)."""
+    if "\x00" in value:
+        raise _bad(where, "must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad(where, "must be valid Unicode text (it has a lone surrogate)") from None
+    return value
+
+
+def _name(where: str, value: object, *, length: int = _NAME_LEN, plain: bool = False) -> str:
+    """A non-empty string of at most `length` characters; `plain`: no control characters."""
     if not isinstance(value, str) or not value or len(value) > length:
         raise _bad(where, f"must be a non-empty string of at most {length} characters")
+    _storable(where, value)
+    if plain and any(unicodedata.category(c) in _NOT_IN_NAMES for c in value):
+        raise _bad(where, f"{value!r} contains control or formatting characters")
     return value
+
+
+def text_field(where: str, value: object, *, length: int = _NAME_LEN, plain: bool = False) -> str:
+    """A name given to the queue (e.g. an owner DN pattern to ban): non-empty, at most `length`
+    characters, storable in every database; `plain`: no control characters. InvalidTask
+    names `where` otherwise."""
+    return _name(where, value, length=length, plain=plain)
+
+
+def _listed(where: str, values: object) -> list[object]:
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        raise _bad(where, "must be a collection of names, not one string")
+    items = list(values)
+    if len(items) > LIST_MAX:
+        raise _bad(where, f"must have at most {LIST_MAX} entries, not {len(items)}")
+    return items
 
 
 def _names(where: str, values: Iterable[str]) -> frozenset[str]:
-    if isinstance(values, str):
-        raise _bad(where, "must be a collection of names, not one string")
-    return frozenset(_name(where, v) for v in values)
+    return frozenset(_name(where, v, plain=True) for v in _listed(where, values))
 
 
-def _count(where: str, value: object, *, positive: bool = False) -> int:
-    if type(value) is not int or value < (1 if positive else 0):
-        raise _bad(where, f"must be an int {'> 0' if positive else '>= 0'}, not {value!r}")
+def _sites(where: str, values: Iterable[str]) -> frozenset[str]:
+    return frozenset(normalise_site(v, where) for v in _listed(where, values))
+
+
+def normalise_site(name: object, where: str = "site") -> str:
+    """The one spelling of a site name that masks, matching, requirements and accounting use.
+
+    Unicode compatibility forms folded (NFKC), case folded, surrounding white space
+    stripped: `SITE-A`, ` site-a ` and `Ｓｉｔｅ-A` are the same site. Empty names, names
+    longer than 255 characters and names with control or formatting characters (newlines,
+    bidirectional overrides, zero-width characters) raise InvalidTask naming `where`.
+    """
+    if not isinstance(name, str):
+        raise _bad(where, f"a site name must be a string, not {type(name).__name__}")
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    folded = folded.strip()
+    if any(unicodedata.category(c) in _NOT_IN_NAMES for c in folded):
+        raise _bad(where, f"the site name {name!r} contains control or formatting characters")
+    if not folded:
+        raise _bad(where, "a site name must not be empty")
+    if len(folded) > SITE_NAME_LEN:
+        raise _bad(where, f"a site name must be at most {SITE_NAME_LEN} characters")
+    return folded
+
+
+def free_text(value: str, length: int) -> str:
+    """Free text a database can store (NUL and lone surrogates replaced), at most `length`
+    characters from its end."""
+    text = value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+    return text[-length:]
+
+
+def _count(where: str, value: object, *, positive: bool = False, maximum: int | None = None) -> int:
+    low = 1 if positive else 0
+    if type(value) is not int or value < low or (maximum is not None and value > maximum):
+        bound = f">= {low}" if maximum is None else f"from {low} to {maximum}"
+        raise _bad(where, f"must be an int {bound}, not {value!r}")
     return value
+
+
+# --- the assignment secret: which pilot instance holds a task ------------------------------------
+
+
+def new_assignment_secret() -> tuple[str, str]:
+    """A fresh secret for one match, and the digest of it the queue stores."""
+    secret = secrets.token_urlsafe(32)
+    return secret, secret_digest(secret)
+
+
+def secret_digest(secret: str) -> str:
+    """The SHA-256 of an assignment secret, hex: all the queue keeps of it."""
+    return hashlib.sha256(secret.encode("utf-8", "replace")).hexdigest()
+
+
+def secret_matches(stored_digest: str | None, presented: str | None) -> bool:
+    """Whether `presented` is the secret whose digest the queue stored (constant time)."""
+    if stored_digest is None or presented is None:
+        return False
+    return hmac.compare_digest(secret_digest(presented), stored_digest)
 
 
 @dataclass(frozen=True)
@@ -197,16 +313,16 @@ class Requirements:
 
     def __post_init__(self) -> None:
         object.__setattr__(
-            self, "sites_allowed", _names("Requirements.sites_allowed", self.sites_allowed)
+            self, "sites_allowed", _sites("Requirements.sites_allowed", self.sites_allowed)
         )
         object.__setattr__(
-            self, "sites_banned", _names("Requirements.sites_banned", self.sites_banned)
+            self, "sites_banned", _sites("Requirements.sites_banned", self.sites_banned)
         )
         object.__setattr__(self, "tags", _names("Requirements.tags", self.tags))
         if self.platform is not None:
-            _name("Requirements.platform", self.platform, length=64)
-        _count("Requirements.cpu_time", self.cpu_time)
-        _count("Requirements.memory_mb", self.memory_mb)
+            _name("Requirements.platform", self.platform, length=64, plain=True)
+        _count("Requirements.cpu_time", self.cpu_time, maximum=MAX_CPU_S)
+        _count("Requirements.memory_mb", self.memory_mb, maximum=MAX_MEMORY_MB)
 
     def unmet(self, pilot: PilotCapabilities) -> str | None:
         """The first requirement `pilot` does not meet, as a sentence; None if it meets them all."""
@@ -235,13 +351,19 @@ class Payload:
     input_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        _name("Payload.command", self.command, length=4096)
+        _name("Payload.command", self.command, length=_ARG_LEN)
         for where, values in (
             ("Payload.args", self.args),
             ("Payload.input_files", self.input_files),
         ):
             if isinstance(values, str) or not all(isinstance(v, str) for v in values):
                 raise _bad(where, "must be a sequence of strings")
+            if len(values) > LIST_MAX:
+                raise _bad(where, f"must have at most {LIST_MAX} entries, not {len(values)}")
+            for v in values:
+                if len(v) > _ARG_LEN:
+                    raise _bad(where, f"an entry must be at most {_ARG_LEN} characters")
+                _storable(where, v)
         object.__setattr__(self, "args", tuple(self.args))
         object.__setattr__(self, "input_files", tuple(self.input_files))
 
@@ -279,6 +401,8 @@ class TaskSpec:
         object.__setattr__(self, "group", str(group))
         if isinstance(self.fqans, str):
             raise _bad("TaskSpec.fqans", "must be a sequence of FQANs, not one string")
+        if len(self.fqans) > LIST_MAX:
+            raise _bad("TaskSpec.fqans", f"must have at most {LIST_MAX} entries")
         fqans: list[str] = []
         for text in self.fqans:
             fqan = str(_fqan("TaskSpec.fqans", text, self.vo))
@@ -296,11 +420,13 @@ class TaskSpec:
                 "TaskSpec.priority",
                 f"must be an int from {MIN_PRIORITY} to {MAX_PRIORITY}, not {self.priority!r}",
             )
-        _count("TaskSpec.max_wall_s", self.max_wall_s, positive=True)
-        _count("TaskSpec.max_cpu_s", self.max_cpu_s, positive=True)
+        _count("TaskSpec.max_wall_s", self.max_wall_s, positive=True, maximum=MAX_WALL_S)
+        _count("TaskSpec.max_cpu_s", self.max_cpu_s, positive=True, maximum=MAX_CPU_S)
 
 
 def _fqan(where: str, text: object, vo: str) -> Fqan:
+    if isinstance(text, str):
+        _name(where, text, length=_NAME_LEN, plain=True)
     try:
         fqan = parse_fqan(text)  # type: ignore[arg-type]
     except FqanError as exc:
@@ -312,7 +438,8 @@ def _fqan(where: str, text: object, vo: str) -> Fqan:
 
 @dataclass(frozen=True)
 class PilotCapabilities:
-    """What a pilot offers when it asks for work. `pilot_dn` is its authenticated identity."""
+    """What a pilot offers when it asks for work. `pilot_dn` is its authenticated identity;
+    `site` is normalised (`normalise_site`)."""
 
     pilot_dn: str
     pilot_id: str
@@ -325,18 +452,19 @@ class PilotCapabilities:
 
     def __post_init__(self) -> None:
         _name("PilotCapabilities.pilot_dn", self.pilot_dn, length=_DN_LEN)
-        _name("PilotCapabilities.pilot_id", self.pilot_id)
-        _name("PilotCapabilities.site", self.site)
+        _name("PilotCapabilities.pilot_id", self.pilot_id, plain=True)
+        object.__setattr__(self, "site", normalise_site(self.site, "PilotCapabilities.site"))
         if not isinstance(self.ce, str) or len(self.ce) > _NAME_LEN:
             raise _bad("PilotCapabilities.ce", "must be a string of at most 255 characters")
+        if self.ce:
+            _name("PilotCapabilities.ce", self.ce, plain=True)
         if not isinstance(self.platform, str) or len(self.platform) > 64:
             raise _bad("PilotCapabilities.platform", "must be a string of at most 64 characters")
+        if self.platform:
+            _name("PilotCapabilities.platform", self.platform, length=64, plain=True)
         object.__setattr__(self, "tags", _names("PilotCapabilities.tags", self.tags))
-        _count("PilotCapabilities.cpu_time_left", self.cpu_time_left)
-        _count("PilotCapabilities.memory_mb", self.memory_mb)
-
-
-LOG_TAIL_MAX = 16 * 1024
+        _count("PilotCapabilities.cpu_time_left", self.cpu_time_left, maximum=MAX_CPU_S)
+        _count("PilotCapabilities.memory_mb", self.memory_mb, maximum=MAX_MEMORY_MB)
 
 
 @dataclass(frozen=True)
@@ -352,15 +480,24 @@ class Accounting:
     def __post_init__(self) -> None:
         if not isinstance(self.log_tail, str):
             raise _bad("Accounting.log_tail", "must be a string")
-        object.__setattr__(self, "log_tail", self.log_tail[-LOG_TAIL_MAX:])
-        for name in ("cpu_s", "wall_s"):
+        if len(self.log_tail) > LOG_TAIL_MAX:
+            raise _bad("Accounting.log_tail", f"must be at most {LOG_TAIL_MAX} characters")
+        object.__setattr__(self, "log_tail", free_text(self.log_tail, LOG_TAIL_MAX))
+        for name, maximum in (("cpu_s", MAX_CPU_S), ("wall_s", MAX_WALL_S)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-                raise _bad(f"Accounting.{name}", f"must be a number >= 0, not {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 <= value <= maximum  # NaN and infinities fail too
+            ):
+                raise _bad(f"Accounting.{name}", f"must be a number from 0 to {maximum}")
             object.__setattr__(self, name, float(value))
-        _count("Accounting.max_rss_kb", self.max_rss_kb)
-        if self.exit_code is not None and type(self.exit_code) is not int:
-            raise _bad("Accounting.exit_code", f"must be an int or None, not {self.exit_code!r}")
+        _count("Accounting.max_rss_kb", self.max_rss_kb, maximum=MAX_RSS_KB)
+        low, high = EXIT_CODE_RANGE
+        if self.exit_code is not None and (
+            type(self.exit_code) is not int or not low <= self.exit_code <= high
+        ):
+            raise _bad("Accounting.exit_code", f"must be an int from {low} to {high} or None")
 
 
 @dataclass(frozen=True)
@@ -393,6 +530,11 @@ class Task:
     heartbeat_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
     reason: str | None = None
+    # The SHA-256 of the current attempt's assignment secret (`new_assignment_secret`): the
+    # pilot instance that presents the secret holds the task, not a sibling sharing its DN.
+    secret_digest: str | None = field(default=None, repr=False)
+    # The secret itself, only on the Task that `match` returns (given to that pilot once).
+    assignment_secret: str | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -410,7 +552,19 @@ class TaskFilter:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "states", frozenset(TaskState(s) for s in self.states))
-        _count("TaskFilter.limit", self.limit, positive=True)
+        _count("TaskFilter.limit", self.limit, positive=True, maximum=10_000)
+        if self.site is not None:
+            object.__setattr__(self, "site", normalise_site(self.site, "TaskFilter.site"))
+        for where, value in (
+            ("TaskFilter.owner", self.owner),
+            ("TaskFilter.group", self.group),
+            ("TaskFilter.vo", self.vo),
+            ("TaskFilter.pilot", self.pilot),
+        ):
+            if value is not None:
+                _name(where, value, length=_DN_LEN)
+        if self.after_id is not None:
+            _count("TaskFilter.after_id", self.after_id, maximum=2**63 - 1)
 
     def matches(self, task: Task) -> bool:
         """The filter as a predicate (for backends that filter in Python)."""
@@ -425,17 +579,24 @@ class TaskFilter:
         )
 
 
-def assignment_of(task: Task, now: dt.datetime) -> Assignment | None:
+def assignment_of(task: Task, now: dt.datetime, secret: str | None = None) -> Assignment | None:
     """The queue's word to the policy: which pilot holds `task`, and for how much longer.
 
     None when the task has no pilot (never matched, or queued again). The
-    assignment is live only while the task is matched or running; its
-    time left is the task's wall-time budget minus the time since start.
+    assignment is live only while the task is matched or running; its time
+    left is the task's wall-time budget minus the time since the **match**
+    (I2/I4: a pilot that never starts the payload, heartbeats or not, cannot
+    stretch it; a task with no match time has none left). `secret` is what
+    the asking pilot presented: `instance_ok` says whether it is the secret
+    of this attempt (the pilot instance the task was matched to).
     """
     if task.pilot is None:
         return None
-    elapsed = now - task.started_at if task.started_at is not None else dt.timedelta(0)
-    left = max(dt.timedelta(seconds=task.spec.max_wall_s) - elapsed, dt.timedelta(0))
+    if task.matched_at is None:
+        left = dt.timedelta(0)
+    else:
+        elapsed = max(now - task.matched_at, dt.timedelta(0))
+        left = max(dt.timedelta(seconds=task.spec.max_wall_s) - elapsed, dt.timedelta(0))
     return Assignment(
         pilot=task.pilot,
         task_id=task.id,
@@ -444,4 +605,5 @@ def assignment_of(task: Task, now: dt.datetime) -> Assignment | None:
         live=task.state in ACTIVE and left > dt.timedelta(0),
         time_left=left,
         active=task.state in ACTIVE,
+        instance_ok=secret_matches(task.secret_digest, secret),
     )

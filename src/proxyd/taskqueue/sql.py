@@ -82,7 +82,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..audit import AuditEvent, AuditLog, AuditWriteError
 from ..config import Config
-from ..patterns import any_dn_matches
+from ..patterns import any_dn_denied, any_dn_matches
 from ..policy import Assignment
 from ..store.db import make_engine, migrate, require_proxyd_engine, write_transaction
 from ..store.models import (
@@ -108,6 +108,7 @@ from .model import (
     SYSTEM_ACTOR,
     Accounting,
     AccountingTotal,
+    InvalidTask,
     NotAssigned,
     Payload,
     PilotCapabilities,
@@ -119,7 +120,10 @@ from .model import (
     TaskState,
     UnknownTask,
     assignment_of,
+    free_text,
+    new_assignment_secret,
     next_state,
+    normalise_site,
 )
 
 __all__ = ["SqlTaskQueue"]
@@ -153,7 +157,8 @@ _CANDIDATE_COLUMNS = (
     T.cpu_time_s,
     T.memory_mb,
 )
-_CLEARED = {"pilot_dn": None, "pilot_id": None, "site": None, "ce": None}
+# Queued again: no pilot holds it, and the secret of the earlier attempt is dead.
+_CLEARED = {"pilot_dn": None, "pilot_id": None, "site": None, "ce": None, "secret_sha256": None}
 _CLEARED_TIMES = {"matched_at": None, "started_at": None, "heartbeat_at": None}
 
 
@@ -213,6 +218,7 @@ _CLAIM_VALUES: dict[str, Any] = {
     "finished_at": None,
     "attempts": T.attempts + 1,
     "reason": None,
+    "secret_sha256": bindparam("b_secret"),  # the digest of this attempt's assignment secret
 }
 # SQLite: BEGIN IMMEDIATE makes the claiming transaction the only writer; it claims the best
 # candidate that is still queued, then reserves its wall time (two statements).
@@ -427,6 +433,11 @@ Clock = Callable[[], dt.datetime]
 class _Claimed:
     row: Row[Any]  # the task as claimed
     state_before: str  # waiting or rescheduled: where a match that cannot be audited goes back
+    secret: str = dataclasses.field(repr=False)  # the assignment secret, for the pilot only
+
+    def task(self) -> Task:
+        """The claimed task, carrying its assignment secret (given to the pilot once)."""
+        return dataclasses.replace(_task(self.row), assignment_secret=self.secret)
 
 
 @dataclasses.dataclass
@@ -446,7 +457,7 @@ class _Situation:
     def pairs(self) -> list[Pair]:
         if not self.owner_bans:
             return list(self.usages)
-        return [(g, o) for g, o in self.usages if not any_dn_matches(self.owner_bans, o)]
+        return [(g, o) for g, o in self.usages if not any_dn_denied(self.owner_bans, o)]
 
     def ranks(self) -> dict[Pair, tuple[float, float]]:
         """`fairshare.ranking` of the usages as they are now."""
@@ -766,7 +777,7 @@ class SqlTaskQueue:
                 if claimed is not None:
                     row = claimed.row
                     claimed_rows.append(row)
-                    matched.append((r, _task(row)))
+                    matched.append((r, claimed.task()))
                     situation.reserve((row.group_name, row.owner_dn), row.max_wall_s)
                 elif seen:
                     again.append(r)
@@ -802,11 +813,12 @@ class SqlTaskQueue:
             seen += len(listed)
             if not listed:
                 return seen, None
-            params = {"b_ids": [c.id for c in listed], **_claim_params(caps, now)}
+            secret, params = _claim_params(caps, now)
+            params["b_ids"] = [c.id for c in listed]
             row = conn.execute(_CLAIM_LISTED, params).one_or_none()
             if row is not None:
                 book.taken.add(row.id)
-                return seen, _Claimed(row, row.state_before)
+                return seen, _Claimed(row, row.state_before, secret)
             book.taken.update(c.id for c in listed)  # all claimed by other processes
         return seen, None
 
@@ -876,7 +888,7 @@ class SqlTaskQueue:
                 else:
                     claimed = self._claim(conn, ranked, caps, now)
                 if claimed is not None:
-                    task = _task(claimed.row)
+                    task = claimed.task()
                     event = _match_event(task, caps)
                     if self._audit_joins:
                         self._audit.append_many([event], conn=conn)  # type: ignore[call-arg]
@@ -913,16 +925,18 @@ class SqlTaskQueue:
         ranks = situation.ranks()
         ranked = [{"g": g, "o": o, "gr": ranks[g, o][0], "ou": ranks[g, o][1]} for g, o in pairs]
         scan = self._page_size * self._max_pages
+        secret, claim = _claim_params(caps, now)
         params = {
             "b_pairs": json.dumps(ranked),
             "b_tags": sorted(caps.tags),
             "b_scan": scan,
             **self._limits(caps),
             "b_limit": scan if retry else self._page_size,
-            **_claim_params(caps, now),
+            **claim,
         }
         row = conn.execute(_FIND_CLAIM_AND_RESERVE, params).one()
-        return int(row.seen), (_Claimed(row, row.state_before) if row.id is not None else None)
+        claimed = _Claimed(row, row.state_before, secret) if row.id is not None else None
+        return int(row.seen), claimed
 
     def _ranked(
         self, conn: Connection, situation: _Situation, caps: PilotCapabilities
@@ -980,7 +994,7 @@ class SqlTaskQueue:
             elif kind == "user":
                 owners.append(name)
             elif kind == "site":
-                sites.append(name)
+                sites.append(_site_pattern(name))
             else:
                 masked.add(name)
         return _Situation(usages, tuple(owners), tuple(sites), frozenset(masked), self._fair)
@@ -1013,13 +1027,13 @@ class SqlTaskQueue:
     ) -> _Claimed | None:
         """SQLite: claim the first of `ranked` still queued (the write lock is ours) and add
         its wall time to its owner's reservation; None if other pilots took them all."""
-        params = _claim_params(caps, now)
+        secret, params = _claim_params(caps, now)
         for row in ranked:
             claimed = conn.execute(_CLAIM, {**params, "b_id": row.id}).one_or_none()
             if claimed is not None:
                 reserve = {"b_group": row.group_name, "b_owner": row.owner_dn}
                 conn.execute(_RESERVE, {**reserve, "b_wall": row.max_wall_s})
-                return _Claimed(claimed, row.state)
+                return _Claimed(claimed, row.state, secret)
         return None
 
     def _unclaim(self, task: Task, previous: TaskState) -> None:
@@ -1106,7 +1120,7 @@ class SqlTaskQueue:
             if state is TaskState.RESCHEDULED:
                 changes.update(**_CLEARED, **_CLEARED_TIMES, finished_at=None)
             if reason is not None:
-                changes["reason"] = reason[:4000]
+                changes["reason"] = free_text(reason[:4000], 4000)
             after = _task(
                 conn.execute(
                     update(_TASKS).where(T.id == task_id).values(**changes).returning(*_TASKS.c)
@@ -1252,9 +1266,9 @@ class SqlTaskQueue:
         with self._engine.connect() as conn:
             return [_task(r) for r in conn.execute(stmt).all()]
 
-    def assignment(self, task_id: int) -> Assignment | None:
+    def assignment(self, task_id: int, secret: str | None = None) -> Assignment | None:
         task = self.get(task_id)
-        return assignment_of(task, self._clock()) if task is not None else None
+        return assignment_of(task, self._clock(), secret) if task is not None else None
 
     def log_tail(self, task_id: int) -> str | None:
         """The log tail its pilot reported for the task's latest finished attempt."""
@@ -1278,6 +1292,8 @@ class SqlTaskQueue:
         if by not in keys:
             raise ValueError(f"accounting is summed by owner, group or site, not {by!r}")
         key = keys[by]
+        if site is not None:
+            site = normalise_site(site)
         conditions: list[ColumnElement[bool]] = [
             column == value
             for column, value in ((A.owner_dn, owner), (A.group_name, group), (A.site, site))
@@ -1310,8 +1326,8 @@ class SqlTaskQueue:
     # --- site mask and owner bans -----------------------------------------------------------------
 
     def set_site_mask(self, site: str, masked: bool, by: str, reason: str = "") -> None:
-        if not isinstance(site, str) or not site or len(site) > 255:
-            raise ValueError("a site name is a non-empty string of at most 255 characters")
+        site = normalise_site(site)  # InvalidTask (a ValueError) for a bad name
+        reason = free_text(reason[:1000], 1000)
         now = self._clock()
         row = {"site": site, "masked": bool(masked), "reason": reason, "changed_by": by}
         with write_transaction(self._engine) as conn:
@@ -1432,6 +1448,7 @@ def _task(row: Row[Any]) -> Task:
         heartbeat_at=m["heartbeat_at"],
         finished_at=m["finished_at"],
         reason=m["reason"],
+        secret_digest=m["secret_sha256"],
     )
 
 
@@ -1513,14 +1530,26 @@ def _same_database(audit: AuditSink, engine: Engine) -> bool:
     return isinstance(audit, AuditLog) and audit.engine is engine
 
 
-def _claim_params(caps: PilotCapabilities, now: dt.datetime) -> dict[str, Any]:
-    return {
+def _claim_params(caps: PilotCapabilities, now: dt.datetime) -> tuple[str, dict[str, Any]]:
+    """A fresh assignment secret, and the claim's parameters (with the secret's digest)."""
+    secret, digest = new_assignment_secret()
+    return secret, {
         "b_pilot_dn": caps.pilot_dn,
         "b_pilot_id": caps.pilot_id,
         "b_site": caps.site,
         "b_ce": caps.ce or None,
         "b_now": now,
+        "b_secret": digest,
     }
+
+
+def _site_pattern(pattern: str) -> str:
+    """A site ban pattern (`bans` kind "site") spelt as `normalise_site` spells site names,
+    so that it matches every spelling of the site it names."""
+    try:
+        return normalise_site(pattern)
+    except InvalidTask:
+        return pattern
 
 
 def _match_event(task: Task, caps: PilotCapabilities) -> AuditEvent:
