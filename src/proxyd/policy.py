@@ -476,6 +476,14 @@ def _issue_ac(
     return Decision(True, "voms.member", "member of the VO", limited=False)
 
 
+def _wrong_instance(a: Assignment) -> Decision:
+    return _deny(
+        "payload.wrong_instance",
+        f"task {a.task_id} is assigned to another instance of this pilot: "
+        "the assignment secret of its match is missing or wrong",
+    )
+
+
 def _payload_proxy(
     request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
 ) -> Decision:
@@ -492,11 +500,7 @@ def _payload_proxy(
     ):
         return _deny("payload.not_assigned", "this task is not assigned to the requesting pilot")
     if not a.instance_ok:
-        return _deny(
-            "payload.wrong_instance",
-            f"task {a.task_id} is assigned to another instance of this pilot: "
-            "the assignment secret of its match is missing or wrong",
-        )
+        return _wrong_instance(a)
     if not a.live:
         return _deny(
             "payload.assignment_ended", f"task {a.task_id} is no longer running on this pilot"
@@ -582,11 +586,7 @@ def _task_update(
     if principal.kind is not PrincipalKind.PILOT or a is None or a.pilot != principal.identity:
         return _deny("task.not_assigned", "only the pilot running a task reports on it")
     if not a.instance_ok:
-        return _deny(
-            "payload.wrong_instance",
-            f"task {a.task_id} is assigned to another instance of this pilot: "
-            "the assignment secret of its match is missing or wrong",
-        )
+        return _wrong_instance(a)
     if not a.active:
         return _deny(
             "payload.assignment_ended", f"task {a.task_id} is no longer running on this pilot"
