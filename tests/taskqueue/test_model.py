@@ -96,6 +96,19 @@ def test_spec_normalises_and_defaults() -> None:
     assert spec().fqans == ("/dteam",)  # the group, when no FQAN is given
 
 
+def _spec(overrides: dict[str, object]) -> TaskSpec:
+    """A valid TaskSpec with `overrides` applied (which may make it invalid)."""
+    values: dict[str, object] = {
+        "owner": "/CN=a",
+        "vo": "dteam",
+        "group": "/dteam",
+        "credential_username": "a",
+        "payload": Payload("run"),
+    }
+    values.update(overrides)
+    return TaskSpec(**values)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
@@ -113,16 +126,8 @@ def test_spec_normalises_and_defaults() -> None:
     ],
 )
 def test_spec_names_the_bad_field(overrides: dict[str, object], field: str) -> None:
-    values: dict[str, object] = {
-        "owner": "/CN=a",
-        "vo": "dteam",
-        "group": "/dteam",
-        "credential_username": "a",
-        "payload": Payload("run"),
-    }
-    values.update(overrides)
     with pytest.raises(InvalidTask, match=f"^{re.escape(field)}: "):
-        TaskSpec(**values)  # type: ignore[arg-type]
+        _spec(overrides)
 
 
 def test_other_values_name_the_bad_field() -> None:
@@ -257,16 +262,8 @@ MAX_WALL = 365 * 86400
 def test_task_numbers_and_lists_are_bounded(
     overrides: dict[str, object], field: str, bound: str
 ) -> None:
-    values: dict[str, object] = {
-        "owner": "/CN=a",
-        "vo": "dteam",
-        "group": "/dteam",
-        "credential_username": "a",
-        "payload": Payload("run"),
-    }
-    values.update(overrides)
     with pytest.raises(InvalidTask, match=f"^{re.escape(field)}: .*{bound}"):
-        TaskSpec(**values)  # type: ignore[arg-type]
+        _spec(overrides)
 
 
 @pytest.mark.parametrize(
