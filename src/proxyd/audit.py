@@ -374,6 +374,17 @@ class AuditLog:
         """The database of this chain: a `write_transaction` on it can take events (`conn=`)."""
         return self._engine
 
+    def readiness(self) -> str | None:
+        """None when the database answers and the chain head exists; else the problem."""
+        try:
+            with self._engine.connect() as conn:
+                head = conn.execute(select(_H.last_seq).where(_H.id == 1)).first()
+        except SQLAlchemyError as exc:
+            return f"the database does not answer: {type(exc).__name__}: {exc}".splitlines()[0]
+        if head is None:
+            return "the audit_head row is missing: audit events cannot be appended"
+        return None
+
     def append(self, event: AuditEvent, *, conn: Connection | None = None) -> StoredEvent:
         """Append one event; raises AuditWriteError if it is not durably in the chain.
 

@@ -1406,6 +1406,15 @@ class Repository:
         self._decide(principal, policy.Request(Operation.AUDIT_READ), None, name=None)
         return self.audit.verify()
 
+    def readiness(self) -> str | None:
+        """None when the database answers and the audit chain can be appended to; else why not.
+
+        Every request writes an audit event (I6), so an instance whose database is gone or
+        whose chain head is missing can only refuse. Not a decision, and not audited: load
+        balancers probe it every few seconds and no credential is touched.
+        """
+        return self.audit.readiness()
+
     def count_credentials(self) -> int:
         with self._session() as session:
             return int(session.scalar(select(func.count()).select_from(CredentialRow)) or 0)

@@ -17,8 +17,6 @@ import time
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import Engine, select
-from sqlalchemy.exc import SQLAlchemyError
 
 from voms_ext import VomsExtError, classify, parse_credential_pem
 
@@ -43,7 +41,6 @@ from ..repository import (
     RepositoryError,
     StoreOptions,
 )
-from ..store.models import AuditHeadRow
 from ..tlspeer import verified_chain_der
 from .openapi import ApiRoute, Handler, build_openapi
 from .problems import Problem, from_repository_error, problem_response
@@ -95,26 +92,14 @@ async def readyz(request: web.Request) -> web.Response:
     is gone or whose chain head is missing can only refuse: a load balancer
     should send its clients elsewhere. The reason is logged, not shown.
     """
-    engine = request.app[REPO].engine
     try:
-        problem = await asyncio.wait_for(blocking(_audit_head_problem, engine), READY_TIMEOUT)
+        problem = await asyncio.wait_for(blocking(request.app[REPO].readiness), READY_TIMEOUT)
     except TimeoutError:
         problem = f"the database did not answer within {READY_TIMEOUT:.0f} s"
     if problem is None:
         return web.json_response({"status": "ok", "version": __version__})
     log.warning("not ready: %s", problem)
     return web.json_response({"status": "unavailable", "version": __version__}, status=503)
-
-
-def _audit_head_problem(engine: Engine) -> str | None:
-    try:
-        with engine.connect() as conn:
-            head = conn.execute(select(AuditHeadRow.last_seq).where(AuditHeadRow.id == 1)).first()
-    except SQLAlchemyError as exc:
-        return f"the database does not answer: {type(exc).__name__}: {exc}".splitlines()[0]
-    if head is None:
-        return "the audit_head row is missing: audit events cannot be appended"
-    return None
 
 
 async def metrics(request: web.Request) -> web.Response:
