@@ -421,10 +421,10 @@ def test_known_rules_are_found_where_they_are_made() -> None:
     """A few rules of each kind of position, so a scanner that lost one fails loudly."""
     found, _, _ = source_rules()
     expected = {
-        "ban.peer": "policy.py",  # _deny(...)
-        "admin.local_operator": "policy.py",  # Decision(True, ...)
-        "credential.revoked": "policy.py",  # f"credential.{verdict}" under `in (...)`
-        "admin.admins": "policy.py",  # policy._listed
+        "ban.peer": "policy/decide.py",  # _deny(...)
+        "admin.local_operator": "policy/decide.py",  # Decision(True, ...)
+        "credential.revoked": "policy/decide.py",  # f"credential.{verdict}" under `in (...)`
+        "admin.admins": "policy/decide.py",  # policy._listed
         "auth.cannot_unseal": "repository.py",  # self._auth_failure(..., rule, message)
         "renew.challenge_unanswered": "myproxy/server.py",  # to_thread(record_failure, ...)
         "auth.expired": "authfail.py",  # returned by reason_class, passed as rule=

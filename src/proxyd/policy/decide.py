@@ -11,44 +11,23 @@ shrink (I4). Nothing in the configuration can switch them off.
 
 from __future__ import annotations
 
-import contextvars
-import datetime as dt
-import enum
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
-from .config import PolicyConfig
-from .patterns import any_dn_denied, any_dn_matches, same_dn
-from .principal import Principal, PrincipalKind, is_pilot_fqan
-
-MIN_LIFETIME = dt.timedelta(minutes=1)
-
-
-class Operation(enum.StrEnum):
-    STORE = "store"
-    RETRIEVE = "retrieve"
-    RENEW = "renew"
-    INFO = "info"
-    DESTROY = "destroy"
-    CHANGE_PASSPHRASE = "change_passphrase"  # noqa: S105 - an operation name
-    RETRIEVE_KEY = "retrieve_key"
-    ISSUE_AC = "issue_ac"
-    PAYLOAD_PROXY = "payload_proxy"
-    AUDIT_READ = "audit_read"
-    METRICS_READ = "metrics_read"
-    ADMIN = "admin"
-    TASK_SUBMIT = "task_submit"
-    TASK_READ = "task_read"
-    TASK_MATCH = "task_match"
-    TASK_UPDATE = "task_update"
-    TASK_CANCEL = "task_cancel"
-
-
-class AuthMethod(enum.StrEnum):
-    NONE = "none"
-    PASSPHRASE = "passphrase"  # noqa: S105 - an authentication method name
-    CERTIFICATE = "certificate"  # trusted retrieval: the peer's certificate alone
-
+from ..config import PolicyConfig
+from ..patterns import any_dn_denied, any_dn_matches, same_dn
+from ..principal import Principal, PrincipalKind, is_pilot_fqan
+from .model import (
+    MIN_LIFETIME,
+    NO_BANS,
+    Assignment,
+    AuthMethod,
+    Bans,
+    CredentialFacts,
+    Decision,
+    Operation,
+    Request,
+    current_tally,
+)
 
 # Operations that hand out, create or change a credential: never for limited peers (I1).
 _DELEGATING = {
@@ -76,113 +55,8 @@ _PILOT_MAY = {
 }
 
 
-@dataclass(frozen=True)
-class CredentialFacts:
-    """What policy may know about a stored credential (never its key)."""
-
-    owner: str
-    name: str
-    has_passphrase: bool
-    not_after: dt.datetime
-    max_lifetime: dt.timedelta
-    owner_is_pilot: bool = False
-    retrievers: tuple[str, ...] | None = None
-    renewers: tuple[str, ...] | None = None
-    trusted_retrievers: tuple[str, ...] | None = None
-    key_retrievers: tuple[str, ...] | None = None
-    # An operator's lock (`proxyd admin lock`): the message shown to whoever asks for it.
-    lock_message: str | None = None
-    # The stored chain checked anew against the current trust store and CRLs, on the
-    # paths that use it: None (valid, or not checked), "revoked", "expired" or "untrusted";
-    # `chain_problem` says why, for the client.
-    chain_verdict: str | None = None
-    chain_problem: str = ""
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """The task queue's word on which payload a pilot currently holds."""
-
-    pilot: str
-    task_id: int
-    owner: str
-    credential_name: str
-    live: bool  # matched or running, with wall time left: proxies may be handed out
-    time_left: dt.timedelta
-    # Matched or running, whatever the time left: the pilot may still report on it
-    # (a payload killed for exceeding its wall time is, by definition, out of time).
-    active: bool = False
-    # The asking pilot presented this attempt's assignment secret: it is the pilot
-    # instance the task was matched to, not a sibling sharing its certificate (I2).
-    instance_ok: bool = False
-
-
-@dataclass(frozen=True)
-class Bans:
-    """Runtime bans (from the store), on top of `banned_dns` in the config."""
-
-    users: tuple[str, ...] = ()
-    hosts: tuple[str, ...] = ()
-
-    def matches(self, dn: str) -> bool:
-        """A deny rule: every spelling of a banned name matches (patterns.dn_denied)."""
-        return any_dn_denied((*self.users, *self.hosts), dn)
-
-
-NO_BANS = Bans()
-
-
-@dataclass(frozen=True)
-class Request:
-    operation: Operation
-    owner: str | None = None
-    name: str | None = None
-    username: str | None = None  # the MyProxy account name a credential is stored under
-    auth: AuthMethod = AuthMethod.NONE
-    lifetime: dt.timedelta | None = None
-    want_full: bool = False
-    fqans: tuple[str, ...] = ()
-    held_fqans: tuple[str, ...] = ()
-    proof: Principal | None = None
-    assignment: Assignment | None = None
-    now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
-    # task_match: the (normalised) site the pilot claims, and the sites an operator bound
-    # this pilot's DN to ([taskqueue] pilot_sites; None: not bound).
-    site: str | None = None
-    allowed_sites: frozenset[str] | None = None
-    # task_update: why the task's life cycle refuses the reported event right now
-    # (e.g. complete before start); None when it allows it.
-    state_conflict: str | None = None
-
-
-@dataclass(frozen=True)
-class Decision:
-    allowed: bool
-    rule: str
-    reason: str
-    limited: bool = True
-    lifetime: dt.timedelta | None = None
-
-
 def _deny(rule: str, reason: str) -> Decision:
     return Decision(False, rule, reason)
-
-
-class DecisionTally:
-    """How many decisions one request made. The HTTPS edge checks it is non-zero
-    before answering a non-open route with success: no route can hand anything
-    out without asking this module. A mutable object, so that decisions made in
-    worker threads (which run in a copy of the request's context) still count."""
-
-    __slots__ = ("count",)
-
-    def __init__(self) -> None:
-        self.count = 0
-
-
-current_tally: contextvars.ContextVar[DecisionTally | None] = contextvars.ContextVar(
-    "current_tally", default=None
-)
 
 
 def decide(
