@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 import proxyd.principal
-import proxyd.repository
+import proxyd.core.base
 from proxyd.devpki import DevPKI, user_dn
 from proxyd.principal import PeerCache, PrincipalKind, validity_window
 from proxyd.repository import BadPassphrase, Denied, NotFound, Repository, StoreOptions
@@ -172,8 +172,8 @@ def test_peer_cache_is_bounded(repo: Repository, ids: dict[str, Identity], dev_p
 class CountingUnseal:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
-        self._real = proxyd.repository.unseal
-        monkeypatch.setattr(proxyd.repository, "unseal", self)
+        self._real = proxyd.core.base.unseal
+        monkeypatch.setattr(proxyd.core.base, "unseal", self)
 
     def __call__(self, *args: object, **kw: object) -> bytes:
         self.calls += 1

@@ -425,7 +425,7 @@ def test_known_rules_are_found_where_they_are_made() -> None:
         "admin.local_operator": "policy/decide.py",  # Decision(True, ...)
         "credential.revoked": "policy/decide.py",  # f"credential.{verdict}" under `in (...)`
         "admin.admins": "policy/decide.py",  # policy._listed
-        "auth.cannot_unseal": "repository.py",  # self._auth_failure(..., rule, message)
+        "auth.cannot_unseal": "core/base.py",  # self._auth_failure(..., rule, message)
         "renew.challenge_unanswered": "myproxy/server.py",  # to_thread(record_failure, ...)
         "auth.expired": "authfail.py",  # returned by reason_class, passed as rule=
         "queue.fair_share": "taskqueue/base.py",  # RULE_MATCH passed to queue_event

@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-import proxyd.repository
+import proxyd.core.base
 from proxyd.audit import AuditWriteError
 from proxyd.cli.main import main
 from proxyd.config import load_config
@@ -265,13 +265,13 @@ def test_the_verdict_is_cached_per_trust_store_and_validity_window(
     bed: Bed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = []
-    real = proxyd.repository.validate_chain
+    real = proxyd.core.base.validate_chain
 
     def counting(chain, trust, at=None, **kw):  # type: ignore[no-untyped-def]
         calls.append(trust)
         return real(chain, trust, at, **kw)
 
-    monkeypatch.setattr(proxyd.repository, "validate_chain", counting)
+    monkeypatch.setattr(proxyd.core.base, "validate_chain", counting)
     for _ in range(5):
         bed.by_wms()
     assert len(calls) == 1  # one validation for five GETs

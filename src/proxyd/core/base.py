@@ -1,0 +1,507 @@
+"""The state the core's operations share, and the steps they all take: find, check, unseal, decide, record."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Self
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import (
+    PrivateKeyTypes,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+
+from voms_ext import (
+    TrustStore,
+    VomsExtError,
+    parse_credential_pem,
+    validate_chain,
+)
+from voms_ext.cache import BoundedCache
+
+from .. import policy
+from ..audit import AuditEvent, AuditLog
+from ..config import Config
+from ..issuer import (
+    AttributeAuthority,
+    load_authorities,
+)
+from ..keyfiles import check_key_files
+from ..metrics import DECISIONS, ISSUED, LOCKOUTS
+from ..peers import peer_group
+from ..policy import AuthMethod, Bans, CredentialFacts, Decision, Operation
+from ..principal import (
+    PeerCache,
+    Principal,
+    validity_window,
+)
+from ..ratelimit import FailureLimiter
+from ..sealing import (
+    MasterKeyring,
+    SealedKey,
+    SealingError,
+    UnsealedKeyCache,
+    WrongPassphrase,
+    seal,
+    unseal,
+)
+from ..store.db import make_engine, migrate, session_factory, write_transaction
+
+if TYPE_CHECKING:
+    pass
+from ..core.checks import (
+    KEY_BLOCK,
+    Verified,
+    chain_refusal,
+    with_reason,
+)
+from ..core.errors import BadPassphrase, BadRequest, Denied, NotFound, RepositoryError
+from ..core.values import (
+    DEFAULT_NAME,
+    StoredCredential,
+    StoreOptions,
+    credential_aad,
+    credential_facts,
+    sealed_key_of,
+)
+from ..store.credentials import (
+    CredentialReads,
+    bans_of,
+)
+
+log = logging.getLogger("proxyd.repository")
+
+
+class CoreBase:
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine,
+        keyring: MasterKeyring,
+        trust: TrustStore,
+        authorities: dict[str, AttributeAuthority] | None = None,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.keyring = keyring
+        self.trust = trust
+        self.authorities = authorities if authorities is not None else load_authorities(config.voms)
+        self.audit = AuditLog(engine)
+        self.limiter = FailureLimiter(
+            free_failures=config.policy.passphrase_attempts,
+            base=config.policy.lockout_base.total_seconds(),
+            cap=config.policy.lockout_max.total_seconds(),
+        )
+        self._session = session_factory(engine)
+        # Per-process memos of the request paths (see each class for when an entry is used).
+        self.peers = PeerCache(config.policy)
+        self._keys = UnsealedKeyCache()
+        self._chains: BoundedCache[str, tuple[x509.Certificate, ...]] = BoundedCache(1024)
+        # Stored chains that validated against the trust store (see _chain_verdict).
+        self._verdicts: BoundedCache[tuple[int, str], Verified] = BoundedCache(1024)
+        self._verdicts_trust: TrustStore | None = None
+        self._reads = CredentialReads(engine)
+        self._argon = {
+            "time_cost": config.sealing.argon2_time_cost,
+            "memory_kib": config.sealing.argon2_memory_kib,
+            "parallelism": config.sealing.argon2_parallelism,
+        }
+
+    @classmethod
+    def open(cls, config: Config) -> Self:
+        """Open (and migrate) the database, load the master key, trust dirs and AAs."""
+        check_key_files(config)
+        config.server.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        engine = make_engine(config.server.database)
+        migrate(engine)
+        keyring = MasterKeyring.load_or_create(config.server.master_key_file)
+        trust = TrustStore.from_dirs(config.server.cert_dir, config.server.voms_dir)
+        return cls(config, engine, keyring, trust)
+
+    @contextmanager
+    def _writing(self) -> Iterator[Session]:
+        """A session in a write transaction that holds the write lock from the start.
+
+        On SQLite a read-then-write transaction begun DEFERRED fails at once
+        with "database is locked" when another writer got in between; BEGIN
+        IMMEDIATE (store.db.write_transaction) waits its turn instead.
+        """
+        with (
+            write_transaction(self.engine) as conn,
+            Session(bind=conn, expire_on_commit=False) as session,
+        ):
+            yield session
+            session.flush()
+
+    def _bans(self) -> Bans:
+        """The runtime bans, read anew for every request: a ban works at once, everywhere."""
+        with self._reads.cursor() as cursor:
+            return bans_of(self._reads.bans.run(cursor))
+
+    def _find(self, username: str, name: str) -> StoredCredential | None:
+        with self._reads.cursor() as cursor:
+            rows = self._reads.find.run(cursor, {"username": username, "name": name})
+        return StoredCredential(*rows[0]) if rows else None
+
+    def _lookup(self, username: str, name: str) -> tuple[StoredCredential | None, Bans]:
+        """The credential and the bans, read in one go (one connection, two statements)."""
+        with self._reads.cursor() as cursor:
+            rows = self._reads.find.run(cursor, {"username": username, "name": name})
+            bans = bans_of(self._reads.bans.run(cursor))
+        return (StoredCredential(*rows[0]) if rows else None), bans
+
+    def _stored_chain(self, chain_pem: str) -> tuple[x509.Certificate, ...]:
+        """A stored chain, parsed (memoised by its text: it is the same on every GET)."""
+        chain = self._chains.get(chain_pem)
+        if chain is None:
+            chain = parse_credential_pem(chain_pem.encode(), source="stored chain").certificates
+            self._chains.put(chain_pem, chain)
+        return chain
+
+    def _chain_verdict(
+        self, row: StoredCredential, chain: tuple[x509.Certificate, ...]
+    ) -> tuple[str, str] | None:
+        """None while the stored chain validates against the current trust store and CRLs;
+        else ("revoked" | "expired" | "untrusted", the reason for the client).
+
+        myproxy-server checks the stored credential on every GET; so does every use here.
+        A success is remembered per (row id, chain text), for the very trust-store object
+        it was checked against (a reload swaps `self.trust` and so starts afresh) and only
+        inside the window in which every time-dependent check it passed still passes
+        (`principal.validity_window`): the answer validation would give. Refusals are
+        decided anew every time.
+        """
+        trust = self.trust  # read once: a reload may swap it meanwhile
+        now = dt.datetime.now(dt.UTC)
+        key = (row.id, row.chain_pem)
+        hit = self._verdicts.get(key)
+        if hit is not None and hit.trust is trust and hit.start <= now <= hit.end:
+            return None
+        try:
+            result = validate_chain(chain, trust, now, check_voms=False)
+        except VomsExtError as exc:
+            self._verdicts.pop(key)
+            return chain_refusal(chain, trust, now, str(exc))
+        if trust is not self._verdicts_trust:  # entries for an older store are of no use
+            self._verdicts.clear()
+            self._verdicts_trust = trust
+        start, end = validity_window(result, trust)
+        self._verdicts.put(key, Verified(trust, start, end))
+        return None
+
+    def _facts_in_use(
+        self, row: StoredCredential
+    ) -> tuple[CredentialFacts, tuple[x509.Certificate, ...]]:
+        """The policy facts of a credential about to be used (issued from, its key handed
+        out): its lock and the verdict on its chain now. Its parsed chain too."""
+        chain = self._stored_chain(row.chain_pem)
+        facts = credential_facts(row, self.config)
+        verdict = self._chain_verdict(row, chain)
+        if verdict is not None:
+            facts = dataclasses.replace(facts, chain_verdict=verdict[0], chain_problem=verdict[1])
+        return facts, chain
+
+    def _record(
+        self,
+        principal: Principal,
+        op: Operation,
+        decision: Decision,
+        *,
+        owner: str | None,
+        name: str | None,
+        serial: int | None = None,
+        lifetime: dt.timedelta | None = None,
+        fqans: Sequence[str] = (),
+        detail: str | None = None,
+        conn: Connection | None = None,
+    ) -> None:
+        """I6: one audit event per decision; raises AuditWriteError, failing the request.
+
+        `conn`: the write transaction of the action decided, so that the
+        action and its event commit together or not at all.
+        """
+        outcome = "allow" if decision.allowed else "deny"
+        DECISIONS.labels(op.value, outcome, decision.rule).inc()
+        if serial is not None:
+            ISSUED.labels(op.value, "limited" if detail and "limited" in detail else "full").inc()
+        self.audit.append(
+            AuditEvent(
+                actor_dn=principal.identity,
+                actor_kind=principal.kind.value,
+                peer=principal.address or "",
+                operation=op.value,
+                rule=decision.rule,
+                decision="allow" if decision.allowed else "deny",
+                owner_dn=owner,
+                credential_name=name,
+                serial=str(serial) if serial is not None else None,
+                lifetime_s=int(lifetime.total_seconds()) if lifetime is not None else None,
+                fqans=tuple(fqans),
+                detail=detail or (None if decision.allowed else decision.reason),
+            ),
+            conn=conn,
+        )
+
+    def _decide(
+        self,
+        principal: Principal,
+        request: policy.Request,
+        facts: CredentialFacts | None,
+        *,
+        name: str | None,
+        record_allow: bool = True,
+        detail: str | None = None,
+        bans: Bans | None = None,
+    ) -> Decision:
+        if bans is None:
+            bans = self._bans()
+        decision = policy.decide(request, principal, facts, self.config.policy, bans)
+        owner = facts.owner if facts is not None else request.owner
+        if not decision.allowed or record_allow:
+            self._record(
+                principal,
+                request.operation,
+                decision,
+                owner=owner,
+                name=name,
+                fqans=request.fqans,
+                detail=with_reason(detail, decision),
+            )
+        if not decision.allowed:
+            cls = NotFound if decision.rule == "credential.not_found" else Denied
+            raise cls(decision.reason, decision.rule)
+        return decision
+
+    def authorize(
+        self,
+        principal: Principal,
+        request: policy.Request,
+        facts: CredentialFacts | None = None,
+        *,
+        name: str | None = None,
+    ) -> Decision:
+        """Decide and audit (allow and deny); raise Denied/NotFound when refused."""
+        return self._decide(principal, request, facts, name=name)
+
+    def credential_owner(self, username: str, name: str) -> str | None:
+        row = self._find(username, name)
+        return row.owner_dn if row is not None else None
+
+    def _auth_failure(
+        self,
+        principal: Principal,
+        op: Operation,
+        owner: str | None,
+        name: str,
+        rule: str,
+        message: str,
+    ) -> BadPassphrase:
+        self._record(principal, op, Decision(False, rule, message), owner=owner, name=name)
+        return BadPassphrase(message, rule)
+
+    @staticmethod
+    def _lock_keys(principal: Principal, username: str, name: str) -> tuple[tuple[str, ...], ...]:
+        return (("credential", username, name), ("peer", peer_group(principal.address or "")))
+
+    def _refuse_if_locked(
+        self,
+        principal: Principal,
+        op: Operation,
+        username: str,
+        name: str,
+        owner: str | None = None,
+    ) -> None:
+        wait = self.limiter.locked(self._lock_keys(principal, username, name))
+        if wait > 0:
+            message = f"too many failed passphrase attempts; try again in {math.ceil(wait)} s"
+            self._record(
+                principal, op, Decision(False, "auth.locked_out", message), owner=owner, name=name
+            )
+            raise Denied(message, "auth.locked_out")
+
+    def _count_failure(self, principal: Principal, username: str, name: str) -> None:
+        if self.limiter.failure(self._lock_keys(principal, username, name)):
+            LOCKOUTS.inc()
+
+    def _seal(self, key_pem: bytes, options: StoreOptions) -> SealedKey:
+        """Under the passphrase when there is one (then only it opens the key), else the master key."""
+        return seal(
+            key_pem,
+            passphrase=options.passphrase,
+            keyring=None if options.passphrase else self.keyring,
+            aad=credential_aad(options.username, options.name),
+            **self._argon,
+        )
+
+    def _not_found(
+        self,
+        principal: Principal,
+        op: Operation,
+        username: str,
+        name: str | None,
+        auth: AuthMethod = AuthMethod.NONE,
+        *,
+        bans: Bans | None = None,
+    ) -> RepositoryError:
+        """A missing credential, decided by the policy (bans and I1/I2 still come first) and audited."""
+        decision = policy.decide(
+            policy.Request(op, owner=None, name=name, auth=auth),
+            principal,
+            None,
+            self.config.policy,
+            bans if bans is not None else self._bans(),
+        )
+        self._record(
+            principal, op, decision, owner=None, name=name, detail=f"username {username[:100]!r}"
+        )
+        if decision.rule != "credential.not_found":
+            return Denied(decision.reason, decision.rule)
+        # Say it the way myproxy-server does, without echoing much input.
+        return NotFound(
+            f'No credentials exist for username "{username[:100]}".', "credential.not_found"
+        )
+
+    def _require(
+        self, principal: Principal, op: Operation, username: str, name: str
+    ) -> StoredCredential:
+        row = self._find(username, name)
+        if row is None:
+            raise self._not_found(principal, op, username, name)
+        return row
+
+    def _open_key(
+        self, principal: Principal, op: Operation, row: StoredCredential, passphrase: str | None
+    ) -> PrivateKeyTypes:
+        """Unseal a stored key. Wrong or missing passphrases are audited and refused.
+
+        Two kinds of passphrase credential exist: keys sealed under an
+        argon2id key of the passphrase (delegated with myproxy-init or the
+        API), and keys that arrived PEM-encrypted by the client
+        (myproxy-store), kept encrypted under the master key. Neither opens
+        without the passphrase, and neither is ever kept in `self._keys`:
+        only keys the server opens on its own are (for seconds, bound to the
+        sealed bytes they came from).
+        """
+        if passphrase:
+            self._refuse_if_locked(principal, op, row.username, row.name, row.owner_dn)
+        cached = self._keys.get(row.username, row.name, row.sealed_key)
+        if cached is not None:
+            if passphrase:
+                self.limiter.success([("credential", row.username, row.name)])
+            return cached  # type: ignore[return-value]
+        sealed = sealed_key_of(row)
+        try:
+            key_pem = unseal(
+                sealed,
+                passphrase=passphrase if sealed.has_passphrase else None,
+                keyring=self.keyring,
+                aad=credential_aad(row.username, row.name),
+            )
+            if b"ENCRYPTED" in key_pem.split(b"\n-----END", 1)[0]:
+                if not passphrase:
+                    raise WrongPassphrase("a passphrase is needed")
+                try:
+                    key = serialization.load_pem_private_key(key_pem, password=passphrase.encode())
+                except ValueError:
+                    raise WrongPassphrase("wrong passphrase") from None
+            else:
+                # Validated when it was stored and sealed under AES-GCM since, so it cannot have
+                # changed: OpenSSL's RSA consistency check (~40 ms) would only repeat that work.
+                key = serialization.load_pem_private_key(
+                    key_pem, password=None, unsafe_skip_rsa_key_validation=True
+                )
+                if not sealed.has_passphrase:
+                    self._keys.put(row.username, row.name, row.sealed_key, key)
+        except WrongPassphrase:
+            if passphrase:
+                self._count_failure(principal, row.username, row.name)
+            raise self._auth_failure(
+                principal,
+                op,
+                row.owner_dn,
+                row.name,
+                "auth.bad_passphrase",
+                "invalid credential passphrase",
+            ) from None
+        except SealingError:
+            raise self._auth_failure(
+                principal,
+                op,
+                row.owner_dn,
+                row.name,
+                "auth.cannot_unseal",
+                "Unable to delegate credentials.",
+            ) from None
+        if passphrase:
+            self.limiter.success([("credential", row.username, row.name)])
+        return key
+
+    def record_failure(
+        self, principal: Principal, op: Operation, username: str, name: str, rule: str, reason: str
+    ) -> None:
+        """Audit an authentication the edge itself refused (e.g. a failed renewal challenge)."""
+        row = self._find(username, name)
+        self._record(
+            principal,
+            op,
+            Decision(False, rule, reason),
+            owner=row.owner_dn if row is not None else None,
+            name=name,
+            detail=reason[:500],
+        )
+
+    def has_passphrase(self, username: str, name: str = DEFAULT_NAME) -> bool | None:
+        """Whether the credential is passphrase-sealed (None: no such credential). No secrets."""
+        row = self._find(username, name)
+        return None if row is None else row.has_passphrase
+
+    def readiness(self) -> str | None:
+        """None when the database answers and the audit chain can be appended to; else why not.
+
+        Every request writes an audit event (I6), so an instance whose database is gone or
+        whose chain head is missing can only refuse. Not a decision, and not audited: load
+        balancers probe it every few seconds and no credential is touched.
+        """
+        return self.audit.readiness()
+
+    def _check_store_names(
+        self,
+        options: StoreOptions,
+        *,
+        chain: Sequence[x509.Certificate] = (),
+        pem: bytes | None = None,
+    ) -> None:
+        """Refuse (BadRequest) a store whose names or chain DNs break `proxyd.names`' rules.
+
+        The edges check first, naming their own fields; this is the same check
+        for every caller of the store paths (admin import included).
+        """
+        from .. import names
+
+        try:
+            names.check(names.USERNAME, options.username, "username")
+            names.check(names.CREDENTIAL_NAME, options.name, "credential name")
+            if options.description is not None:
+                names.check(names.DESCRIPTION, options.description, "description")
+            for label in ("retrievers", "renewers", "trusted_retrievers", "key_retrievers"):
+                names.check_patterns(getattr(options, label), label)
+        except names.InvalidField as exc:
+            raise BadRequest(exc.message, exc.rule) from None
+        if pem is not None:
+            try:
+                chain = parse_credential_pem(
+                    KEY_BLOCK.sub(b"", pem), source="stored credential"
+                ).certificates
+            except VomsExtError:
+                chain = ()  # store_pem itself says what is wrong with it
+        try:
+            names.check_chain_names(chain)
+        except names.UnsafeName as exc:
+            raise BadRequest(str(exc), "request.bad_dn") from None

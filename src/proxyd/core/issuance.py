@@ -1,0 +1,356 @@
+"""Issuing proxies and attribute certificates: GET (retrieve, renew), ACs for proxy-init, payload proxies."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificateIssuerPublicKeyTypes,
+)
+
+from voms_ext import (
+    AttributeCertificate,
+    ValidationResult,
+)
+
+from .. import policy
+from ..issuer import (
+    AttributeAuthority,
+    IssuedProxy,
+    IssueError,
+    VomsRequest,
+    authorities_for,
+    end_entity,
+    issue_proxy,
+    merge_voms_requests,
+)
+from ..policy import AuthMethod, Decision, Operation
+from ..principal import (
+    IdentityRefused,
+    Principal,
+)
+from ..principal import classify as classify_principal
+from ..sealing import (
+    dummy_unseal_cost,
+)
+
+if TYPE_CHECKING:
+    from ..taskqueue.base import TaskQueue
+from ..core.base import CoreBase
+from ..core.checks import (
+    check_public_key,
+)
+from ..core.errors import BadRequest, Denied
+from ..core.values import DEFAULT_NAME, Retrieval
+
+log = logging.getLogger("proxyd.repository")
+
+
+class Issuance(CoreBase):
+    def retrieve(
+        self,
+        principal: Principal,
+        username: str,
+        csr: x509.CertificateSigningRequest,
+        *,
+        name: str = DEFAULT_NAME,
+        passphrase: str | None = None,
+        lifetime: dt.timedelta | None = None,
+        voms: Sequence[VomsRequest] = (),
+        want_full: bool = False,
+        renewal_proof: ValidationResult | None = None,
+    ) -> IssuedProxy:
+        """GET in one call: authorize, then issue a proxy for the CSR's key."""
+        check_public_key(csr)
+        retrieval = self.authorize_retrieval(
+            principal,
+            username,
+            name=name,
+            passphrase=passphrase,
+            lifetime=lifetime,
+            voms=voms,
+            want_full=want_full,
+            renewal_proof=renewal_proof,
+        )
+        return self.complete_retrieval(retrieval, csr, csr_checked=True)
+
+    def authorize_retrieval(
+        self,
+        principal: Principal,
+        username: str,
+        *,
+        name: str = DEFAULT_NAME,
+        passphrase: str | None = None,
+        lifetime: dt.timedelta | None = None,
+        voms: Sequence[VomsRequest] = (),
+        want_full: bool = False,
+        renewal_proof: ValidationResult | None = None,
+    ) -> Retrieval:
+        """The first half of GET: policy, authentication, unsealing. Denials are audited here.
+
+        Authentication is the passphrase, or the peer's certificate (trusted
+        retrieval), or a renewal proof (a chain of the owner that signed the
+        server's challenge). MyProxy answers this before the client sends
+        its certificate request, hence the two halves.
+        """
+        row, bans = self._lookup(username, name)
+        if renewal_proof is not None:
+            op, auth = Operation.RENEW, AuthMethod.NONE
+        elif passphrase:
+            op, auth = Operation.RETRIEVE, AuthMethod.PASSPHRASE
+        else:
+            op, auth = Operation.RETRIEVE, AuthMethod.CERTIFICATE
+        if auth is AuthMethod.PASSPHRASE:
+            self._refuse_if_locked(principal, op, username, name, row.owner_dn if row else None)
+        if row is None:
+            if auth is AuthMethod.PASSPHRASE:
+                # Spend what a wrong passphrase costs, so timing does not reveal existence;
+                # and count it, so guessing usernames is slowed like guessing passphrases.
+                dummy_unseal_cost(**self._argon)
+                self._count_failure(principal, username, name)
+            raise self._not_found(principal, op, username, name, auth, bans=bans)
+        facts, chain = self._facts_in_use(row)
+        ac_plan = self._plan_acs(row.owner_dn, voms)
+        proof = None
+        if renewal_proof is not None:
+            try:
+                proof = classify_principal(renewal_proof, self.config.policy, principal.address)
+            except IdentityRefused as exc:
+                refusal = Decision(False, "auth.independent_proxy", f"the renewal proof: {exc}")
+                self._record(principal, op, refusal, owner=row.owner_dn, name=name)
+                raise Denied(refusal.reason, refusal.rule) from None
+        request = policy.Request(
+            op,
+            owner=row.owner_dn,
+            name=name,
+            auth=auth,
+            lifetime=lifetime,
+            want_full=want_full,
+            fqans=tuple(f for _, explicit, _ in ac_plan for f in explicit),
+            held_fqans=tuple(f for _, _, held in ac_plan for f in held),
+            proof=proof,
+        )
+        decision = self._decide(principal, request, facts, name=name, record_allow=False, bans=bans)
+        key = self._open_key(
+            principal, op, row, passphrase if auth is AuthMethod.PASSPHRASE else None
+        )
+        return Retrieval(principal, op, decision, row.owner_dn, name, chain, key, tuple(ac_plan))
+
+    def complete_retrieval(
+        self,
+        retrieval: Retrieval,
+        csr: x509.CertificateSigningRequest,
+        *,
+        csr_checked: bool = False,
+    ) -> IssuedProxy:
+        """The second half of GET: sign a proxy (and ACs) for the CSR's key, and audit it with its serial.
+
+        `csr_checked`: `check_public_key(csr)` passed already (`retrieve` checks before deciding).
+        """
+        r = retrieval
+        try:
+            if not csr_checked:
+                check_public_key(csr)
+        except BadRequest as exc:
+            self._record(
+                r.principal,
+                r.op,
+                Decision(False, "issue.bad_request", exc.message),
+                owner=r.owner,
+                name=r.name,
+            )
+            raise
+        decision = r.decision
+        assert decision.lifetime is not None
+        now = dt.datetime.now(dt.UTC)
+        try:
+            holder = end_entity(r.chain)
+            acs = [
+                aa.issue(holder, aa.default_fqans(r.owner, explicit), now + decision.lifetime, now)
+                for aa, explicit, _ in r.ac_plan
+            ]
+            issued = issue_proxy(
+                r.chain,
+                # Stored keys are RSA or EC (checked when stored), as are CSR keys
+                # (check_public_key).
+                cast(CertificateIssuerPrivateKeyTypes, r.key),
+                cast(CertificateIssuerPublicKeyTypes, csr.public_key()),
+                limited=decision.limited,
+                lifetime=decision.lifetime,
+                acs=acs,
+                now=now,
+            )
+        except IssueError as exc:
+            self._record(
+                r.principal,
+                r.op,
+                Decision(False, "issue.failed", str(exc)),
+                owner=r.owner,
+                name=r.name,
+            )
+            raise BadRequest(str(exc), "issue.failed") from None
+        proxy = issued.proxy
+        self._record(
+            r.principal,
+            r.op,
+            decision,
+            owner=r.owner,
+            name=r.name,
+            serial=proxy.serial_number,
+            lifetime=proxy.not_valid_after_utc - now,
+            fqans=tuple(f for ac in issued.acs for f in ac.fqans),
+            detail=r.detail or ("limited" if decision.limited else "full"),
+        )
+        return issued
+
+    def abandon_retrieval(self, retrieval: Retrieval, reason: str) -> None:
+        """Audit an authorized GET that ended before anything was issued (client went away)."""
+        r = retrieval
+        self._record(
+            r.principal,
+            r.op,
+            r.decision,
+            owner=r.owner,
+            name=r.name,
+            detail=f"nothing issued: {reason}"[:500],
+        )
+
+    def _plan_acs(
+        self, owner: str, voms: Sequence[VomsRequest]
+    ) -> list[tuple[AttributeAuthority, tuple[str, ...], tuple[str, ...]]]:
+        """(authority, explicitly requested FQANs, FQANs the owner holds) per requested VO."""
+        plan = []
+        for request in merge_voms_requests(voms):
+            try:
+                aa = authorities_for(self.authorities, request.vo)
+            except IssueError as exc:
+                raise BadRequest(str(exc), "voms.unknown_vo") from None
+            held = aa.held_fqans(owner)
+            explicit = request.fqans or ((f"/{request.vo}",) if not held else ())
+            plan.append((aa, explicit, held))
+        return plan
+
+    def issue_acs(
+        self, principal: Principal, voms: Sequence[VomsRequest], lifetime: dt.timedelta
+    ) -> list[AttributeCertificate]:
+        """ACs bound to the caller's own end-entity certificate, for FQANs it holds."""
+        holder = principal.end_entity
+        if holder is None or principal.is_anonymous:
+            raise Denied("attribute certificates need a client certificate", "voms.not_member")
+        acs = []
+        now = dt.datetime.now(dt.UTC)
+        for aa, explicit, held in self._plan_acs(principal.identity, voms):
+            request = policy.Request(
+                Operation.ISSUE_AC,
+                owner=principal.identity,
+                fqans=explicit or aa.default_fqans(principal.identity),
+                held_fqans=held,
+                lifetime=lifetime,
+            )
+            decision = self._decide(principal, request, None, name=None, record_allow=False)
+            fqans = aa.default_fqans(principal.identity, explicit)
+            ac = aa.issue(holder, fqans, now + min(lifetime, aa.config.max_lifetime), now)
+            self._record(
+                principal,
+                Operation.ISSUE_AC,
+                decision,
+                owner=principal.identity,
+                name=None,
+                lifetime=ac.not_after - now,
+                fqans=ac.fqans,
+                detail=f"AC serial {ac.serial_number}",
+            )
+            acs.append(ac)
+        return acs
+
+    def payload_proxy(
+        self,
+        principal: Principal,
+        task_id: int,
+        csr: x509.CertificateSigningRequest,
+        queue: TaskQueue,
+    ) -> IssuedProxy:
+        """A limited proxy of a task's owner, for the pilot the queue matched the task to (I2).
+
+        Policy decides with the queue's assignment (which pilot, whether it
+        is live, the task's wall time left) and the facts of the task's
+        stored credential (`credential_username`, `credential_name`): only
+        that pilot, only while the task is matched or running, never a
+        pilot-owned credential. The proxy is always limited, carries a VOMS
+        AC with the task's FQANs (normalised by TaskSpec) first, and lives
+        no longer than the time left plus `payload_lifetime_margin`. Allow
+        and deny are audited; the allow with the serial and "task <id>".
+        """
+        op = Operation.PAYLOAD_PROXY
+        task = queue.get(task_id)
+        if task is None:
+            # The invariants (bans, limited peers, pilots only) still speak first.
+            decision = policy.decide(
+                policy.Request(op), principal, None, self.config.policy, self._bans()
+            )
+            if decision.allowed or decision.rule == "credential.not_found":
+                decision = Decision(False, "payload.not_assigned", f"there is no task {task_id}")
+            self._record(
+                principal,
+                op,
+                decision,
+                owner=None,
+                name=None,
+                detail=f"task {task_id}: no such task",
+            )
+            raise Denied(decision.reason, decision.rule)
+        spec = task.spec
+        try:
+            plan = self._plan_acs(spec.owner, [VomsRequest(spec.vo, spec.fqans)])
+        except BadRequest as exc:
+            self._record(
+                principal,
+                op,
+                Decision(False, exc.rule or "voms.unknown_vo", exc.message),
+                owner=spec.owner,
+                name=spec.credential_name,
+                detail=f"task {task_id}: {exc.message}",
+            )
+            raise
+        row = self._find(spec.credential_username, spec.credential_name)
+        request = policy.Request(
+            op,
+            owner=spec.owner,
+            name=spec.credential_name,
+            lifetime=None,  # the assignment's time left caps it
+            fqans=tuple(f for _, explicit, _ in plan for f in explicit),
+            held_fqans=tuple(f for _, _, held in plan for f in held),
+            assignment=queue.assignment(task_id),
+        )
+        facts = self._facts_in_use(row)[0] if row is not None else None
+        decision = self._decide(
+            principal,
+            request,
+            facts,
+            name=spec.credential_name,
+            record_allow=False,
+            detail=f"task {task_id}",
+        )
+        assert row is not None  # policy refuses a task whose credential is missing
+        decision = dataclasses.replace(decision, limited=True)  # I2, whatever policy may become
+        chain = self._stored_chain(row.chain_pem)
+        key = self._open_key(principal, op, row, None)
+        retrieval = Retrieval(
+            principal,
+            op,
+            decision,
+            row.owner_dn,
+            spec.credential_name,
+            chain,
+            key,
+            tuple(plan),
+            # "limited" also tells the issuance metrics what kind of proxy this was.
+            detail=f"task {task_id} (limited)",
+        )
+        return self.complete_retrieval(retrieval, csr)
