@@ -64,9 +64,10 @@ from bench.common import (
 )
 from proxyd.audit import GENESIS_HASH, AuditEvent, AuditLog, canonical, chain_hash
 from proxyd.config import Config, load_config
+from proxyd.core.values import credential_aad
 from proxyd.devpki import WMS_HOST, DevPKI, generate
 from proxyd.principal import classify as classify_principal
-from proxyd.repository import Repository, StoreOptions, _aad
+from proxyd.repository import Repository, StoreOptions
 from proxyd.sealing import seal
 from proxyd.store.db import make_engine, migrate
 from proxyd.store.models import AuditRow, CredentialRow, TaskRow
@@ -192,7 +193,7 @@ def _credential_rows(
     binds a sealed key to its username and name, so a copied blob would not open)."""
     for i in range(first, last):
         username = _username(i)
-        sealed = seal(key_pem, passphrase=None, keyring=repo.keyring, aad=_aad(username, CRED_NAME))
+        sealed = seal(key_pem, passphrase=None, keyring=repo.keyring, aad=credential_aad(username, CRED_NAME))
         yield {**template, "username": username, "sealed_key": sealed.to_bytes()}
 
 

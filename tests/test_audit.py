@@ -31,6 +31,7 @@ from proxyd.audit import (
     chain_hash,
 )
 from proxyd.store import AuditRow, make_engine, migrate
+from proxyd.store.batching import LeaderBatcher
 from proxyd.store.db import write_transaction
 from tests import store_fixtures
 
@@ -402,8 +403,8 @@ def _commits(engine: Engine) -> list[int]:
 
 
 @contextlib.contextmanager
-def _commit_in_flight(group: Any) -> Iterator[None]:
-    """While this is open, a leader is (as far as the group knows) committing a batch."""
+def _commit_in_flight(group: LeaderBatcher[Any, Any]) -> Iterator[None]:
+    """While this is open, a leader is (as far as the batcher knows) running a batch."""
     with group._changed:
         assert not group._leading
         group._leading = True
@@ -429,14 +430,15 @@ def _append_while_the_writer_is_busy(
             errors[i] = exc
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(events))]
-    with _commit_in_flight(log._group):  # the fsync of another request
+    batcher = log._group._batcher
+    with _commit_in_flight(batcher):  # the fsync of another request
         for t in threads:
             t.start()
         for _ in range(500):
-            if len(log._group._queue) == len(events):
+            if len(batcher._queue) == len(events):
                 break
             threading.Event().wait(0.01)
-        assert len(log._group._queue) == len(events)
+        assert len(batcher._queue) == len(events)
     for t in threads:
         t.join(timeout=60)
     return results, errors
@@ -534,34 +536,21 @@ def test_an_unwritable_event_fails_only_its_own_request(engine: Engine) -> None:
     assert "poison" not in {s.event.detail for s in log.query(limit=10)}
 
 
-def test_a_failed_commit_fails_every_request_of_the_batch() -> None:
+def test_a_failed_commit_fails_every_request_of_the_batch(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """When the commit itself fails nobody can know what was written: all callers fail (I6)."""
-    from proxyd.audit import _GroupCommit
-
+    log = AuditLog(engine)
     calls: list[int] = []
 
     def write(events: list[AuditEvent]) -> list[Any]:
         calls.append(len(events))
         raise RuntimeError("the disk went away during COMMIT")
 
-    group = _GroupCommit(write)
-    errors: list[BaseException] = []
-
-    def work(i: int) -> None:
-        try:
-            group.submit([make_event(i)])
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    with _commit_in_flight(group):
-        for t in threads:
-            t.start()
-        while len(group._queue) < 4:
-            threading.Event().wait(0.01)
-    for t in threads:
-        t.join(timeout=10)
+    monkeypatch.setattr(log._group, "_write", write)
+    events = [make_event(i) for i in range(4)]
+    _, errors = _append_while_the_writer_is_busy(log, events)
     assert calls == [4]  # not retried one by one: it may have been written
-    assert len(errors) == 4 and all(isinstance(e, AuditWriteError) for e in errors)
+    assert all(isinstance(e, AuditWriteError) for e in errors)
     assert all("disk went away" in str(e) for e in errors)
     assert len({id(e) for e in errors}) == 4  # one exception object per caller

@@ -774,7 +774,8 @@ def test_the_export_checker_in_auditor_md_verifies_a_real_export(tmp_path: Path)
     ok = subprocess.run(
         [sys.executable, str(checker), str(export)], capture_output=True, text=True, timeout=60
     )
-    assert ok.returncode == 0 and "5 events chain correctly; head seq 5" in ok.stdout, ok.stderr
+    # The five events, and the export's own read (decided and recorded before it reads).
+    assert ok.returncode == 0 and "6 events chain correctly; head seq 6" in ok.stdout, ok.stderr
     lines = export.read_text().splitlines()
     lines[2] = lines[2].replace('"serial": "1002"', '"serial": "9999"')
     export.write_text("\n".join(lines) + "\n")

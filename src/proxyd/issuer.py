@@ -9,7 +9,6 @@ and reused while they outlive the proxy they go into.
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ from voms_ext import (
     load_credential_file,
     parse_fqan,
 )
+from voms_ext.cache import BoundedCache
 from voms_ext.proxy import BACKDATE
 
 from .config import VoConfig
@@ -98,8 +98,10 @@ class AttributeAuthority:
         if not isinstance(key, rsa.RSAPrivateKey):
             raise IssueError(f"VO {config.vo}: the AA key {config.aa_key} must be an RSA key")
         self._key = key
-        self._cache: dict[tuple[bytes, tuple[str, ...]], AttributeCertificate] = {}
-        self._lock = threading.Lock()
+        # Keyed by (holder fingerprint, FQANs); bounded however many holders come.
+        self._cache: BoundedCache[tuple[bytes, tuple[str, ...]], AttributeCertificate] = (
+            BoundedCache(10_000)
+        )
 
     @property
     def vo(self) -> str:
@@ -133,14 +135,14 @@ class AttributeAuthority:
         key = (holder.fingerprint(_SHA256), tuple(fqans))
         ceiling = now + self.config.max_lifetime
         limit = min(not_after, ceiling)
-        with self._lock:
-            cached = self._cache.get(key)
-            if (
-                cached is not None
-                and cached.not_before <= now
-                and limit <= cached.not_after <= limit + AC_ROUNDING
-            ):
-                return cached
+        # Not `valid=`: an AC too long for this proxy may still fit the next one.
+        cached = self._cache.get(key)
+        if (
+            cached is not None
+            and cached.not_before <= now
+            and limit <= cached.not_after <= limit + AC_ROUNDING
+        ):
+            return cached
         end = min(_round_up(limit, AC_ROUNDING), ceiling)
         ac = (
             AttributeCertificateBuilder()
@@ -151,10 +153,7 @@ class AttributeAuthority:
             .validity(now - BACKDATE, end)
             .sign(self.cert, self._key, self.chain)
         )
-        with self._lock:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[key] = ac
+        self._cache.put(key, ac)
         return ac
 
 

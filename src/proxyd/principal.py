@@ -12,7 +12,6 @@ import datetime as dt
 import enum
 import fnmatch
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,6 +26,7 @@ from voms_ext import (
     normalise_fqan,
     validate_chain,
 )
+from voms_ext.cache import BoundedCache
 
 from .config import PolicyConfig
 from .patterns import any_dn_denied, any_dn_matches
@@ -174,8 +174,12 @@ def validity_window(result: ValidationResult, trust: TrustStore) -> tuple[dt.dat
 @dataclass(frozen=True)
 class _Peer:
     principal: Principal  # without an address
+    trust: TrustStore  # the store it was validated against
     start: dt.datetime
     end: dt.datetime
+
+    def valid(self, trust: TrustStore, at: dt.datetime) -> bool:
+        return trust is self.trust and self.start <= at <= self.end
 
 
 class PeerCache:
@@ -202,9 +206,9 @@ class PeerCache:
     def __init__(self, policy: PolicyConfig, maxsize: int = 1024) -> None:
         self.policy = policy
         self.maxsize = maxsize
-        self._entries: OrderedDict[tuple[bytes, ...], _Peer] = OrderedDict()
-        self._trust: TrustStore | None = None
-        self._lock = threading.Lock()
+        self._entries: BoundedCache[tuple[bytes, ...], _Peer] = BoundedCache(maxsize)
+        self._trust: TrustStore | None = None  # the store of the entries kept
+        self._lock = threading.Lock()  # for emptying the cache when the store changes
 
     def cached(
         self,
@@ -215,17 +219,11 @@ class PeerCache:
     ) -> Principal | None:
         """The remembered Principal for this chain, if one is still valid; never validates."""
         at = at or dt.datetime.now(dt.UTC)
-        key = tuple(chain_der)
-        with self._lock:
-            if trust is not self._trust:
-                return None
-            peer = self._entries.get(key)
-            if peer is None:
-                return None
-            if not peer.start <= at <= peer.end:
-                del self._entries[key]
-                return None
-            self._entries.move_to_end(key)
+        if trust is not self._trust:
+            return None
+        peer = self._entries.get(tuple(chain_der), lambda p: p.valid(trust, at))
+        if peer is None:
+            return None
         return dataclasses.replace(peer.principal, address=address)
 
     def principal(
@@ -252,7 +250,5 @@ class PeerCache:
                 if trust is not self._trust:
                     self._entries.clear()
                     self._trust = trust
-                self._entries[tuple(chain_der)] = _Peer(principal, start, end)
-                while len(self._entries) > self.maxsize:
-                    self._entries.popitem(last=False)
+                self._entries.put(tuple(chain_der), _Peer(principal, trust, start, end))
         return dataclasses.replace(principal, address=address)

@@ -131,6 +131,11 @@ _ALL = (
     Rule("auth.bad_chain", "The peer's chain was refused for another reason.", None),
     Rule("auth.bad_passphrase", "The credential passphrase given is wrong.", None),
     Rule(
+        "auth.no_passphrase",
+        "A passphrase change was asked for a credential stored without one (trusted retrieval).",
+        None,
+    ),
+    Rule(
         "auth.cannot_unseal",
         "The stored private key could not be unsealed (its data key or master key is unusable).",
         None,
@@ -313,6 +318,11 @@ _ALL = (
         "The task's current state does not allow this life-cycle event.",
         None,
     ),
+    Rule(
+        "task.credential_missing",
+        "A task named a stored credential (username and name) that is not its owner's.",
+        None,
+    ),
     Rule("task.not_found", "No such task.", None),
     Rule(
         "queue.fair_share",
@@ -343,7 +353,13 @@ _ALL = (
         "The local operator of the server (the proxyd admin command) administers.",
         None,
     ),
-    Rule("admin.not_banned", "An unban named an owner that is not banned.", None),
+    Rule("admin.not_banned", "An unban named an owner, user or host that is not banned.", None),
+    Rule("admin.already_banned", "A ban named a user or host that is banned already.", None),
+    Rule(
+        "request.refused",
+        "An allowed operation found, when it came to act, that it could not be done.",
+        "I6",
+    ),
     # --- request fields (proxyd.names) ---------------------------------------------------------
     Rule(
         "request.bad_username", "The username is empty, too long or holds unsafe characters.", None

@@ -35,10 +35,8 @@ from .metrics import exposition
 from .myproxy.server import SESSION_TIMEOUT, MyProxyServer
 from .repository import Repository
 from .sealing import SealingError
-from .taskqueue.base import load_taskqueue
-from .taskqueue.fairshare import FairShare
 from .taskqueue.model import TaskQueueError
-from .tasks import TaskService
+from .tasks import TaskService, open_task_service
 from .tlsctx import server_context
 from .trustwatch import TrustWatcher
 
@@ -191,17 +189,10 @@ def _ensure_fd_limit(config: Config) -> None:
 
 
 def _task_service(repo: Repository) -> TaskService | None:
-    tq = repo.config.taskqueue
-    if tq.backend is None:
-        return None
-    options: dict[str, object] = {"audit": repo.audit}
-    if tq.backend == "sql":
-        options["fair_share"] = FairShare(shares=dict(tq.shares), half_life=tq.usage_half_life)
     try:
-        queue = load_taskqueue(tq.backend, repo.engine, **options)
+        return open_task_service(repo)
     except TaskQueueError as exc:
         raise ServeError(f"cannot start the task queue: {exc}") from None
-    return TaskService(repo, queue)
 
 
 async def _sweep_stalled(tasks: TaskService, config: Config) -> None:

@@ -26,12 +26,13 @@ from voms_ext import normalise_fqan
 
 from . import policy
 from .audit import AuditEvent
+from .core.values import credential_facts
 from .issuer import IssuedProxy
-from .metrics import DECISIONS
-from .policy import Assignment, Operation
+from .policy import Assignment, Decision, Operation
 from .principal import Principal
 from .repository import BadRequest, Denied, NotFound, Repository, RepositoryError
-from .taskqueue.base import TaskQueue
+from .taskqueue.base import TaskQueue, load_taskqueue
+from .taskqueue.fairshare import FairShare
 from .taskqueue.model import (
     TRANSITIONS,
     Accounting,
@@ -83,6 +84,7 @@ class TaskService:
     def __init__(self, repo: Repository, queue: TaskQueue) -> None:
         self.repo = repo
         self.queue = queue
+        self.gate = repo.gate
 
     # --- owners ---------------------------------------------------------------------------
 
@@ -96,30 +98,30 @@ class TaskService:
         fqans = tuple(normalise_fqan(f) for f in spec.fqans)
         aa = self.repo.authorities.get(spec.vo)
         held = aa.held_fqans(spec.owner) if aa is not None else ()
+        stored = self.repo._find(spec.credential_username, spec.credential_name)
         request = policy.Request(
             Operation.TASK_SUBMIT,
             owner=spec.owner,
             name=spec.credential_name,
+            username=spec.credential_username,
             fqans=fqans,
             held_fqans=held,
         )
-        self.repo.authorize(principal, request, name=spec.credential_name)
-        owner_of = self.repo.credential_owner(spec.credential_username, spec.credential_name)
-        if owner_of != spec.owner:
-            raise BadRequest(
-                f'no credential "{spec.credential_name}" of yours is stored under username '
-                f'"{spec.credential_username}"; delegate one first (proxy-init --store)'
-            )
-        return self.queue.submit(spec)
+        facts = credential_facts(stored, self.repo.config) if stored is not None else None
+        decision = self.gate.decide(principal, request, facts, name=spec.credential_name)
+        allow = self.gate.event(
+            principal, Operation.TASK_SUBMIT, decision, owner=spec.owner, name=spec.credential_name
+        )
+        return self.queue.submit(spec, decided=[allow])
 
     def tasks(self, principal: Principal, filters: TaskFilter) -> list[Task]:
-        self.repo.authorize(principal, policy.Request(Operation.TASK_READ, owner=filters.owner))
+        self.gate.read(principal, policy.Request(Operation.TASK_READ, owner=filters.owner))
         return self.queue.query(filters)
 
     def task(self, principal: Principal, task_id: int) -> Task:
         task = self.queue.get(task_id)
         owner = task.spec.owner if task is not None else None
-        self.repo.authorize(principal, policy.Request(Operation.TASK_READ, owner=owner))
+        self.gate.read(principal, policy.Request(Operation.TASK_READ, owner=owner))
         if task is None:
             raise NotFound(f"no task {task_id}", "task.not_found")
         return task
@@ -132,22 +134,28 @@ class TaskService:
         task = self.queue.get(task_id)
         owner = task.spec.owner if task is not None else None
         request = policy.Request(Operation.TASK_CANCEL, owner=owner)
-        if task is not None and TaskEvent.CANCEL not in TRANSITIONS[task.state]:
-            # A finished task: who asks is decided first (a refusal is recorded and raised),
-            # then the life cycle refuses; no allow is recorded for a cancel that cannot be.
-            self.repo._decide(principal, request, None, name=None, record_allow=False)
+        decision = self.gate.decide(principal, request, None, name=None)
+        if task is None:
+            raise self.gate.refuse(
+                principal,
+                Operation.TASK_CANCEL,
+                Decision(False, "task.not_found", f"no task {task_id}"),
+                owner=None,
+                name=None,
+                after_decision=True,
+            )
+        if TaskEvent.CANCEL not in TRANSITIONS[task.state]:
+            # A finished task: who asks was decided first; the life cycle refuses.
             conflict = str(TaskStateError(task.state, TaskEvent.CANCEL, task.id))
             self._refuse(principal, Operation.TASK_CANCEL, task, conflict)
             raise TaskConflict(conflict, STATE_CONFLICT)
-        self.repo.authorize(principal, request)
-        if task is None:
-            raise NotFound(f"no task {task_id}", "task.not_found")
+        allow = self._allowed(principal, Operation.TASK_CANCEL, decision, task)
         return self._act(
             principal,
             Operation.TASK_CANCEL,
             task,
             lambda: self.queue.cancel(
-                task.id, by=principal.identity, reason="cancelled by request"
+                task.id, by=principal.identity, reason="cancelled by request", decided=[allow]
             ),
         )
 
@@ -164,7 +172,8 @@ class TaskService:
             site=capabilities.site,  # normalised by PilotCapabilities
             allowed_sites=self.repo.config.taskqueue.sites_of(principal.identity),
         )
-        self.repo.authorize(principal, request)
+        decision = self.gate.decide(principal, request, None, name=None)
+        allow = self.gate.event(principal, Operation.TASK_MATCH, decision, owner=None, name=None)
         # The pilot is who authenticated, whatever the request body says.
         caps = PilotCapabilities(
             pilot_dn=principal.identity,
@@ -176,7 +185,7 @@ class TaskService:
             cpu_time_left=capabilities.cpu_time_left,
             memory_mb=capabilities.memory_mb,
         )
-        return self.queue.match(caps)
+        return self.queue.match(caps, decided=[allow])
 
     def _report(
         self,
@@ -184,10 +193,11 @@ class TaskService:
         task_id: int,
         event: TaskEvent,
         secret: str | None,
-        act: Callable[[], T],
+        act: Callable[[Sequence[AuditEvent]], T],
     ) -> T:
         """A pilot's report on a task: policy decides with the assignment (this pilot
-        instance, by its secret) and whether the task's state allows `event`, then it acts."""
+        instance, by its secret) and whether the task's state allows `event`; the queue
+        commits the change with the allow event (`act(decided)`)."""
         task = self.queue.get(task_id)
         conflict = None
         if task is not None and event not in TRANSITIONS[task.state]:
@@ -198,12 +208,25 @@ class TaskService:
             state_conflict=conflict,
         )
         try:
-            self.repo.authorize(principal, request, name=None)
+            decision = self.gate.decide(principal, request, None, name=None)
         except Denied as exc:
             if exc.rule == STATE_CONFLICT:
                 raise TaskConflict(exc.message, STATE_CONFLICT) from None
             raise
-        return self._act(principal, Operation.TASK_UPDATE, task, act)
+        allow = self._allowed(principal, Operation.TASK_UPDATE, decision, task)
+        return self._act(principal, Operation.TASK_UPDATE, task, lambda: act([allow]))
+
+    def _allowed(
+        self, principal: Principal, op: Operation, decision: Decision, task: Task | None
+    ) -> AuditEvent:
+        """The allow event a queue change commits with (I6)."""
+        return self.gate.event(
+            principal,
+            op,
+            decision,
+            owner=task.spec.owner if task is not None else None,
+            name=task.spec.credential_name if task is not None else None,
+        )
 
     def _act(
         self, principal: Principal, op: Operation, task: Task | None, act: Callable[[], T]
@@ -230,19 +253,13 @@ class TaskService:
         rule: str = STATE_CONFLICT,
     ) -> None:
         """Audit a refusal that the queue's state decided (raises AuditWriteError)."""
-        DECISIONS.labels(op.value, "deny", rule).inc()
-        self.repo.audit.append(
-            AuditEvent(
-                actor_dn=principal.identity,
-                actor_kind=principal.kind.value,
-                peer=principal.address or "",
-                operation=op.value,
-                rule=rule,
-                decision="deny",
-                owner_dn=task.spec.owner if task is not None else None,
-                credential_name=task.spec.credential_name if task is not None else None,
-                detail=reason[:2000],
-            )
+        self.gate.record(
+            principal,
+            op,
+            Decision(False, rule, reason[:2000]),
+            owner=task.spec.owner if task is not None else None,
+            name=task.spec.credential_name if task is not None else None,
+            detail=reason[:2000],
         )
 
     def start(self, principal: Principal, task_id: int, secret: str | None = None) -> Task:
@@ -251,7 +268,7 @@ class TaskService:
             task_id,
             TaskEvent.START,
             secret,
-            lambda: self.queue.start(task_id, principal.identity),
+            lambda decided: self.queue.start(task_id, principal.identity, decided=decided),
         )
 
     def heartbeat(self, principal: Principal, task_id: int, secret: str | None = None) -> Task:
@@ -260,7 +277,7 @@ class TaskService:
             task_id,
             TaskEvent.HEARTBEAT,
             secret,
-            lambda: self.queue.heartbeat(task_id, principal.identity),
+            lambda decided: self.queue.heartbeat(task_id, principal.identity, decided=decided),
         )
 
     def complete(
@@ -275,7 +292,9 @@ class TaskService:
             task_id,
             TaskEvent.COMPLETE,
             secret,
-            lambda: self.queue.complete(task_id, principal.identity, accounting),
+            lambda decided: self.queue.complete(
+                task_id, principal.identity, accounting, decided=decided
+            ),
         )
 
     def fail(
@@ -291,7 +310,9 @@ class TaskService:
             task_id,
             TaskEvent.FAIL,
             secret,
-            lambda: self.queue.fail(task_id, principal.identity, reason, accounting),
+            lambda decided: self.queue.fail(
+                task_id, principal.identity, reason, accounting, decided=decided
+            ),
         )
 
     def payload_proxy(
@@ -313,8 +334,18 @@ class TaskService:
             site = normalise_site(site)
         except InvalidTask as exc:
             raise BadRequest(str(exc)) from None
-        self.repo.authorize(principal, policy.Request(Operation.ADMIN), name=None)
-        self.queue.set_site_mask(site, masked, by=principal.identity, reason=reason)
+        decision = self.gate.decide(principal, policy.Request(Operation.ADMIN), None, name=None)
+        allow = self.gate.event(
+            principal,
+            Operation.ADMIN,
+            decision,
+            owner=None,
+            name=None,
+            detail=f"{'mask' if masked else 'unmask'} site {site}",
+        )
+        self.queue.set_site_mask(
+            site, masked, by=principal.identity, reason=reason, decided=[allow]
+        )
         return site
 
     def ban_owner(self, principal: Principal, dn: str, banned: bool, reason: str = "") -> None:
@@ -323,16 +354,47 @@ class TaskService:
         except InvalidTask as exc:
             raise BadRequest(str(exc)) from None
         reason = free_text(reason[:1000], 1000)
-        self.repo.authorize(principal, policy.Request(Operation.ADMIN), name=None)
+        decision = self.gate.decide(principal, policy.Request(Operation.ADMIN), None, name=None)
+        allow = self.gate.event(
+            principal,
+            Operation.ADMIN,
+            decision,
+            owner=dn,
+            name=None,
+            detail=f"{'ban' if banned else 'unban'} owner {dn}",
+        )
         if banned:
-            self.queue.ban_owner(dn, by=principal.identity, reason=reason)
-        elif not self.queue.unban_owner(dn, by=principal.identity):
-            raise NotFound(f'"{dn}" is not banned', "admin.not_banned")
+            self.queue.ban_owner(dn, by=principal.identity, reason=reason, decided=[allow])
+        elif not self.queue.unban_owner(dn, by=principal.identity, decided=[allow]):
+            raise self.gate.refuse(
+                principal,
+                Operation.ADMIN,
+                Decision(False, "admin.not_banned", f'"{dn}" is not banned'),
+                owner=dn,
+                name=None,
+                after_decision=True,
+            )
 
     def accounting(
         self, principal: Principal, by: str, since: dt.datetime | None = None
     ) -> Sequence[AccountingTotal]:
-        self.repo.authorize(principal, policy.Request(Operation.AUDIT_READ), name=None)
         if by not in ("owner", "group", "site"):
             raise BadRequest("accounting is grouped by owner, group or site")
+        self.gate.read(
+            principal, policy.Request(Operation.AUDIT_READ), detail=f"accounting by {by}"
+        )
         return self.queue.accounting(by, since=since)  # type: ignore[arg-type]
+
+
+def open_task_service(repo: Repository) -> TaskService | None:
+    """The task service of this server's configured queue backend; None when it has none.
+
+    Raises TaskQueueError when the backend cannot be loaded.
+    """
+    tq = repo.config.taskqueue
+    if tq.backend is None:
+        return None
+    options: dict[str, object] = {"audit": repo.audit}
+    if tq.backend == "sql":
+        options["fair_share"] = FairShare(shares=dict(tq.shares), half_life=tq.usage_half_life)
+    return TaskService(repo, load_taskqueue(tq.backend, repo.engine, **options))

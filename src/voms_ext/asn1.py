@@ -3,6 +3,13 @@
 The attribute certificate itself comes from `pyasn1_modules.rfc5755`; here
 live the proxy and VOMS-private structures that travel inside it or beside
 it. Each is documented with the ASN.1 it encodes.
+
+The two VOMS containers of whole certificates -- the proxy extension's
+SEQUENCE OF SEQUENCE OF AttributeCertificate and the AC's AA chain
+extension SEQUENCE { SEQUENCE OF Certificate } -- have no spec here on
+purpose: they are built and read with `der` so that every certificate
+inside keeps its exact bytes, which its signature covers whatever encoder
+its producer used (`proxy.encode_ac_sequence`, `ac.parse`).
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from pyasn1.codec.der import decoder as der_decoder
 from pyasn1.codec.der import encoder as der_encoder
 from pyasn1.error import PyAsn1Error
 from pyasn1.type import namedtype, tag, univ
-from pyasn1_modules import rfc5280, rfc5755
+from pyasn1_modules import rfc5280
 
 from .errors import DecodeError
 
@@ -71,26 +78,6 @@ class ProxyCertInfoDraft(univ.Sequence):
 
 
 # --- VOMS structures -----------------------------------------------------------
-
-
-class AttributeCertificates(univ.SequenceOf):
-    componentType = rfc5755.AttributeCertificate()
-
-
-class VomsAcSeq(univ.SequenceOf):
-    """The proxy extension: SEQUENCE OF SEQUENCE OF AttributeCertificate (one inner list)."""
-
-    componentType = AttributeCertificates()
-
-
-class Certificates(univ.SequenceOf):
-    componentType = rfc5280.Certificate()
-
-
-class AaCertificates(univ.Sequence):
-    """AC extension 1.3.6.1.4.1.8005.100.100.10: SEQUENCE { SEQUENCE OF Certificate }, signer first."""
-
-    componentType = namedtype.NamedTypes(namedtype.NamedType("certificates", Certificates()))
 
 
 class GenericAttribute(univ.Sequence):

@@ -58,7 +58,8 @@ def test_query_table_json_csv(populated: Path, capsys: pytest.CaptureFixture[str
     assert [line.split()[3] for line in table[1:]] == [
         "retrieve.not_trusted",
         "retrieve.trusted",
-        "store.owner",
+        "store.owner",  # the chain stored
+        "store.owner",  # the delegation begun: key made, CSR sent
     ]
 
     assert main(["--config", str(populated), "query", "--decision", "deny", "--json"]) == 0
@@ -76,7 +77,8 @@ def test_query_table_json_csv(populated: Path, capsys: pytest.CaptureFixture[str
 
 def test_verify_then_tamper(populated: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--config", str(populated), "verify"]) == 0
-    assert "audit chain OK: 3 events verified" in capsys.readouterr().out
+    # The four events of `populated`, and this command's own read (decided, audited).
+    assert "audit chain OK: 5 events verified" in capsys.readouterr().out
     db = load_config(populated).server.state_dir / "proxyd.db"
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE audit_events SET rule = 'retrieve.passphrase' WHERE seq = 2")
@@ -112,7 +114,7 @@ def test_anchors_reveal_a_consistent_rewrite(
     anchors = tmp_path / "anchors.jsonl"
     assert main(["--config", str(populated), "anchor", "--append", str(anchors)]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["seq"] == 3 and len(printed["hash"]) == 64
+    assert printed["seq"] == 5 and len(printed["hash"]) == 64  # 4 events and this read
     assert [json.loads(line) for line in anchors.read_text().splitlines()] == [printed]
     assert main(["--config", str(populated), "verify", "--anchors", str(anchors)]) == 0
     assert "anchors: 1 of 1 match" in capsys.readouterr().out
@@ -123,10 +125,12 @@ def test_anchors_reveal_a_consistent_rewrite(
     capsys.readouterr()
     assert main(["--config", str(populated), "verify", "--anchors", str(anchors)]) == 1
     out = capsys.readouterr().out
-    assert f"{anchors}:1: anchor of seq 3" in out and "the hash differs" in out
+    assert f"{anchors}:1: anchor of seq 5" in out and "the hash differs" in out
 
-    with sqlite3.connect(db) as conn:  # cut the log back to before the anchor, head and all
-        conn.execute("DELETE FROM audit_events WHERE seq = 3")
+    # Cut the log back, head and all, far enough that the reads of the two commands below
+    # (each --config command records its own) do not reach the anchored seq again.
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM audit_events WHERE seq >= 3")
         conn.execute(
             "UPDATE audit_head SET last_seq = 2, "
             "last_hash = (SELECT hash FROM audit_events WHERE seq = 2)"
@@ -154,9 +158,10 @@ def test_export_and_stats(
     out = tmp_path / "audit.jsonl"
     assert main(["--config", str(populated), "export", "--output", str(out), "--progress"]) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [e["seq"] for e in lines] == [1, 2, 3]
+    assert [e["seq"] for e in lines] == [1, 2, 3, 4, 5]  # 4 events and this export's read
+    assert lines[-1]["operation"] == "audit_read" and lines[-1]["rule"] == "admin.local_operator"
     assert all(len(e["hash"]) == 64 for e in lines)
-    assert "3 events exported" in capsys.readouterr().err
+    assert "5 events exported" in capsys.readouterr().err
     assert main(["--config", str(populated), "stats", "--by", "host", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["/C=XX/O=proxyd dev/OU=Hosts/CN=wms.localhost"] == {"issued": 1, "denied": 0}
@@ -192,7 +197,7 @@ def test_through_the_api(
         monkeypatch.setenv("X509_USER_PROXY", str(tmp_path / "bob.pem"))
         assert main(["query", "--owner", ALICE, "--json"]) == 0
         events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-        assert [e["rule"] for e in events] == ["store.owner"]
+        assert [e["rule"] for e in events] == ["store.owner", "store.owner"]
         assert main(["verify"]) == 0
         anchors = tmp_path / "anchors.jsonl"
         assert main(["anchor", "--append", str(anchors)]) == 0

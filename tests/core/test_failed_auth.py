@@ -33,6 +33,7 @@ from proxyd.store.db import make_engine
 from tests.core.test_names import newline_proxy
 from tests.support.grid import Identity, load_identity, make_proxy, spare_key
 from tests.support.https import ApiClient
+from tests.support.rows import stored_credentials
 from tests.support.server import RunningServer, running_server
 from voms_ext import AttributeCertificateBuilder, Credential, ProxyBuilder, write_credential_file
 
@@ -179,7 +180,7 @@ def test_myproxy_refuses_bad_credential_names(
     server: RunningServer, creds: dict[str, Path], name: str
 ) -> None:
     local = make_proxy(load_identity(server.pki, "alice"))
-    before = server.repo.count_credentials()
+    before = stored_credentials(server.repo)
     with pytest.raises(MyProxyClientError) as err:
         myproxy(server, creds["alice"]).put(
             "alice-names", PASS, (local.cert, local.key, local.chain), cred_name=name
@@ -187,7 +188,7 @@ def test_myproxy_refuses_bad_credential_names(
     [line] = err.value.errors
     assert line.startswith("CRED_NAME ") and "credential name is 1 to 64" in line, line
     assert len(line) < 400 and line.isprintable()
-    assert server.repo.count_credentials() == before
+    assert stored_credentials(server.repo) == before
 
 
 @pytest.mark.parametrize(
@@ -198,13 +199,13 @@ def test_myproxy_refuses_bad_credential_names(
 def test_myproxy_names_the_wire_cannot_carry_are_refused_too(
     server: RunningServer, creds: dict[str, Path], chunk: bytes
 ) -> None:
-    before = server.repo.count_credentials()
+    before = stored_credentials(server.repo)
     request = (
         b"VERSION=MYPROXYv2\nCOMMAND=1\nUSERNAME=alice-raw\nPASSPHRASE=secret123\nLIFETIME=3600\n"
     )
     out = myproxy(server, creds["alice"]).raw([b"0", request + chunk + b"\0"], idle=1.0)
     assert b"ERROR=" in out
-    assert server.repo.count_credentials() == before
+    assert stored_credentials(server.repo) == before
 
 
 @pytest.mark.parametrize(
@@ -234,7 +235,7 @@ def test_myproxy_refuses_bad_usernames_descriptions_and_patterns(
 @pytest.mark.parametrize("name", JSON_NAMES.values(), ids=JSON_NAMES.keys())
 def test_https_refuses_bad_names(server: RunningServer, creds: dict[str, Path], name: str) -> None:
     alice = https(server, creds["alice"])
-    before = server.repo.count_credentials()
+    before = stored_credentials(server.repo)
     unsafe = not name.isprintable()  # control and format characters
     bodies: list[tuple[dict[str, object], str]] = [
         ({"name": name}, "field 'name'"),
@@ -262,7 +263,7 @@ def test_https_refuses_bad_names(server: RunningServer, creds: dict[str, Path], 
             assert "credential name" in reply.json["detail"]
     reply = alice.request("GET", f"/v1/credentials?username={urllib.parse.quote(name + chr(0))}")
     assert reply.status == 400 and "username" in reply.json["detail"]
-    assert server.repo.count_credentials() == before
+    assert stored_credentials(server.repo) == before
 
 
 def test_dashboard_escapes_what_events_hold(server: RunningServer, creds: dict[str, Path]) -> None:

@@ -16,8 +16,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-import proxyd.principal
 import proxyd.core.base
+import proxyd.principal
 from proxyd.devpki import DevPKI, user_dn
 from proxyd.principal import PeerCache, PrincipalKind, validity_window
 from proxyd.repository import BadPassphrase, Denied, NotFound, Repository, StoreOptions

@@ -217,3 +217,17 @@ def test_trusted_retrieval_reads_the_credential_once(
         chain = client(server, wms).get("alice-trusted", "", key=spare_key(3))
         result = validate_chain(chain, server.repo.trust)
         assert result.identity == ALICE and result.is_limited
+
+
+def test_an_anonymous_get_without_passphrase_is_refused_by_policy_and_audited(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """The edge used to refuse this itself, with no audit event; now policy decides."""
+    store_alice(server, tmp_path, "alice-anon", "")
+    before = len(server.repo.audit.query(rule="anonymous.denied", limit=1000))
+    with pytest.raises(MyProxyClientError) as err:
+        client(server).get("alice-anon", "", key=spare_key(3))
+    assert any("authentication failed" in e for e in err.value.errors), err.value.errors
+    denials = server.repo.audit.query(rule="anonymous.denied", limit=1000)
+    assert len(denials) == before + 1
+    assert (denials[0].event.operation, denials[0].event.owner_dn) == ("retrieve", ALICE)

@@ -29,6 +29,7 @@ from proxyd.repository import BadRequest, Repository, StoreOptions
 from proxyd.store.db import make_engine
 from proxyd.store.models import CredentialRow
 from tests.support.grid import Identity, delegate, load_identity, make_proxy
+from tests.support.rows import stored_credentials
 from tests.support.server import free_port, write_config
 from voms_ext import ProxyBuilder, ValidationResult, VomsExtError, validate_chain
 
@@ -299,7 +300,7 @@ def test_store_paths_refuse_bad_names_whoever_calls(dev_pki: DevPKI, tmp_path: P
         ):
             with pytest.raises(BadRequest):
                 delegate(repo, alice, options)
-        assert repo.count_credentials() == 0
+        assert stored_credentials(repo) == 0
     finally:
         repo.engine.dispose()
 
@@ -324,7 +325,7 @@ def test_store_refuses_a_delegated_chain_with_unsafe_dns(dev_pki: DevPKI, tmp_pa
         assert result.identity == ALICE
         with pytest.raises(BadRequest, match="control or format"):
             repo.finish_store(pending, forged.certificates)
-        assert repo.count_credentials() == 0
+        assert stored_credentials(repo) == 0
     finally:
         repo.engine.dispose()
 
@@ -378,18 +379,23 @@ def test_audit_query_prints_one_row_per_event(
 ) -> None:
     config = _config(dev_pki, tmp_path)
     count = _forged_events(config)
+    # Each --config command's own read is recorded first (decided, audited), newest first.
     assert audit_main(["--config", str(config), "query"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert len(table) == 1 + count, table
-    assert [line.split()[3] for line in table[1:]] == ["info.owner", "retrieve.not_trusted"]
-    assert "\\x0a99" in table[2] and "\\u202e" in table[2]
+    assert len(table) == 1 + 1 + count, table
+    assert [line.split()[3] for line in table[1:]] == [
+        "admin.local_operator",
+        "info.owner",
+        "retrieve.not_trusted",
+    ]
+    assert "\\x0a99" in table[3] and "\\u202e" in table[3]
     assert all(line.isprintable() for line in table)
 
     assert audit_main(["--config", str(config), "query", "--csv"]) == 0
     out = capsys.readouterr().out
-    assert len(out.splitlines()) == 1 + count  # one physical line per event
+    assert len(out.splitlines()) == 1 + 2 + count  # one physical line per event
     rows = list(csv.reader(io.StringIO(out)))
-    assert len(rows) == 1 + count and "\\x0d\\x0a" in ",".join(rows[2])
+    assert len(rows) == 1 + 2 + count and "\\x0d\\x0a" in ",".join(rows[4])
 
     assert audit_main(["--config", str(config), "stats", "--by", "host"]) == 0
     assert all(line.isprintable() for line in capsys.readouterr().out.splitlines())

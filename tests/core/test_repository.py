@@ -94,12 +94,14 @@ def test_every_decision_is_audited(repo: Repository, ids: dict[str, Identity]) -
         repo.retrieve(principal(repo, ids["bob"]), "alice", csr_for(spare_key(3)))
     events = list(reversed(repo.audit.query(owner=ALICE)))
     assert [(e.event.operation, e.event.decision, e.event.rule) for e in events] == [
-        ("store", "allow", "store.owner"),
+        ("store", "allow", "store.owner"),  # begun: the server's key made, its CSR sent
+        ("store", "allow", "store.owner"),  # the signed chain stored
         ("retrieve", "allow", "retrieve.passphrase"),
         ("retrieve", "deny", "auth.bad_passphrase"),
         ("retrieve", "deny", "retrieve.not_trusted"),
     ]
-    issued = events[1].event
+    assert events[0].event.detail == "delegation begun: key pair made, certificate request sent"
+    issued = events[2].event
     assert issued.serial is not None and issued.lifetime_s and issued.peer == "127.0.0.1"
     assert repo.audit.verify().ok
 
@@ -338,7 +340,7 @@ def test_master_key_rotation_keeps_credentials_usable(
 ) -> None:
     delegate(repo, ids["alice"], StoreOptions("alice"))
     old = repo.keyring.current_id
-    assert repo.rotate_master_key() == 1
+    assert repo.rotate_master_key(local_operator()) == 1
     assert repo.keyring.current_id != old
     repo.retrieve(principal(repo, ids["wms"]), "alice", csr_for(spare_key(3)))
 

@@ -212,7 +212,8 @@ def test_two_step_delegation_works_across_workers(dev_pki: DevPKI, tmp_path: Pat
                 "PUT", f"/v1/delegations/{started.json['id']}", {"chain": chain.decode()}
             )
             assert done.status == 201, done.body
-        # /metrics sums every worker: 8 stores counted, whichever worker answers, every time
+        # /metrics sums every worker: 8 delegations, each two store decisions (begun, stored),
+        # counted whichever worker answers, every time
         # (here on the plain [metrics] listener, which each worker binds too).
         _wait_port(metrics_port, proc)
         for _ in range(4):
@@ -225,7 +226,7 @@ def test_two_step_delegation_works_across_workers(dev_pki: DevPKI, tmp_path: Pat
                 and 'operation="store"' in line
                 and 'decision="allow"' in line
             ]
-            assert sum(stores) == 8, text[:2000]
+            assert sum(stores) == 2 * 8, text[:2000]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)

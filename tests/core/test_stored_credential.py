@@ -476,12 +476,12 @@ def test_admin_lock_unlock_and_list(
             e.event.detail
             for e in repo.audit.query(operation="admin", decision="allow", newest_first=False)
         ]
+        # One decision, one event, naming every credential it changed.
         assert details == [
             f"lock alice/batch: {MESSAGE}",
-            f"lock alice/batch: {MESSAGE}",
-            f"lock alice/default: {MESSAGE}",
-            "unlock alice/batch",
-            "unlock alice/default",
+            "list credentials",
+            f"lock alice/batch, alice/default: {MESSAGE}",
+            "unlock alice/batch, alice/default",
         ]
     finally:
         repo.engine.dispose()

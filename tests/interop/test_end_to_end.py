@@ -137,6 +137,7 @@ def test_store_fetch_inspect_audit(
     events = [json.loads(line) for line in query.stdout.splitlines()]
     assert [(e["operation"], e["decision"], e["rule"]) for e in events] == [
         ("retrieve", "allow", "retrieve.trusted"),
+        ("store", "allow", "store.owner"),  # delegation begun (key made, CSR sent)
         ("store", "allow", "store.owner"),
     ]
     issued = events[0]

@@ -203,6 +203,7 @@ def test_passphrase_lifecycle(
         refused(c.logon("-S", c.out("gone"), stdin=NEW_PASS), gone)
 
         assert trail(server, owner=ALICE) == [
+            ("store", "allow", "store.owner", ALICE),  # delegation begun (key made, CSR sent)
             ("store", "allow", "store.owner", ALICE),
             ("info", "allow", "owner.self", ALICE),
             ("retrieve", "allow", "retrieve.passphrase", ANONYMOUS),
@@ -277,6 +278,7 @@ def test_trusted_wms_retrieval_with_voms(
         assert not bob_proof.exists()
 
         assert trail(server, owner=ALICE) == [
+            ("store", "allow", "store.owner", ALICE),  # delegation begun (key made, CSR sent)
             ("store", "allow", "store.owner", ALICE),
             ("info", "allow", "owner.self", ALICE),
             ("retrieve", "allow", "retrieve.trusted", WMS),
@@ -313,6 +315,7 @@ def test_pilot_cannot_renew_its_credential(dev_pki: DevPKI, tmp_path: Path, work
         assert not renewed.exists()
 
         assert trail(server, owner=PILOT) == [
+            ("store", "allow", "store.owner", PILOT),  # delegation begun (key made, CSR sent)
             ("store", "allow", "store.owner", PILOT),
             ("retrieve", "deny", "pilot.pilot_credential", PILOT),
         ]
@@ -363,6 +366,7 @@ def test_renewal_by_others_and_self_authorization(
         assert_proxy_of(by_bob, ALICE, FULL)
 
         assert trail(server, owner=ALICE) == [
+            ("store", "allow", "store.owner", ALICE),  # delegation begun (key made, CSR sent)
             ("store", "allow", "store.owner", ALICE),
             ("retrieve", "allow", "retrieve.trusted", WMS),
             ("renew", "deny", "renew.self_authorization", ALICE),
@@ -441,6 +445,7 @@ def test_pypi_myproxyclient_logon(
         refused(logon(wrong, "not-the-passphrase"), "invalid credential passphrase")
 
         assert trail(server, owner=ALICE) == [
+            ("store", "allow", "store.owner", ALICE),  # delegation begun (key made, CSR sent)
             ("store", "allow", "store.owner", ALICE),
             ("retrieve", "allow", "retrieve.passphrase", ANONYMOUS),
             ("retrieve", "deny", "auth.bad_passphrase", ANONYMOUS),

@@ -19,6 +19,7 @@ from proxyd.devpki import DevPKI
 from proxyd.repository import StoreOptions
 from proxyd.store.models import CredentialRow
 from tests.support.grid import delegate, load_identity
+from tests.support.rows import stored_credentials
 from tests.support.server import RunningServer, running_server
 from tests.support.tools import run_tool
 
@@ -87,4 +88,4 @@ def test_real_myproxy_init_is_told_why_a_name_is_refused(
         out = init.stdout + init.stderr
         assert init.returncode != 0, out
         assert "CRED_NAME" in out and "credential name is 1 to 64" in out, out
-        assert server.repo.count_credentials() == 0
+        assert stored_credentials(server.repo) == 0

@@ -173,8 +173,8 @@ def test_a_locked_credential_shows_the_operator_message_to_the_real_myproxy_logo
         ("retrieve", WMS),
     ]
     admin_events = [d for _, _, _, d in audit_of(server, "admin.local_operator")]
-    assert admin_events == [
-        f"lock alice/default: {MESSAGE}",
-        f"lock alice/pp: {MESSAGE}",
+    assert admin_events == [  # one decision, one event, naming every credential it changed
+        f"lock alice/default, alice/pp: {MESSAGE}",
+        "list credentials",  # `proxyd admin list`: a read, decided and recorded too
         "unlock alice/default",
     ]

@@ -26,6 +26,7 @@ from proxyd.config import ConfigError, load_config, parse_config
 from proxyd.devpki import DevPKI, user_dn
 from proxyd.myproxy import protocol as p
 from proxyd.myproxy.client import ClientCredential, MyProxyClient, MyProxyClientError
+from proxyd.myproxy.conversation import CertificateRequest, Chain
 from proxyd.myproxy.renewal import ChallengeError, parse_challenge_reply
 from proxyd.repository import BadRequest, check_public_key
 from tests.fuzz import targets
@@ -486,10 +487,10 @@ def test_myproxy_put_with_an_unknown_key_type_issuer_is_refused_cleanly(
     )
     with client._start(p.Request(p.Command.PUT, "alice-bogus", "", 3600)) as conn:
         assert conn.response().type is p.ResponseType.OK
-        csr = p.parse_csr(conn.read(p.der_length))
+        csr = conn.receive(CertificateRequest).csr
         key = csr.public_key()
         assert isinstance(key, rsa.RSAPublicKey)
-        conn.send(p.encode_certificates([_issued_by(alice, key, "not a proxy"), bogus_alice]))
+        conn.send(Chain((_issued_by(alice, key, "not a proxy"), bogus_alice)))
         response = conn.response()
     assert response.type is p.ResponseType.ERROR
     assert not any("internal server error" in e for e in response.errors), response.errors

@@ -3,7 +3,9 @@
 It keeps everything in memory behind one lock, so it suits one process and
 tests only. The shared pieces do the real work: `next_state` (life cycle),
 `Requirements.unmet` (matching), `fairshare` (ranking), `assignment_of`
-(the policy's view) and `queue_event` (audit).
+(the policy's view) and `queue_event` (audit). I6 as the protocol asks: each
+change appends its events (the caller's `decided` first) under the lock and
+before it is stored, so a refused append leaves no effect.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from proxyd.patterns import any_dn_matches
-from proxyd.policy import Assignment
+from proxyd.audit import AuditEvent
+from proxyd.policy import Assignment, Bans
 from proxyd.taskqueue.base import (
     RULE_MATCH,
     RULE_PILOT_REPORT,
@@ -74,33 +76,42 @@ class MemoryTaskQueue:
         self._fair = fair_share or FairShare()
         self._clock = clock
 
-    def _log(self, *events: Any) -> None:
-        if self._audit is not None:
+    def _log(self, *events: AuditEvent) -> None:
+        if self._audit is not None and events:
             self._audit.append_many(events)
 
-    def submit(self, spec: TaskSpec) -> Task:
+    def submit(self, spec: TaskSpec, *, decided: Sequence[AuditEvent] = ()) -> Task:
+        [task_id] = self.submit_many([spec], decided=decided)
+        return self._tasks[task_id]
+
+    def submit_many(
+        self, specs: Sequence[TaskSpec], *, decided: Sequence[AuditEvent] = ()
+    ) -> list[int]:
         with self._lock:
-            task = Task(next(self._ids), spec, TaskState.WAITING, self._clock())
-            self._tasks[task.id] = task
-        return task
+            self._log(*decided)
+            tasks = [Task(next(self._ids), s, TaskState.WAITING, self._clock()) for s in specs]
+            self._tasks.update((t.id, t) for t in tasks)
+        return [t.id for t in tasks]
 
-    def submit_many(self, specs: Sequence[TaskSpec]) -> list[int]:
-        return [self.submit(spec).id for spec in specs]
-
-    def match(self, capabilities: PilotCapabilities) -> Task | None:
+    def match(
+        self, capabilities: PilotCapabilities, *, decided: Sequence[AuditEvent] = ()
+    ) -> Task | None:
         caps = capabilities
         with self._lock:
             if caps.site in self._masked:
+                self._log(*decided)
                 return None
             ranks = ranking(self._usages(), self._fair)
+            bans = Bans(users=tuple(self._bans))  # the policy's evaluator, as every backend
             fits = [
                 t
                 for t in self._tasks.values()
                 if t.state in QUEUED
-                and not any_dn_matches(tuple(self._bans), t.spec.owner)
+                and not bans.matches(t.spec.owner)
                 and t.spec.requirements.unmet(caps) is None
             ]
             if not fits:
+                self._log(*decided)
                 return None
             best = min(
                 fits,
@@ -121,16 +132,16 @@ class MemoryTaskQueue:
                 reason=None,
                 secret_digest=digest,
             )
+            event = queue_event(
+                "task.match",
+                RULE_MATCH,
+                caps.pilot_dn,
+                actor_kind="pilot",
+                task=task,
+                detail=f"task {task.id}",
+            )
+            self._log(*decided, event)
             self._tasks[task.id] = task
-        event = queue_event(
-            "task.match",
-            RULE_MATCH,
-            caps.pilot_dn,
-            actor_kind="pilot",
-            task=task,
-            detail=f"task {task.id}",
-        )
-        self._log(event)
         return dataclasses.replace(task, assignment_secret=secret)
 
     def _usages(self) -> list[PairUsage]:
@@ -152,6 +163,7 @@ class MemoryTaskQueue:
         by: str | None = None,
         reason: str | None = None,
         accounting: Accounting | None = None,
+        decided: Sequence[AuditEvent] = (),
     ) -> Task:
         with self._lock:
             before = self._tasks.get(task_id)
@@ -181,6 +193,27 @@ class MemoryTaskQueue:
                     finished_at=None,
                     secret_digest=None,  # the earlier attempt's secret is dead
                 )
+            events = list(decided)
+            if event is TaskEvent.STALL:
+                events.append(queue_event("task.stall", RULE_TIMEOUT, SYSTEM_ACTOR, task=before))
+            elif event not in (TaskEvent.START, TaskEvent.HEARTBEAT):
+                rule, actor, kind = (
+                    (RULE_PILOT_REPORT, pilot, "pilot") if pilot else (RULE_REQUEST, by, None)
+                )
+                detail = (
+                    f"task {task_id} {before.state.value} -> {state.value}: {task.reason or ''}"
+                )
+                events.append(
+                    queue_event(
+                        f"task.{event.value}",
+                        rule,
+                        actor or SYSTEM_ACTOR,
+                        actor_kind=kind,
+                        task=task,
+                        detail=detail,
+                    )
+                )
+            self._log(*events)
             if before.state in ACTIVE and state not in ACTIVE:
                 pair = (before.spec.group, before.spec.owner)
                 began = before.started_at or before.matched_at or now
@@ -189,44 +222,63 @@ class MemoryTaskQueue:
             if accounting is not None:
                 self._accounting.append((before, state, accounting, now))
             self._tasks[task_id] = task
-        if event not in (TaskEvent.START, TaskEvent.HEARTBEAT, TaskEvent.STALL):
-            rule, actor, kind = (
-                (RULE_PILOT_REPORT, pilot, "pilot") if pilot else (RULE_REQUEST, by, None)
-            )
-            detail = f"task {task_id} {before.state.value} -> {state.value}: {task.reason or ''}"
-            self._log(
-                queue_event(
-                    f"task.{event.value}",
-                    rule,
-                    actor or SYSTEM_ACTOR,
-                    actor_kind=kind,
-                    task=task,
-                    detail=detail,
-                )
-            )
         return task
 
-    def start(self, task_id: int, pilot: str) -> Task:
-        return self._apply(task_id, TaskEvent.START, pilot=pilot)
+    def start(self, task_id: int, pilot: str, *, decided: Sequence[AuditEvent] = ()) -> Task:
+        return self._apply(task_id, TaskEvent.START, pilot=pilot, decided=decided)
 
-    def heartbeat(self, task_id: int, pilot: str) -> Task:
-        return self._apply(task_id, TaskEvent.HEARTBEAT, pilot=pilot)
+    def heartbeat(self, task_id: int, pilot: str, *, decided: Sequence[AuditEvent] = ()) -> Task:
+        return self._apply(task_id, TaskEvent.HEARTBEAT, pilot=pilot, decided=decided)
 
-    def complete(self, task_id: int, pilot: str, accounting: Accounting) -> Task:
-        return self._apply(task_id, TaskEvent.COMPLETE, pilot=pilot, accounting=accounting)
-
-    def fail(
-        self, task_id: int, pilot: str, reason: str, accounting: Accounting | None = None
+    def complete(
+        self,
+        task_id: int,
+        pilot: str,
+        accounting: Accounting,
+        *,
+        decided: Sequence[AuditEvent] = (),
     ) -> Task:
         return self._apply(
-            task_id, TaskEvent.FAIL, pilot=pilot, reason=reason, accounting=accounting
+            task_id, TaskEvent.COMPLETE, pilot=pilot, accounting=accounting, decided=decided
         )
 
-    def reschedule(self, task_id: int, *, by: str = SYSTEM_ACTOR, reason: str = "") -> Task:
-        return self._apply(task_id, TaskEvent.RESCHEDULE, by=by, reason=reason)
+    def fail(
+        self,
+        task_id: int,
+        pilot: str,
+        reason: str,
+        accounting: Accounting | None = None,
+        *,
+        decided: Sequence[AuditEvent] = (),
+    ) -> Task:
+        return self._apply(
+            task_id,
+            TaskEvent.FAIL,
+            pilot=pilot,
+            reason=reason,
+            accounting=accounting,
+            decided=decided,
+        )
 
-    def cancel(self, task_id: int, *, by: str = SYSTEM_ACTOR, reason: str = "") -> Task:
-        return self._apply(task_id, TaskEvent.CANCEL, by=by, reason=reason)
+    def reschedule(
+        self,
+        task_id: int,
+        *,
+        by: str = SYSTEM_ACTOR,
+        reason: str = "",
+        decided: Sequence[AuditEvent] = (),
+    ) -> Task:
+        return self._apply(task_id, TaskEvent.RESCHEDULE, by=by, reason=reason, decided=decided)
+
+    def cancel(
+        self,
+        task_id: int,
+        *,
+        by: str = SYSTEM_ACTOR,
+        reason: str = "",
+        decided: Sequence[AuditEvent] = (),
+    ) -> Task:
+        return self._apply(task_id, TaskEvent.CANCEL, by=by, reason=reason, decided=decided)
 
     def get(self, task_id: int) -> Task | None:
         return self._tasks.get(task_id)
@@ -242,49 +294,61 @@ class MemoryTaskQueue:
         task = self._tasks.get(task_id)
         return assignment_of(task, self._clock(), secret) if task is not None else None
 
-    def set_site_mask(self, site: str, masked: bool, by: str, reason: str = "") -> None:
+    def set_site_mask(
+        self,
+        site: str,
+        masked: bool,
+        by: str,
+        reason: str = "",
+        *,
+        decided: Sequence[AuditEvent] = (),
+    ) -> None:
         site = normalise_site(site)
-        with self._lock:
-            (self._masked.add if masked else self._masked.discard)(site)
-        self._log(
-            queue_event(
-                "site.mask" if masked else "site.unmask",
-                RULE_REQUEST,
-                by,
-                detail=f"site {site}: {reason}",
-            )
+        event = queue_event(
+            "site.mask" if masked else "site.unmask",
+            RULE_REQUEST,
+            by,
+            detail=f"site {site}: {reason}",
         )
+        with self._lock:
+            self._log(*decided, event)
+            (self._masked.add if masked else self._masked.discard)(site)
 
     def masked_sites(self) -> frozenset[str]:
         return frozenset(self._masked)
 
-    def ban_owner(self, dn: str, by: str, reason: str = "") -> None:
-        with self._lock:
-            self._bans.add(dn)
+    def ban_owner(
+        self, dn: str, by: str, reason: str = "", *, decided: Sequence[AuditEvent] = ()
+    ) -> None:
         event = queue_event("owner.ban", RULE_REQUEST, by, detail=f"owner {dn}: {reason}")
-        self._log(dataclasses.replace(event, owner_dn=dn))
+        with self._lock:
+            self._log(*decided, dataclasses.replace(event, owner_dn=dn))
+            self._bans.add(dn)
 
-    def unban_owner(self, dn: str, by: str) -> bool:
+    def unban_owner(self, dn: str, by: str, *, decided: Sequence[AuditEvent] = ()) -> bool:
+        event = queue_event("owner.unban", RULE_REQUEST, by, detail=f"owner {dn}")
         with self._lock:
             removed = dn in self._bans
+            if removed:
+                self._log(*decided, dataclasses.replace(event, owner_dn=dn))
             self._bans.discard(dn)
-        event = queue_event("owner.unban", RULE_REQUEST, by, detail=f"owner {dn}")
-        self._log(dataclasses.replace(event, owner_dn=dn))
         return removed
 
-    def mark_stalled(self, heartbeat_timeout: dt.timedelta) -> list[int]:
+    def mark_stalled(
+        self, heartbeat_timeout: dt.timedelta, *, decided: Sequence[AuditEvent] = ()
+    ) -> list[int]:
+        """One task at a time (an example, not atomic across tasks): `decided` goes with the
+        first stall, or alone when nothing stalled."""
         limit = self._clock() - heartbeat_timeout
         silent = [
             t.id
             for t in list(self._tasks.values())
             if t.state in ACTIVE and t.heartbeat_at is not None and t.heartbeat_at < limit
         ]
-        for task_id in silent:
-            self._apply(task_id, TaskEvent.STALL)
-        for task_id in silent:
-            self._log(
-                queue_event("task.stall", RULE_TIMEOUT, SYSTEM_ACTOR, task=self._tasks[task_id])
-            )
+        if not silent:
+            self._log(*decided)
+        for n, task_id in enumerate(silent):
+            self._apply(task_id, TaskEvent.STALL, decided=decided if n == 0 else ())
         return silent
 
     def log_tail(self, task_id: int) -> str | None:

@@ -7,6 +7,7 @@ import hashlib
 
 import pytest
 
+from proxyd.audit import AuditEvent
 from proxyd.taskqueue import (
     Accounting,
     InvalidTask,
@@ -214,7 +215,8 @@ class TestContract:
             "queue.request",
             owner_dn("admin"),
         )
-        assert len(unbans) == 2 and all(e.owner_dn == owner_dn("mallory") for e in unbans)
+        # The second unban lifted nothing: nothing recorded (the caller records its refusal).
+        assert len(unbans) == 1 and unbans[0].owner_dn == owner_dn("mallory")
 
     def test_owner_ban_patterns(self, harness: Harness) -> None:
         q = harness.queue
@@ -311,6 +313,35 @@ class TestContract:
         q.submit_many([spec("alice") for _ in range(4)] + [spec("bob") for _ in range(4)])
         owners = [q.get(i).spec.owner for i in drain(q)]  # type: ignore[union-attr]
         assert owners == [owner_dn("alice"), owner_dn("bob")] * 4
+
+    def test_decided_events_go_with_the_change(self, harness: Harness) -> None:
+        """The policy's decision, passed as `decided`, is appended with the change (also a
+        change that found nothing to do), and not when the call raises."""
+        q = harness.queue
+
+        def decision(rule: str) -> AuditEvent:
+            return AuditEvent(
+                actor_dn=owner_dn("admin"),
+                actor_kind="operator",
+                peer="",
+                operation="test_decided",
+                rule=rule,
+                decision="allow",
+            )
+
+        t = q.submit(spec(platform="EL9-x86_64"), decided=[decision("submit")])
+        assert q.match(pilot(platform="EL7-x86_64"), decided=[decision("nothing")]) is None
+        assert q.cancel(t.id, decided=[decision("cancel")]).state is TaskState.CANCELLED
+        with pytest.raises(TaskStateError):
+            q.cancel(t.id, decided=[decision("refused")])
+        assert not q.unban_owner(
+            owner_dn("nobody"), by=owner_dn("admin"), decided=[decision("unban")]
+        )
+        assert [e.rule for e in harness.events("test_decided")] == [
+            "submit",
+            "nothing",
+            "cancel",
+        ]  # an unban that lifts nothing appends nothing: the caller records its refusal
 
 
 # --- issue 15 -------------------------------------------------------------------------------------

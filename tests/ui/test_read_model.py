@@ -1,4 +1,4 @@
-"""The dashboard's aggregate queries on SQLite and PostgreSQL: UTC days, states, pilots.
+"""The dashboard's SQL (proxyd.store.dashboard) on SQLite and PostgreSQL: UTC days, states, pilots.
 
 On PostgreSQL the session runs in Pacific/Auckland (UTC+13 in November), so
 an event at 23:59:59 UTC falls on the next *local* day: the chart must
@@ -14,8 +14,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
-from proxyd.api.ui import daily_counts, recent_tasks, task_states, tasks_by_pilot
 from proxyd.audit import AuditEvent, AuditLog
+from proxyd.store.dashboard import (
+    DayCounts,
+    daily_counts,
+    recent_tasks,
+    task_states,
+    tasks_by_pilot,
+)
 from proxyd.store.db import make_engine, migrate
 from proxyd.taskqueue import Accounting, Payload, PilotCapabilities, TaskSpec, load_taskqueue
 
@@ -61,7 +67,9 @@ def test_daily_counts_are_per_utc_day(engine: Engine) -> None:
             _event(at(D2, dt.time(13), UTC), "deny"),
         ]
     )
-    assert daily_counts(engine, at(D1, dt.time(), UTC)) == {D1: (0, 1), D2: (1, 1)}
+    with engine.connect() as conn:
+        counts = daily_counts(conn, at(D1, dt.time(), UTC))
+    assert counts == {D1: DayCounts(issued=0, denied=1), D2: DayCounts(issued=1, denied=1)}
 
 
 def test_task_views(engine: Engine) -> None:
@@ -82,13 +90,17 @@ def test_task_views(engine: Engine) -> None:
     queue.start(first.id, "/CN=pilot")
     queue.complete(first.id, "/CN=pilot", Accounting(cpu_s=5.0, wall_s=10.0))
 
-    assert task_states(engine) == {"done": 1, "matched": 1, "waiting": 2}
-    assert [r.id for r in recent_tasks(engine, limit=3)] == sorted(ids, reverse=True)[:3]
-    pilots = tasks_by_pilot(engine)
-    assert [(p, s, states) for p, s, states, _ in pilots] == [
-        ("/CN=pilot", "site-a", {"done": 1}),  # normalise_site: case folded
-        ("/CN=pilot", "site-b", {"matched": 1}),
+    with engine.connect() as conn:
+        states = task_states(conn)
+        recent = recent_tasks(conn, limit=3)
+        pilots = tasks_by_pilot(conn)
+    assert states == {"done": 1, "matched": 1, "waiting": 2}
+    assert [r.id for r in recent] == sorted(ids, reverse=True)[:3]
+    assert recent[0].owner_dn == "/CN=alice" and recent[0].state == "waiting"
+    assert [(p.pilot, p.site, dict(p.per_state), p.total) for p in pilots] == [
+        ("/CN=pilot", "site-a", {"done": 1}, 1),  # normalise_site: case folded
+        ("/CN=pilot", "site-b", {"matched": 1}, 1),
     ]
-    for *_, last in pilots:
-        assert last is not None and last.tzinfo is not None
-        assert abs(last - dt.datetime.now(UTC)) < dt.timedelta(minutes=5)
+    for p in pilots:
+        assert p.last_match is not None and p.last_match.tzinfo is not None
+        assert abs(p.last_match - dt.datetime.now(UTC)) < dt.timedelta(minutes=5)

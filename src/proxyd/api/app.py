@@ -42,24 +42,22 @@ from ..repository import (
     StoreOptions,
 )
 from ..tlspeer import verified_chain_der
-from .openapi import ApiRoute, Handler, build_openapi
+from .models import AC_LIFETIME_S, AcRequest, DelegationChain, DelegationRequest, ProxyRequest
+from .openapi import BODY_MODELS, ApiRoute, Handler, build_openapi
 from .problems import Problem, from_repository_error, problem_response
 from .tasks import TASK_ROUTES
-from .ui import UI_ROUTES
+from .ui import UI_ROUTES, setup_ui
 from .util import (
     PRINCIPAL,
-    blocking,
     checked,
     checked_list,
     credential_json,
-    field_of,
     iso,
-    json_body,
     load_csr,
     pem_chain,
-    positive_seconds,
     principal_of,
-    string_list,
+    read_body,
+    seconds,
     voms_requests,
 )
 
@@ -69,7 +67,7 @@ access_log = logging.getLogger("proxyd.access")
 CONFIG = web.AppKey("config", Config)
 REPO = web.AppKey("repo", Repository)
 OPEN = web.AppKey("open_handlers", set)
-ROUTES = web.AppKey("routes", list)
+OPENAPI = web.AppKey("openapi", str)  # the document, built once per app
 AUTH_FAILURES = web.AppKey("auth_failures", AuthFailureLog)
 REDACT = web.AppKey("redact", Redactor)
 MAX_BODY = 64 * 1024
@@ -93,7 +91,9 @@ async def readyz(request: web.Request) -> web.Response:
     should send its clients elsewhere. The reason is logged, not shown.
     """
     try:
-        problem = await asyncio.wait_for(blocking(request.app[REPO].readiness), READY_TIMEOUT)
+        problem = await asyncio.wait_for(
+            asyncio.to_thread(request.app[REPO].readiness), READY_TIMEOUT
+        )
     except TimeoutError:
         problem = f"the database did not answer within {READY_TIMEOUT:.0f} s"
     if problem is None:
@@ -105,62 +105,53 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     # Decided (metrics_readers, admins, auditors) and audited like any read; for routine
     # scraping without an audit event per scrape, see [metrics] listen.
-    await blocking(request.app[REPO].authorize_metrics, principal_of(request))
+    await asyncio.to_thread(request.app[REPO].authorize_metrics, principal_of(request))
     body, content_type = exposition()
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(build_openapi(request.app[ROUTES]))
+    return web.json_response(text=request.app[OPENAPI])
 
 
 # --- delegation ----------------------------------------------------------------------------
 
 
 async def create_delegation(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await read_body(request, DelegationRequest)
     principal = principal_of(request)
     options = StoreOptions(
-        username=checked(
-            names.USERNAME,
-            field_of(body, "username", str) or principal.identity,
-            "field 'username'",
-        ),
-        name=checked(
-            names.CREDENTIAL_NAME, field_of(body, "name", str) or DEFAULT_NAME, "field 'name'"
-        ),
-        passphrase=field_of(body, "passphrase", str) or None,
-        lifetime=positive_seconds(body, "lifetime"),
-        description=checked(
-            names.DESCRIPTION, field_of(body, "description", str), "field 'description'"
-        ),
-        retrievers=checked_list(string_list(body, "retrievers"), "retrievers"),
-        renewers=checked_list(string_list(body, "renewers"), "renewers"),
-        trusted_retrievers=checked_list(
-            string_list(body, "trusted_retrievers"), "trusted_retrievers"
-        ),
+        username=checked(names.USERNAME, body.username or principal.identity, "field 'username'"),
+        name=checked(names.CREDENTIAL_NAME, body.name or DEFAULT_NAME, "field 'name'"),
+        passphrase=body.passphrase or None,
+        lifetime=seconds(body.lifetime),
+        description=checked(names.DESCRIPTION, body.description, "field 'description'"),
+        retrievers=checked_list(body.retrievers, "retrievers"),
+        renewers=checked_list(body.renewers, "renewers"),
+        trusted_retrievers=checked_list(body.trusted_retrievers, "trusted_retrievers"),
     )
     repo = request.app[REPO]
-    pending = await blocking(repo.begin_store, principal, options)
+    pending = await asyncio.to_thread(repo.begin_store, principal, options)
     # Kept in the database, sealed: the second request may reach another worker or instance.
-    token = await blocking(repo.save_pending, pending)
+    token = await asyncio.to_thread(repo.save_pending, pending)
     csr = pending.csr.public_bytes(serialization.Encoding.PEM).decode()
     return web.json_response({"id": token, "csr": csr}, status=201)
 
 
 async def finish_delegation(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await read_body(request, DelegationChain)
     principal = principal_of(request)
-    chain_pem = field_of(body, "chain", str, required=True)
+    # PEM is ASCII: a lone surrogate (JSON lets one through) becomes a character PEM refuses.
+    pem = body.chain.encode("utf-8", "replace")
     try:
-        chain = parse_credential_pem(chain_pem.encode(), source="field 'chain'").certificates
+        chain = parse_credential_pem(pem, source="field 'chain'").certificates
     except VomsExtError as exc:
         raise Problem(400, str(exc)) from None
     repo = request.app[REPO]
-    pending = await blocking(repo.take_pending, request.match_info["id"], principal)
+    pending = await asyncio.to_thread(repo.take_pending, request.match_info["id"], principal)
     if pending is None:
         raise Problem(404, "no such delegation in progress (it may have expired after 5 minutes)")
-    info = await blocking(repo.finish_store, pending, chain)
+    info = await asyncio.to_thread(repo.finish_store, pending, chain)
     return web.json_response(credential_json(info), status=201)
 
 
@@ -184,7 +175,7 @@ async def list_credentials(request: web.Request) -> web.Response:
     principal = principal_of(request)
     username = _username(request)
     try:
-        creds = await blocking(request.app[REPO].info, principal, username)
+        creds = await asyncio.to_thread(request.app[REPO].info, principal, username)
     except NotFound:
         creds = []
     return web.json_response([credential_json(c) for c in creds])
@@ -192,26 +183,28 @@ async def list_credentials(request: web.Request) -> web.Response:
 
 async def delete_credential(request: web.Request) -> web.Response:
     principal = principal_of(request)
-    await blocking(request.app[REPO].destroy, principal, _username(request), _name(request))
+    await asyncio.to_thread(
+        request.app[REPO].destroy, principal, _username(request), _name(request)
+    )
     return web.Response(status=204)
 
 
 async def issue_proxy(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await read_body(request, ProxyRequest)
     principal = principal_of(request)
     username = _username(request)
     name = _name(request)
-    csr = load_csr(body)
-    issued = await blocking(
+    csr = load_csr(body.csr)
+    issued = await asyncio.to_thread(
         request.app[REPO].retrieve,
         principal,
         username,
         csr,
         name=name,
-        passphrase=field_of(body, "passphrase", str) or None,
-        lifetime=positive_seconds(body, "lifetime"),
-        voms=voms_requests(body),
-        want_full=bool(field_of(body, "full", bool)),
+        passphrase=body.passphrase or None,
+        lifetime=seconds(body.lifetime),
+        voms=voms_requests(body.voms),
+        want_full=bool(body.full),
     )
     proxy = issued.proxy
     return web.json_response(
@@ -225,12 +218,12 @@ async def issue_proxy(request: web.Request) -> web.Response:
 
 
 async def issue_ac(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    requests = voms_requests(body)
-    if not requests:
-        raise Problem(400, "field 'voms' must name at least one VO")
-    lifetime = positive_seconds(body, "lifetime") or dt.timedelta(hours=12)
-    acs = await blocking(request.app[REPO].issue_acs, principal_of(request), requests, lifetime)
+    body = await read_body(request, AcRequest)
+    requests = voms_requests(body.voms)
+    lifetime = dt.timedelta(seconds=body.lifetime or AC_LIFETIME_S)
+    acs = await asyncio.to_thread(
+        request.app[REPO].issue_acs, principal_of(request), requests, lifetime
+    )
     return web.json_response({"acs": [base64.b64encode(ac.der).decode() for ac in acs]})
 
 
@@ -258,7 +251,7 @@ async def audit_events(request: web.Request) -> web.Response:
     decision = q.get("decision")
     if decision not in (None, "allow", "deny"):
         raise Problem(400, "'decision' must be allow or deny")
-    events = await blocking(
+    events = await asyncio.to_thread(
         request.app[REPO].audit_events,
         principal_of(request),
         actor=q.get("actor"),
@@ -282,7 +275,7 @@ async def audit_events(request: web.Request) -> web.Response:
 
 
 async def audit_verify(request: web.Request) -> web.Response:
-    report = await blocking(request.app[REPO].audit_verify, principal_of(request))
+    report = await asyncio.to_thread(request.app[REPO].audit_verify, principal_of(request))
     return web.json_response(
         {
             "ok": report.ok,
@@ -321,19 +314,7 @@ ROUTE_TABLE: list[ApiRoute] = [
         "/v1/delegations",
         create_delegation,
         "Start a delegation: the server makes a key and returns its CSR",
-        body={
-            "type": "object",
-            "properties": {
-                "name": {"type": "string"},
-                "username": {"type": "string"},
-                "lifetime": {"type": "integer"},
-                "passphrase": {"type": "string"},
-                "description": {"type": "string"},
-                "retrievers": _STRINGS,
-                "renewers": _STRINGS,
-                "trusted_retrievers": _STRINGS,
-            },
-        },
+        body=DelegationRequest,
         response={
             "type": "object",
             "properties": {"id": {"type": "string"}, "csr": {"type": "string"}},
@@ -345,7 +326,7 @@ ROUTE_TABLE: list[ApiRoute] = [
         "/v1/delegations/{id}",
         finish_delegation,
         "Finish a delegation with the signed proxy chain",
-        body={"type": "object", "properties": {"chain": {"type": "string"}}, "required": ["chain"]},
+        body=DelegationChain,
         response=_CREDENTIAL,
         status=201,
     ),
@@ -370,17 +351,7 @@ ROUTE_TABLE: list[ApiRoute] = [
         "/v1/credentials/{name}/proxy",
         issue_proxy,
         "Issue a proxy of a stored credential for a CSR",
-        body={
-            "type": "object",
-            "properties": {
-                "csr": {"type": "string"},
-                "lifetime": {"type": "integer"},
-                "voms": _STRINGS,
-                "passphrase": {"type": "string"},
-                "full": {"type": "boolean"},
-            },
-            "required": ["csr"],
-        },
+        body=ProxyRequest,
         response={
             "type": "object",
             "properties": {
@@ -397,11 +368,7 @@ ROUTE_TABLE: list[ApiRoute] = [
         "/v1/voms/ac",
         issue_ac,
         "VOMS attribute certificates for the caller's own proxy",
-        body={
-            "type": "object",
-            "properties": {"voms": _STRINGS, "lifetime": {"type": "integer"}},
-            "required": ["voms"],
-        },
+        body=AcRequest,
         response={"type": "object", "properties": {"acs": _STRINGS}},
     ),
     ApiRoute(
@@ -495,7 +462,9 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         principal = repo.peers.cached(chain, repo.trust, request.remote)
         if principal is None:
             try:
-                principal = await blocking(repo.peers.principal, chain, repo.trust, request.remote)
+                principal = await asyncio.to_thread(
+                    repo.peers.principal, chain, repo.trust, request.remote
+                )
             except VomsExtError as exc:
                 rule = await _audit_failed_authentication(request, chain, exc)
                 raise Problem(
@@ -533,7 +502,7 @@ async def _audit_failed_authentication(
         where=f"https {request.method} {request.path[:200]}",
     )
     failures = request.app[AUTH_FAILURES]
-    await blocking(failures.record, failure)
+    await asyncio.to_thread(failures.record, failure)
     failures.schedule_flush(asyncio.get_running_loop())
     return failure.rule
 
@@ -546,11 +515,13 @@ def make_app(config: Config, repo: Repository) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[log_and_problems, authenticate])
     app[CONFIG] = config
     app[REPO] = repo
-    app[ROUTES] = ROUTE_TABLE
     app[OPEN] = {r.handler for r in ROUTE_TABLE if r.open}
+    app[BODY_MODELS] = {r.handler: r.body for r in ROUTE_TABLE if r.body is not None}
+    app[OPENAPI] = json.dumps(build_openapi(ROUTE_TABLE))
     app[AUTH_FAILURES] = for_repository(repo)
     app[REDACT] = Redactor.for_config(config)
     app.on_cleanup.append(_close_auth_failures)
+    setup_ui(app)  # the dashboard's templates: before the app starts
     for r in ROUTE_TABLE:
         app.router.add_route(r.method, r.path, r.handler)
     return app

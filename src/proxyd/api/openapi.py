@@ -1,4 +1,8 @@
-"""The OpenAPI 3.1 document, built from the same table that registers the routes."""
+"""The OpenAPI 3.1 document, built from the same table that registers the routes.
+
+Request bodies are the msgspec models of `models.py`, the ones the handlers
+decode with: their schemas are generated, never written by hand.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from .. import __version__
+from .models import Body
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-PROBLEM = {"$ref": "#/components/schemas/Problem"}
+SCHEMA_REF = "#/components/schemas/{name}"
+PROBLEM = {"$ref": SCHEMA_REF.format(name="Problem")}
+# The model each body-taking handler was registered with (make_app): read_body checks it.
+BODY_MODELS = web.AppKey("body_models", dict)
 
 
 @dataclass(frozen=True)
@@ -22,14 +31,25 @@ class ApiRoute:
     handler: Handler
     summary: str
     open: bool = False  # True only for routes that need no policy decision
-    body: Mapping[str, Any] | None = None
+    body: type[Body] | None = None  # the model of the JSON request body
     response: Mapping[str, Any] = field(default_factory=lambda: {"type": "object"})
     status: int = 200
     query: tuple[tuple[str, str], ...] = ()  # (name, description)
     content_type: str = "application/json"
+    body_optional: bool = False  # a request may leave the body out
+
+
+def body_schemas(routes: list[ApiRoute]) -> tuple[dict[type[Body], Any], dict[str, Any]]:
+    """Each body model's schema (a reference), and the components they refer to."""
+    models = list(dict.fromkeys(r.body for r in routes if r.body is not None))
+    refs, components = msgspec.json.schema_components(models, ref_template=SCHEMA_REF)
+    return dict(zip(models, refs, strict=True)), components
 
 
 def build_openapi(routes: list[ApiRoute]) -> dict[str, Any]:
+    bodies, components = body_schemas(routes)
+    if "Problem" in components:
+        raise ValueError("a request body model is named Problem, like the problem details")
     paths: dict[str, dict[str, Any]] = {}
     for r in routes:
         op: dict[str, Any] = {
@@ -66,8 +86,8 @@ def build_openapi(routes: list[ApiRoute]) -> dict[str, Any]:
             op["parameters"] = params
         if r.body is not None:
             op["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": dict(r.body)}},
+                "required": not r.body_optional,
+                "content": {"application/json": {"schema": bodies[r.body]}},
             }
         paths.setdefault(r.path, {})[r.method.lower()] = op
     return {
@@ -90,7 +110,8 @@ def build_openapi(routes: list[ApiRoute]) -> dict[str, Any]:
                         "rule": {"type": "string"},
                     },
                     "required": ["title", "status", "detail"],
-                }
+                },
+                **components,
             },
             "securitySchemes": {"clientCertificate": {"type": "mutualTLS"}},
         },

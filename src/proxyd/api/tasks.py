@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 from collections.abc import Callable
@@ -10,7 +11,6 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from ..taskqueue.model import (
-    LIST_MAX,
     LOG_TAIL_MAX,
     REASON_MAX,
     Accounting,
@@ -27,24 +27,39 @@ from ..taskqueue.model import (
     free_text,
 )
 from ..tasks import TaskConflict, TaskService
+from .models import (
+    FAIL_REASON,
+    PILOT_ID,
+    TASK_SECONDS,
+    CompleteReport,
+    FailReport,
+    OwnerBan,
+    PilotOffer,
+    PresentSecret,
+    SiteMask,
+    TaskCredential,
+    TaskProxyRequest,
+    TaskRequirements,
+    TaskSubmission,
+)
 from .openapi import ApiRoute
 from .problems import Problem
-from .util import blocking, json_body, load_csr, pem_chain, principal_of
+from .util import load_csr, pem_chain, principal_of, read_body
 
 TASKS = web.AppKey("tasks", TaskService)
 MAX_LOG_TAIL = LOG_TAIL_MAX
 # The assignment secret a pilot got with its match (`assignment_secret` in the match answer)
 # travels in this JSON body field of proxy, start, heartbeat, complete and fail.
 SECRET_FIELD = "assignment_secret"  # noqa: S105 - a field name
-_SECRET_MAX = 256
 _ID_MAX = 2**63 - 1
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 async def _call(fn: Callable[..., R], *args: Any) -> R:
     """Run a TaskService call in a thread; queue refusals become problem details, never 500."""
     try:
-        return await blocking(fn, *args)
+        return await asyncio.to_thread(fn, *args)
     except TaskConflict as exc:
         raise Problem(409, exc.message, exc.rule) from None
     except UnknownTask as exc:
@@ -101,57 +116,40 @@ def task_json(task: Task) -> dict[str, Any]:
     }
 
 
-def _get(
-    body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = None
-) -> Any:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise Problem(400, f"field {name!r} has the wrong type")
-    return value
-
-
-def _strings(body: dict[str, Any], name: str) -> tuple[str, ...]:
-    value = _get(body, name, list, [])
-    if not all(isinstance(v, str) for v in value) or len(value) > LIST_MAX:
-        raise Problem(400, f"field {name!r} must be a list of at most {LIST_MAX} strings")
-    return tuple(value)
+def _or(value: T | None, default: T) -> T:
+    """A field's default for a field left out or null (0 and "" are values, not absence)."""
+    return default if value is None else value
 
 
 async def submit_task(request: web.Request) -> web.Response:
-
-    body = await json_body(request)
+    body = await read_body(request, TaskSubmission)
     principal = principal_of(request)
-    payload = _get(body, "payload", dict)
-    credential = _get(body, "credential", dict, {})
-    req = _get(body, "requirements", dict, {})
-    if payload is None:
-        raise Problem(400, "field 'payload' is required")
+    credential = body.credential or TaskCredential()
+    req = body.requirements or TaskRequirements()
     try:
         spec = TaskSpec(
             owner=principal.identity,
-            vo=_get(body, "vo", str, ""),
-            group=_get(body, "group", str, ""),
-            credential_username=_get(credential, "username", str, principal.identity),
-            credential_name=_get(credential, "name", str, "default"),
-            fqans=_strings(body, "fqans"),
-            priority=_get(body, "priority", int, 0),
+            vo=_or(body.vo, ""),
+            group=_or(body.group, ""),
+            credential_username=_or(credential.username, principal.identity),
+            credential_name=_or(credential.name, "default"),
+            fqans=tuple(body.fqans or ()),
+            priority=_or(body.priority, 0),
             requirements=Requirements(
-                sites_allowed=frozenset(_strings(req, "sites_allowed")),
-                sites_banned=frozenset(_strings(req, "sites_banned")),
-                platform=_get(req, "platform", str),
-                tags=frozenset(_strings(req, "tags")),
-                cpu_time=_get(req, "cpu_time", int, 0),
-                memory_mb=_get(req, "memory_mb", int, 0),
+                sites_allowed=frozenset(req.sites_allowed or ()),
+                sites_banned=frozenset(req.sites_banned or ()),
+                platform=req.platform,
+                tags=frozenset(req.tags or ()),
+                cpu_time=_or(req.cpu_time, 0),
+                memory_mb=_or(req.memory_mb, 0),
             ),
             payload=Payload(
-                command=_get(payload, "command", str, ""),
-                args=_strings(payload, "args"),
-                input_files=_strings(payload, "input_files"),
+                command=body.payload.command,
+                args=tuple(body.payload.args or ()),
+                input_files=tuple(body.payload.input_files or ()),
             ),
-            max_wall_s=_get(body, "max_wall_s", int, 12 * 3600),
-            max_cpu_s=_get(body, "max_cpu_s", int, 12 * 3600),
+            max_wall_s=_or(body.max_wall_s, TASK_SECONDS),
+            max_cpu_s=_or(body.max_cpu_s, TASK_SECONDS),
         )
     except (ValueError, TaskQueueError) as exc:
         raise Problem(400, str(exc)) from None
@@ -196,23 +194,6 @@ def _task_id(request: web.Request) -> int:
     return int(text)
 
 
-def _secret(body: dict[str, Any]) -> str | None:
-    """The assignment secret the pilot presents (None when it sends none: refused by policy)."""
-    value = body.get(SECRET_FIELD)
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > _SECRET_MAX:
-        raise Problem(
-            400, f"field {SECRET_FIELD!r} must be a string of at most {_SECRET_MAX} characters"
-        )
-    return value
-
-
-async def _optional_body(request: web.Request) -> dict[str, Any]:
-    """The JSON object of a request whose body may be left out (start, heartbeat)."""
-    return await json_body(request) if request.can_read_body else {}
-
-
 async def get_task(request: web.Request) -> web.Response:
 
     task = await _call(_service(request).task, principal_of(request), _task_id(request))
@@ -231,19 +212,18 @@ async def cancel_task(request: web.Request) -> web.Response:
 
 
 async def match_task(request: web.Request) -> web.Response:
-
-    body = await json_body(request)
+    body = await read_body(request, PilotOffer)
     principal = principal_of(request)
     try:
         caps = PilotCapabilities(
             pilot_dn=principal.identity,
-            pilot_id=_get(body, "pilot_id", str, "pilot"),
-            site=_get(body, "site", str, ""),
-            ce=_get(body, "ce", str, ""),
-            platform=_get(body, "platform", str, ""),
-            tags=frozenset(_strings(body, "tags")),
-            cpu_time_left=_get(body, "cpu_time_left", int, 0),
-            memory_mb=_get(body, "memory_mb", int, 0),
+            pilot_id=_or(body.pilot_id, PILOT_ID),
+            site=_or(body.site, ""),
+            ce=_or(body.ce, ""),
+            platform=_or(body.platform, ""),
+            tags=frozenset(body.tags or ()),
+            cpu_time_left=_or(body.cpu_time_left, 0),
+            memory_mb=_or(body.memory_mb, 0),
         )
     except (ValueError, TaskQueueError) as exc:
         raise Problem(400, str(exc)) from None
@@ -255,14 +235,13 @@ async def match_task(request: web.Request) -> web.Response:
 
 
 async def task_proxy(request: web.Request) -> web.Response:
-
-    body = await json_body(request)
+    body = await read_body(request, TaskProxyRequest)
     issued = await _call(
         _service(request).payload_proxy,
         principal_of(request),
         _task_id(request),
-        load_csr(body),
-        _secret(body),
+        load_csr(body.csr),
+        body.assignment_secret,
     )
     return web.json_response(
         {
@@ -274,102 +253,86 @@ async def task_proxy(request: web.Request) -> web.Response:
 
 
 async def start_task(request: web.Request) -> web.Response:
-
-    body = await _optional_body(request)
+    body = await read_body(request, PresentSecret, optional=True)
     task = await _call(
-        _service(request).start, principal_of(request), _task_id(request), _secret(body)
+        _service(request).start, principal_of(request), _task_id(request), body.assignment_secret
     )
     return web.json_response(task_json(task))
 
 
 async def heartbeat_task(request: web.Request) -> web.Response:
-
-    body = await _optional_body(request)
+    body = await read_body(request, PresentSecret, optional=True)
     task = await _call(
-        _service(request).heartbeat, principal_of(request), _task_id(request), _secret(body)
+        _service(request).heartbeat,
+        principal_of(request),
+        _task_id(request),
+        body.assignment_secret,
     )
     return web.json_response(task_json(task))
 
 
-def _accounting(body: dict[str, Any]) -> Accounting:
+def _accounting(body: CompleteReport) -> Accounting:
     """A pilot's accounting report; every number bounded (400 naming the field and bound)."""
     try:
         return Accounting(
-            cpu_s=_get(body, "cpu_s", (int, float), 0.0),
-            wall_s=_get(body, "wall_s", (int, float), 0.0),
-            max_rss_kb=_get(body, "max_rss_kb", int, 0),
-            exit_code=_get(body, "exit_code", int),
-            log_tail=_get(body, "log_tail", str, ""),
+            cpu_s=_or(body.cpu_s, 0.0),
+            wall_s=_or(body.wall_s, 0.0),
+            max_rss_kb=_or(body.max_rss_kb, 0),
+            exit_code=body.exit_code,
+            log_tail=_or(body.log_tail, ""),
         )
     except (ValueError, TaskQueueError) as exc:
         raise Problem(400, str(exc)) from None
 
 
 async def complete_task(request: web.Request) -> web.Response:
-
-    body = await json_body(request)
+    body = await read_body(request, CompleteReport)
     task = await _call(
         _service(request).complete,
         principal_of(request),
         _task_id(request),
         _accounting(body),
-        _secret(body),
+        body.assignment_secret,
     )
     return web.json_response(task_json(task))
 
 
 async def fail_task(request: web.Request) -> web.Response:
-
-    body = await json_body(request)
-    reason = _get(body, "reason", str, "failed")
-    if len(reason) > REASON_MAX:
-        raise Problem(400, f"field 'reason' must be at most {REASON_MAX} characters")
-    accounting = _accounting(body) if "wall_s" in body or "cpu_s" in body else None
+    body = await read_body(request, FailReport)
+    measured = body.wall_s is not None or body.cpu_s is not None
     task = await _call(
         _service(request).fail,
         principal_of(request),
         _task_id(request),
-        free_text(reason, REASON_MAX),
-        accounting,
-        _secret(body),
+        free_text(_or(body.reason, FAIL_REASON), REASON_MAX),
+        _accounting(body) if measured else None,
+        body.assignment_secret,
     )
     return web.json_response(task_json(task))
 
 
 async def mask_site(request: web.Request) -> web.Response:
-
-    body = await json_body(request)
-    masked = _get(body, "masked", bool)
-    if masked is None:
-        raise Problem(400, "field 'masked' (true or false) is required")
-    reason = _get(body, "reason", str, "")
-    if len(reason) > 1000:
-        raise Problem(400, "field 'reason' must be at most 1000 characters")
+    body = await read_body(request, SiteMask)
     site = await _call(
         _service(request).mask_site,
         principal_of(request),
         request.match_info["site"],
-        masked,
-        reason,
+        body.masked,
+        _or(body.reason, ""),
     )
-    return web.json_response({"site": site, "masked": masked})
+    return web.json_response({"site": site, "masked": body.masked})
 
 
 async def ban_owner(request: web.Request) -> web.Response:
-
-    body = await json_body(request)
-    dn = _get(body, "dn", str)
-    banned = _get(body, "banned", bool)
-    if not dn or banned is None:
-        raise Problem(400, "fields 'dn' and 'banned' are required")
+    body = await read_body(request, OwnerBan)
     await _call(
         _service(request).ban_owner,
         principal_of(request),
-        dn,
-        banned,
-        _get(body, "reason", str, ""),
+        body.dn,
+        body.banned,
+        _or(body.reason, ""),
     )
-    return web.json_response({"dn": dn, "banned": banned})
+    return web.json_response({"dn": body.dn, "banned": body.banned})
 
 
 async def accounting(request: web.Request) -> web.Response:
@@ -392,8 +355,6 @@ _MATCHED = {
         },
     },
 }
-_SECRET = {SECRET_FIELD: {"type": "string", "description": "the secret of the match (required)"}}
-_PRESENT_SECRET = {"type": "object", "properties": _SECRET, "required": [SECRET_FIELD]}
 _ID = (("id", "task id"),)
 
 TASK_ROUTES: list[ApiRoute] = [
@@ -404,21 +365,7 @@ TASK_ROUTES: list[ApiRoute] = [
         "Submit a task (as its owner)",
         status=201,
         response=_TASK,
-        body={
-            "type": "object",
-            "properties": {
-                "vo": {"type": "string"},
-                "group": {"type": "string"},
-                "fqans": {"type": "array", "items": {"type": "string"}},
-                "priority": {"type": "integer"},
-                "credential": {"type": "object"},
-                "requirements": {"type": "object"},
-                "payload": {"type": "object"},
-                "max_wall_s": {"type": "integer"},
-                "max_cpu_s": {"type": "integer"},
-            },
-            "required": ["payload"],
-        },
+        body=TaskSubmission,
     ),
     ApiRoute(
         "GET",
@@ -442,29 +389,14 @@ TASK_ROUTES: list[ApiRoute] = [
         match_task,
         "A pilot asks for the best matching task (204: none)",
         response=_MATCHED,
-        body={
-            "type": "object",
-            "properties": {
-                "site": {"type": "string"},
-                "ce": {"type": "string"},
-                "platform": {"type": "string"},
-                "tags": {"type": "array", "items": {"type": "string"}},
-                "cpu_time_left": {"type": "integer"},
-                "memory_mb": {"type": "integer"},
-                "pilot_id": {"type": "string"},
-            },
-        },
+        body=PilotOffer,
     ),
     ApiRoute(
         "POST",
         "/v1/tasks/{id}/proxy",
         task_proxy,
         "The limited payload proxy of a task (its pilot instance only)",
-        body={
-            "type": "object",
-            "properties": {"csr": {"type": "string"}, **_SECRET},
-            "required": ["csr", SECRET_FIELD],
-        },
+        body=TaskProxyRequest,
     ),
     ApiRoute(
         "POST",
@@ -472,7 +404,8 @@ TASK_ROUTES: list[ApiRoute] = [
         start_task,
         "The pilot starts the payload",
         response=_TASK,
-        body=_PRESENT_SECRET,
+        body=PresentSecret,
+        body_optional=True,
     ),
     ApiRoute(
         "POST",
@@ -480,7 +413,8 @@ TASK_ROUTES: list[ApiRoute] = [
         heartbeat_task,
         "The pilot is alive",
         response=_TASK,
-        body=_PRESENT_SECRET,
+        body=PresentSecret,
+        body_optional=True,
     ),
     ApiRoute(
         "POST",
@@ -488,18 +422,7 @@ TASK_ROUTES: list[ApiRoute] = [
         complete_task,
         "The payload finished: accounting",
         response=_TASK,
-        body={
-            "type": "object",
-            "properties": {
-                "cpu_s": {"type": "number"},
-                "wall_s": {"type": "number"},
-                "max_rss_kb": {"type": "integer"},
-                "exit_code": {"type": "integer"},
-                "log_tail": {"type": "string", "maxLength": LOG_TAIL_MAX},
-                **_SECRET,
-            },
-            "required": [SECRET_FIELD],
-        },
+        body=CompleteReport,
     ),
     ApiRoute(
         "POST",
@@ -507,35 +430,21 @@ TASK_ROUTES: list[ApiRoute] = [
         fail_task,
         "The payload failed",
         response=_TASK,
-        body={
-            "type": "object",
-            "properties": {"reason": {"type": "string", "maxLength": REASON_MAX}, **_SECRET},
-            "required": [SECRET_FIELD],
-        },
+        body=FailReport,
     ),
     ApiRoute(
         "PUT",
         "/v1/admin/sites/{site}",
         mask_site,
         "Mask or unmask a site (admins)",
-        body={
-            "type": "object",
-            "properties": {"masked": {"type": "boolean"}, "reason": {"type": "string"}},
-        },
+        body=SiteMask,
     ),
     ApiRoute(
         "PUT",
         "/v1/admin/bans",
         ban_owner,
         "Ban or unban a task owner (admins)",
-        body={
-            "type": "object",
-            "properties": {
-                "dn": {"type": "string"},
-                "banned": {"type": "boolean"},
-                "reason": {"type": "string"},
-            },
-        },
+        body=OwnerBan,
     ),
     ApiRoute(
         "GET",

@@ -1,15 +1,15 @@
-"""Helpers shared by the API handlers: the principal, JSON fields, blocking work, PEM."""
+"""Helpers shared by the API handlers: the principal, request bodies, names, PEM."""
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import datetime as dt
-import functools
 import json
-from collections.abc import Callable
-from typing import Any, TypeVar, overload
+import re
+from collections.abc import Sequence
+from typing import Any, TypeVar, cast, overload
 
+import msgspec
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -18,50 +18,76 @@ from .. import names
 from ..issuer import IssueError, VomsRequest
 from ..principal import Principal
 from ..repository import CredentialInfo
+from .models import Body
+from .openapi import BODY_MODELS
 from .problems import Problem
 
-T = TypeVar("T")
+B = TypeVar("B", bound=Body)
 PRINCIPAL = web.RequestKey("principal", Principal)
+# ui.py still runs its reads through this name; it is the standard helper, which runs the
+# function in a copy of the request's context (the policy tally) as the API needs.
+blocking = asyncio.to_thread
+
+_DECODERS: dict[type[Body], msgspec.json.Decoder[Any]] = {}
+_MISSING = re.compile(r"Object missing required field `(.*)`")
 
 
-async def blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run database/crypto work in a thread, in a copy of this request's context (policy tally)."""
-    ctx = contextvars.copy_context()
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, functools.partial(ctx.run, fn, *args, **kwargs))
+async def read_body(request: web.Request, model: type[B], *, optional: bool = False) -> B:
+    """The request's JSON body as `model`, or a 400 problem saying what is wrong, and where.
 
-
-async def json_body(request: web.Request) -> dict[str, Any]:
+    `optional`: a request without a body is `model()` (start, heartbeat).
+    """
+    declared = request.app[BODY_MODELS].get(request.match_info.handler)
+    if declared is not model:  # a handler and its route table entry disagree: a bug
+        raise RuntimeError(f"the handler decodes {model.__name__}, its route declares {declared}")
+    if optional and not request.can_read_body:
+        return model()
+    decoder = _DECODERS.get(model)
+    if decoder is None:
+        decoder = _DECODERS[model] = msgspec.json.Decoder(model)
+    raw = await request.read()
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError):
-        raise Problem(400, "the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise Problem(400, "the request body must be a JSON object")
-    return body
+        return cast(B, decoder.decode(raw))
+    except msgspec.ValidationError as exc:
+        raise Problem(400, invalid_body(exc)) from None
+    except msgspec.DecodeError as exc:
+        return _lenient(raw, request.charset, model, exc)
+    except RecursionError:
+        raise Problem(400, "the request body is nested too deeply") from None
 
 
-def field_of(
-    body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = False
-) -> Any:
-    if name not in body or body[name] is None:
-        if required:
-            raise Problem(400, f"field {name!r} is required")
-        return None
-    value = body[name]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise Problem(400, f"field {name!r} must be of type {names}")
-    return value
+def _lenient(raw: bytes, charset: str | None, model: type[B], exc: msgspec.DecodeError) -> B:
+    """The body as the API read it before msgspec, which refuses what Python's json takes:
+    lone surrogates in escapes (free text replaces them, names refuse them), NaN, and bodies
+    in the charset their Content-Type names. The model then decides as on the fast path."""
+    try:
+        data = json.loads(raw.decode(charset or "utf-8"))
+    except (ValueError, LookupError, RecursionError):
+        raise Problem(400, _malformed(raw, exc)) from None
+    try:
+        return msgspec.convert(data, model)
+    except msgspec.ValidationError as invalid:
+        raise Problem(400, invalid_body(invalid)) from None
 
 
-def string_list(body: dict[str, Any], name: str) -> tuple[str, ...] | None:
-    value = field_of(body, name, list)
-    if value is None:
-        return None
-    if not all(isinstance(v, str) and v for v in value) or len(value) > 64:
-        raise Problem(400, f"field {name!r} must be a list of at most 64 non-empty strings")
-    return tuple(value)
+def _malformed(raw: bytes, exc: msgspec.DecodeError) -> str:
+    if not raw.strip():
+        return "the request body is empty: a JSON object is expected"
+    why = str(exc).removeprefix("JSON is malformed: ")
+    return f"the request body is not valid JSON: {why[:1].lower()}{why[1:]}"
+
+
+def invalid_body(exc: msgspec.ValidationError) -> str:
+    """msgspec's refusal as what is wrong, where (the JSON path) and why, never the value."""
+    text = str(exc)
+    reason, sep, where = text.rpartition(" - at `")
+    path = where.removesuffix("`") if sep else "$"
+    reason = reason if sep else text
+    missing = _MISSING.fullmatch(reason)
+    if missing:
+        return f"field `{path}.{missing[1]}` is required"
+    subject = "the request body" if path == "$" else f"field `{path}`"
+    return f"{subject}: {reason[:1].lower()}{reason[1:]}"
 
 
 @overload
@@ -78,7 +104,7 @@ def checked(kind: names.Kind, value: str | None, field: str) -> str | None:
         raise Problem(400, exc.message, exc.rule) from None
 
 
-def checked_list(values: tuple[str, ...] | None, field: str) -> tuple[str, ...] | None:
+def checked_list(values: Sequence[str] | None, field: str) -> tuple[str, ...] | None:
     """Each DN pattern of an ACL list checked by proxyd.names; a 400 naming the field."""
     try:
         return names.check_patterns(values, f"field {field!r}")
@@ -86,27 +112,20 @@ def checked_list(values: tuple[str, ...] | None, field: str) -> tuple[str, ...] 
         raise Problem(400, exc.message, exc.rule) from None
 
 
-def positive_seconds(body: dict[str, Any], name: str) -> dt.timedelta | None:
-    value = field_of(body, name, int)
-    if value is None:
-        return None
-    if not 0 < value <= 10 * 365 * 86400:
-        raise Problem(400, f"field {name!r} must be a positive number of seconds")
-    return dt.timedelta(seconds=value)
+def seconds(value: int | None) -> dt.timedelta | None:
+    return None if value is None else dt.timedelta(seconds=value)
 
 
-def load_csr(body: dict[str, Any]) -> x509.CertificateSigningRequest:
-    pem = field_of(body, "csr", str, required=True)
+def load_csr(pem: str) -> x509.CertificateSigningRequest:
     try:
-        return x509.load_pem_x509_csr(pem.encode())
+        return x509.load_pem_x509_csr(pem.encode("utf-8", "replace"))  # see finish_delegation
     except ValueError as exc:
         raise Problem(400, f"field 'csr' is not a PEM PKCS#10 request: {exc}") from None
 
 
-def voms_requests(body: dict[str, Any]) -> list[VomsRequest]:
-    names = string_list(body, "voms") or ()
+def voms_requests(values: Sequence[str] | None) -> list[VomsRequest]:
     try:
-        return [VomsRequest.parse(v) for v in names]
+        return [VomsRequest.parse(v) for v in values or ()]
     except IssueError as exc:
         raise Problem(400, str(exc)) from None
 

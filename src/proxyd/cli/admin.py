@@ -71,11 +71,16 @@ def _bans(args: argparse.Namespace) -> int:
 
 
 def _site(args: argparse.Namespace, masked: bool) -> int:
-    from ..taskqueue.base import load_taskqueue
-    from ..tasks import TaskService
+    from ..taskqueue.model import TaskQueueError
+    from ..tasks import open_task_service
 
     repo = _repo(args)
-    service = TaskService(repo, load_taskqueue("sql", repo.engine, audit=repo.audit))
+    try:
+        service = open_task_service(repo)
+    except TaskQueueError as exc:
+        common.fail(f"cannot open the task queue: {exc}")
+    if service is None:
+        common.fail("this server has no task queue ([taskqueue] backend is not set)")
     service.mask_site(local_operator(), args.site, masked, args.reason)
     print(f"site {args.site} {'masked' if masked else 'unmasked'}")
     return 0

@@ -18,8 +18,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..audit import AuditLog
 from ..config import ConfigError, load_config
+from ..core.audit_reads import LocalAuditReads
 from ..names import escape
 from . import common
 
@@ -80,14 +80,14 @@ class Source:
 
 
 class LocalSource(Source):
-    def __init__(self, config_path: str) -> None:
-        from ..store.db import make_engine
+    """The server's own database, read through the core as the local operator."""
 
+    def __init__(self, config_path: str, command: str) -> None:
         try:
             config = load_config(config_path)
         except ConfigError as exc:
             common.fail(str(exc))
-        self.log = AuditLog(make_engine(config.server.database))
+        self.log = LocalAuditReads(config, command)
 
     def pages(
         self, filters: dict[str, Any], *, newest_first: bool, limit: int | None
@@ -172,7 +172,7 @@ class ApiSource(Source):
 
 def _source(args: argparse.Namespace) -> Source:
     if args.config:
-        return LocalSource(args.config)
+        return LocalSource(args.config, args.command)
     return ApiSource(args.server)
 
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, select, tuple_
 
 from .. import policy
 from ..audit import StoredEvent, VerifyReport
@@ -18,7 +16,9 @@ from ..principal import (
 from ..sealing import (
     rewrap,
 )
-from ..store.models import BanRow, CredentialRow
+from ..store.bans import Ban, add_ban, remove_ban
+from ..store.bans import list_bans as read_ban_list
+from ..store.models import CredentialRow
 
 if TYPE_CHECKING:
     pass
@@ -26,7 +26,7 @@ from ..core.base import CoreBase
 from ..core.checks import (
     check_lock_message,
 )
-from ..core.errors import BadRequest, NotFound, RepositoryError
+from ..core.errors import BadRequest, NotFound
 from ..core.values import CredentialInfo, credential_aad, credential_info, sealed_key_of
 
 log = logging.getLogger("proxyd.repository")
@@ -34,55 +34,40 @@ log = logging.getLogger("proxyd.repository")
 
 class Administration(CoreBase):
     def audit_events(self, principal: Principal, **filters: Any) -> list[StoredEvent]:
-        self._decide(principal, policy.Request(Operation.AUDIT_READ), None, name=None)
+        self.gate.read(principal, policy.Request(Operation.AUDIT_READ), None, name=None)
         return self.audit.query(**filters)
 
     def authorize_metrics(self, principal: Principal) -> None:
-        self._decide(principal, policy.Request(Operation.METRICS_READ), None, name=None)
+        self.gate.read(principal, policy.Request(Operation.METRICS_READ), None, name=None)
 
     def audit_verify(self, principal: Principal) -> VerifyReport:
-        self._decide(principal, policy.Request(Operation.AUDIT_READ), None, name=None)
+        self.gate.read(principal, policy.Request(Operation.AUDIT_READ), None, name=None)
         return self.audit.verify()
 
-    def count_credentials(self) -> int:
-        with self._session() as session:
-            return int(session.scalar(select(func.count()).select_from(CredentialRow)) or 0)
-
-    def _admin(
-        self,
-        principal: Principal,
-        detail: str,
-        *,
-        owner: str | None = None,
-        name: str | None = None,
-    ) -> None:
-        """Decide an administrative action and audit it with what was done."""
-        decision = self._decide(
-            principal, policy.Request(Operation.ADMIN), None, name=name, record_allow=False
-        )
-        self._record(
-            principal, Operation.ADMIN, decision, owner=owner, name=name, detail=detail[:500]
-        )
+    def _admin_decision(self, principal: Principal, name: str | None = None) -> Decision:
+        return self.gate.decide(principal, policy.Request(Operation.ADMIN), None, name=name)
 
     def ban(self, principal: Principal, kind: str, pattern: str, reason: str) -> None:
         if kind not in ("user", "host"):
             raise BadRequest("bans are of kind user or host (sites are masked in the task queue)")
-        self._admin(principal, f"ban {kind} {pattern}: {reason}")
-        try:
-            with self._writing() as session:
-                session.add(
-                    BanRow(kind=kind, pattern=pattern, reason=reason, created_by=principal.identity)
-                )
-        except IntegrityError:
-            raise BadRequest(f"{kind} {pattern!r} is already banned") from None
+        decision = self._admin_decision(principal)
+        detail = f"ban {kind} {pattern}: {reason}"[:500]
+        with self.gate.act(principal, Operation.ADMIN, decision, owner=None, name=None) as act:
+            act.detail = detail
+            if not add_ban(act.conn, kind, pattern, principal.identity, reason, now=self.clock()):
+                raise BadRequest(f"{kind} {pattern!r} is already banned", "admin.already_banned")
 
     def unban(self, principal: Principal, kind: str, pattern: str) -> bool:
-        self._admin(principal, f"unban {kind} {pattern}")
-        with self._writing() as session:
-            result = session.execute(
-                delete(BanRow).where(BanRow.kind == kind, BanRow.pattern == pattern)
-            )
-        return bool(getattr(result, "rowcount", 0))
+        """Lift a ban; False (and a refusal in the log) when there was none."""
+        decision = self._admin_decision(principal)
+        try:
+            with self.gate.act(principal, Operation.ADMIN, decision, owner=None, name=None) as act:
+                act.detail = f"unban {kind} {pattern}"[:500]
+                if not remove_ban(act.conn, kind, pattern):
+                    raise NotFound(f"{kind} {pattern!r} is not banned", "admin.not_banned")
+        except NotFound:
+            return False
+        return True
 
     def lock(
         self, principal: Principal, username: str, name: str | None, message: str
@@ -104,67 +89,46 @@ class Administration(CoreBase):
         self, principal: Principal, username: str, name: str | None, message: str | None
     ) -> list[CredentialInfo]:
         verb = "lock" if message is not None else "unlock"
-        decision = self._decide(
-            principal, policy.Request(Operation.ADMIN), None, name=name, record_allow=False
-        )
-        now = dt.datetime.now(dt.UTC)
-        done: list[CredentialInfo] = []
-        with self._writing() as session:
+        where = f"{username[:100]}/{name[:100]}" if name is not None else username[:100]
+        decision = self._admin_decision(principal, name)
+        now = self.clock()
+        with self.gate.act(principal, Operation.ADMIN, decision, owner=None, name=name) as act:
             query = select(CredentialRow).where(CredentialRow.username == username)
             if name is not None:
                 query = query.where(CredentialRow.name == name)
-            rows = list(session.scalars(query.order_by(CredentialRow.name)))
-            found = bool(rows)
+            rows = list(act.session.scalars(query.order_by(CredentialRow.name)))
+            if not rows:
+                raise NotFound(
+                    f'No credentials exist for username "{where}".', "credential.not_found"
+                )
             if message is None:
                 rows = [r for r in rows if r.lock_message is not None]
+                if not rows:
+                    raise BadRequest(f"no credential of {where} is locked", "credential.not_locked")
             for row in rows:
                 row.lock_message = message
                 row.locked_by = principal.identity if message is not None else None
                 row.locked_at = now if message is not None else None
-                session.flush()
-                self._record(
-                    principal,
-                    Operation.ADMIN,
-                    decision,
-                    owner=row.owner_dn,
-                    name=row.name,
-                    detail=f"{verb} {username}/{row.name}" + (f": {message}" if message else ""),
-                    conn=session.connection(),
-                )
-                done.append(credential_info(row))
-        if not done:
-            where = f"{username[:100]}/{name[:100]}" if name is not None else username[:100]
-            refusal: RepositoryError = (
-                BadRequest(f"no credential of {where} is locked", "credential.not_locked")
-                if found
-                else NotFound(
-                    f'No credentials exist for username "{where}".', "credential.not_found"
-                )
-            )
-            self._record(
-                principal,
-                Operation.ADMIN,
-                Decision(False, refusal.rule or "credential.not_found", refusal.message),
-                owner=None,
-                name=name,
-                detail=f"{verb} {where}: {refusal.message}",
-            )
-            raise refusal
-        return done
+            # One decision, one event: every credential it changed (one username, one owner).
+            act.owner = rows[0].owner_dn
+            names = ", ".join(f"{username}/{r.name}" for r in rows)
+            act.detail = (f"{verb} {names}" + (f": {message}" if message else ""))[:2000]
+            return [credential_info(r) for r in rows]
 
-    def list_bans(self, principal: Principal) -> list[BanRow]:
-        self._decide(
-            principal, policy.Request(Operation.ADMIN), None, name=None, record_allow=False
-        )
-        with self._session() as session:
-            return list(session.scalars(select(BanRow).order_by(BanRow.kind, BanRow.pattern)))
+    def list_bans(self, principal: Principal) -> list[Ban]:
+        self.gate.read(principal, policy.Request(Operation.ADMIN), detail="list bans")
+        with self.engine.connect() as conn:
+            return read_ban_list(conn)
 
     def list_credentials(
         self, principal: Principal, *, owner: str | None = None, expired: bool = False
     ) -> list[CredentialInfo]:
         """The inventory (never a key), for operators and the auditor dashboard."""
-        self._decide(
-            principal, policy.Request(Operation.ADMIN), None, name=None, record_allow=False
+        listing = "list expired credentials" if expired else "list credentials"
+        self.gate.read(
+            principal,
+            policy.Request(Operation.ADMIN, owner=owner or None),
+            detail=f"{listing} of {owner}" if owner else listing,
         )
         query = select(CredentialRow).order_by(
             CredentialRow.owner_dn, CredentialRow.username, CredentialRow.name
@@ -172,7 +136,7 @@ class Administration(CoreBase):
         if owner:
             query = query.where(CredentialRow.owner_dn == owner)
         if expired:
-            query = query.where(CredentialRow.not_after < dt.datetime.now(dt.UTC))
+            query = query.where(CredentialRow.not_after < self.clock())
         with self._session() as session:
             return [credential_info(r) for r in session.scalars(query)]
 
@@ -182,7 +146,7 @@ class Administration(CoreBase):
         Decided and audited as `audit_read` (auditors), where `list_credentials`
         is an administrative read. At most `limit` credentials.
         """
-        self._decide(principal, policy.Request(Operation.AUDIT_READ), None, name=None)
+        self.gate.read(principal, policy.Request(Operation.AUDIT_READ), None, name=None)
         query = (
             select(CredentialRow)
             .order_by(CredentialRow.owner_dn, CredentialRow.username, CredentialRow.name)
@@ -195,21 +159,28 @@ class Administration(CoreBase):
         """Delete the credentials that can no longer be used (past their end)."""
         gone = self.list_credentials(principal, expired=True)
         if gone and not dry_run:
-            self._admin(principal, f"expired {len(gone)} credential(s)")
-            with self._writing() as session:
-                session.execute(
-                    delete(CredentialRow).where(CredentialRow.not_after < dt.datetime.now(dt.UTC))
+            decision = self._admin_decision(principal)
+            keys = [(g.username, g.name) for g in gone]
+            with self.gate.act(principal, Operation.ADMIN, decision, owner=None, name=None) as act:
+                act.detail = f"expired {len(gone)} credential(s)"
+                act.session.execute(
+                    delete(CredentialRow).where(
+                        tuple_(CredentialRow.username, CredentialRow.name).in_(keys)
+                    )
                 )
         return gone
 
-    def rotate_master_key(self, principal: Principal | None = None) -> int:
-        """Re-wrap every master-wrapped key under a new current master key."""
-        if principal is not None:
-            self._admin(principal, "rotate the master key")
+    def rotate_master_key(self, principal: Principal) -> int:
+        """Re-wrap every master-wrapped key under a new current master key.
+
+        The keyring file gets its new key first: should the re-wrap then fail (or its
+        event not be written), every key still opens under the key it was wrapped with.
+        """
+        decision = self._admin_decision(principal)
         self.keyring.rotate()
         count = 0
-        with self._writing() as session:
-            for row in session.scalars(
+        with self.gate.act(principal, Operation.ADMIN, decision, owner=None, name=None) as act:
+            for row in act.session.scalars(
                 select(CredentialRow).where(CredentialRow.master_key_id.is_not(None))
             ):
                 updated = rewrap(
@@ -218,4 +189,5 @@ class Administration(CoreBase):
                 row.sealed_key = updated.to_bytes()
                 row.master_key_id = updated.master_key_id
                 count += 1
+            act.detail = f"rotate the master key: {count} key(s) re-wrapped"
         return count

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -15,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import (
     PrivateKeyTypes,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from voms_ext import (
@@ -27,14 +26,14 @@ from voms_ext import (
 from voms_ext.cache import BoundedCache
 
 from .. import policy
-from ..audit import AuditEvent, AuditLog
+from ..audit import AuditLog
 from ..config import Config
 from ..issuer import (
     AttributeAuthority,
     load_authorities,
 )
 from ..keyfiles import check_key_files
-from ..metrics import DECISIONS, ISSUED, LOCKOUTS
+from ..metrics import LOCKOUTS
 from ..peers import peer_group
 from ..policy import AuthMethod, Bans, CredentialFacts, Decision, Operation
 from ..principal import (
@@ -60,7 +59,6 @@ from ..core.checks import (
     KEY_BLOCK,
     Verified,
     chain_refusal,
-    with_reason,
 )
 from ..core.errors import BadPassphrase, BadRequest, Denied, NotFound, RepositoryError
 from ..core.values import (
@@ -75,6 +73,7 @@ from ..store.credentials import (
     CredentialReads,
     bans_of,
 )
+from .gate import Clock, Gate, system_clock
 
 log = logging.getLogger("proxyd.repository")
 
@@ -87,13 +86,16 @@ class CoreBase:
         keyring: MasterKeyring,
         trust: TrustStore,
         authorities: dict[str, AttributeAuthority] | None = None,
+        clock: Clock = system_clock,
     ) -> None:
         self.config = config
+        self.clock = clock
         self.engine = engine
         self.keyring = keyring
         self.trust = trust
         self.authorities = authorities if authorities is not None else load_authorities(config.voms)
         self.audit = AuditLog(engine)
+        self.gate = Gate(engine, self.audit, lambda: self.config.policy, self._bans, clock)
         self.limiter = FailureLimiter(
             free_failures=config.policy.passphrase_attempts,
             base=config.policy.lockout_base.total_seconds(),
@@ -142,8 +144,7 @@ class CoreBase:
 
     def _bans(self) -> Bans:
         """The runtime bans, read anew for every request: a ban works at once, everywhere."""
-        with self._reads.cursor() as cursor:
-            return bans_of(self._reads.bans.run(cursor))
+        return self._reads.current_bans()
 
     def _find(self, username: str, name: str) -> StoredCredential | None:
         with self._reads.cursor() as cursor:
@@ -179,7 +180,7 @@ class CoreBase:
         decided anew every time.
         """
         trust = self.trust  # read once: a reload may swap it meanwhile
-        now = dt.datetime.now(dt.UTC)
+        now = self.clock()
         key = (row.id, row.chain_pem)
         hit = self._verdicts.get(key)
         if hit is not None and hit.trust is trust and hit.start <= now <= hit.end:
@@ -208,77 +209,6 @@ class CoreBase:
             facts = dataclasses.replace(facts, chain_verdict=verdict[0], chain_problem=verdict[1])
         return facts, chain
 
-    def _record(
-        self,
-        principal: Principal,
-        op: Operation,
-        decision: Decision,
-        *,
-        owner: str | None,
-        name: str | None,
-        serial: int | None = None,
-        lifetime: dt.timedelta | None = None,
-        fqans: Sequence[str] = (),
-        detail: str | None = None,
-        conn: Connection | None = None,
-    ) -> None:
-        """I6: one audit event per decision; raises AuditWriteError, failing the request.
-
-        `conn`: the write transaction of the action decided, so that the
-        action and its event commit together or not at all.
-        """
-        outcome = "allow" if decision.allowed else "deny"
-        DECISIONS.labels(op.value, outcome, decision.rule).inc()
-        if serial is not None:
-            ISSUED.labels(op.value, "limited" if detail and "limited" in detail else "full").inc()
-        self.audit.append(
-            AuditEvent(
-                actor_dn=principal.identity,
-                actor_kind=principal.kind.value,
-                peer=principal.address or "",
-                operation=op.value,
-                rule=decision.rule,
-                decision="allow" if decision.allowed else "deny",
-                owner_dn=owner,
-                credential_name=name,
-                serial=str(serial) if serial is not None else None,
-                lifetime_s=int(lifetime.total_seconds()) if lifetime is not None else None,
-                fqans=tuple(fqans),
-                detail=detail or (None if decision.allowed else decision.reason),
-            ),
-            conn=conn,
-        )
-
-    def _decide(
-        self,
-        principal: Principal,
-        request: policy.Request,
-        facts: CredentialFacts | None,
-        *,
-        name: str | None,
-        record_allow: bool = True,
-        detail: str | None = None,
-        bans: Bans | None = None,
-    ) -> Decision:
-        if bans is None:
-            bans = self._bans()
-        decision = policy.decide(request, principal, facts, self.config.policy, bans)
-        owner = facts.owner if facts is not None else request.owner
-        if not decision.allowed or record_allow:
-            self._record(
-                principal,
-                request.operation,
-                decision,
-                owner=owner,
-                name=name,
-                fqans=request.fqans,
-                detail=with_reason(detail, decision),
-            )
-        if not decision.allowed:
-            cls = NotFound if decision.rule == "credential.not_found" else Denied
-            raise cls(decision.reason, decision.rule)
-        return decision
-
     def authorize(
         self,
         principal: Principal,
@@ -287,8 +217,8 @@ class CoreBase:
         *,
         name: str | None = None,
     ) -> Decision:
-        """Decide and audit (allow and deny); raise Denied/NotFound when refused."""
-        return self._decide(principal, request, facts, name=name)
+        """A read decided and audited (allow and deny) through the gate; raises when refused."""
+        return self.gate.read(principal, request, facts, name=name)
 
     def credential_owner(self, username: str, name: str) -> str | None:
         row = self._find(username, name)
@@ -303,7 +233,7 @@ class CoreBase:
         rule: str,
         message: str,
     ) -> BadPassphrase:
-        self._record(principal, op, Decision(False, rule, message), owner=owner, name=name)
+        self.gate.record(principal, op, Decision(False, rule, message), owner=owner, name=name)
         return BadPassphrase(message, rule)
 
     @staticmethod
@@ -317,14 +247,24 @@ class CoreBase:
         username: str,
         name: str,
         owner: str | None = None,
+        *,
+        after_decision: bool = True,
     ) -> None:
+        """Refuse (and record) a passphrase attempt while its credential or peer is locked out.
+
+        `after_decision`: policy has decided this request already (else this refusal is
+        the request's only decision, see Gate.refuse)."""
         wait = self.limiter.locked(self._lock_keys(principal, username, name))
         if wait > 0:
             message = f"too many failed passphrase attempts; try again in {math.ceil(wait)} s"
-            self._record(
-                principal, op, Decision(False, "auth.locked_out", message), owner=owner, name=name
+            raise self.gate.refuse(
+                principal,
+                op,
+                Decision(False, "auth.locked_out", message),
+                owner=owner,
+                name=name,
+                after_decision=after_decision,
             )
-            raise Denied(message, "auth.locked_out")
 
     def _count_failure(self, principal: Principal, username: str, name: str) -> None:
         if self.limiter.failure(self._lock_keys(principal, username, name)):
@@ -358,7 +298,7 @@ class CoreBase:
             self.config.policy,
             bans if bans is not None else self._bans(),
         )
-        self._record(
+        self.gate.record(
             principal, op, decision, owner=None, name=name, detail=f"username {username[:100]!r}"
         )
         if decision.rule != "credential.not_found":
@@ -448,7 +388,7 @@ class CoreBase:
     ) -> None:
         """Audit an authentication the edge itself refused (e.g. a failed renewal challenge)."""
         row = self._find(username, name)
-        self._record(
+        self.gate.refuse(
             principal,
             op,
             Decision(False, rule, reason),

@@ -59,13 +59,26 @@ log = logging.getLogger("proxyd.repository")
 
 class Delegation(CoreBase):
     def begin_store(self, principal: Principal, options: StoreOptions) -> PendingStore:
-        """Check the store is allowed, then make the key pair and a CSR for the client to sign."""
+        """Check the store is allowed, then make the key pair and a CSR for the client to sign.
+
+        Two decisions, two events: this one (the server makes a key and hands out its
+        CSR) and the store's own, made anew when the signed chain arrives (`finish_store`:
+        the chain names the owner, and a ban may have come meanwhile).
+        """
         self._check_store_names(options)
         if options.passphrase is not None and len(options.passphrase) < MIN_PASSPHRASE:
             raise BadRequest(
                 f"Pass phrase too short.  Must be at least {MIN_PASSPHRASE} characters long."
             )
-        self._decide_store(principal, options, owner=principal.identity)
+        decision = self._decide_store(principal, options, owner=principal.identity)
+        self.gate.allow(
+            principal,
+            Operation.STORE,
+            decision,
+            owner=principal.identity,
+            name=options.name,
+            detail="delegation begun: key pair made, certificate request sent",
+        )
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         csr = (
             x509.CertificateSigningRequestBuilder()
@@ -80,7 +93,7 @@ class Delegation(CoreBase):
     ) -> str:
         """Keep a delegation for its second request, on any worker or instance; returns its token."""
         token = secrets.token_urlsafe(24)
-        now = dt.datetime.now(dt.UTC)
+        now = self.clock()
         options = dataclasses.asdict(dataclasses.replace(pending.options, passphrase=None))
         options["lifetime"] = (
             int(pending.options.lifetime.total_seconds()) if pending.options.lifetime else None
@@ -112,7 +125,7 @@ class Delegation(CoreBase):
 
     def take_pending(self, token: str, principal: Principal) -> PendingStore | None:
         """The saved delegation for `token`, if it is the caller's and not expired (single use)."""
-        now = dt.datetime.now(dt.UTC)
+        now = self.clock()
         with self._writing() as session:
             row = session.get(PendingDelegationRow, token_hash(token))
             if row is None or row.actor_dn != principal.identity:
@@ -153,7 +166,7 @@ class Delegation(CoreBase):
             lifetime=options.lifetime,
         )
         facts = credential_facts(existing, self.config) if existing is not None else None
-        return self._decide(principal, request, facts, name=options.name, record_allow=False)
+        return self.gate.decide(principal, request, facts, name=options.name)
 
     def store_pem(self, principal: Principal, options: StoreOptions, pem: bytes) -> CredentialInfo:
         """MyProxy STORE: certificate, key and chain as PEM text, the key possibly encrypted.
@@ -182,8 +195,6 @@ class Delegation(CoreBase):
                     f"stored credential: the private key cannot be read: {exc}"
                 ) from None
             key_pem = private_key_to_pem(key)
-        if principal.kind is not PrincipalKind.OPERATOR:  # the operator was decided by import_pem
-            self._decide_store(principal, options, owner=principal.identity)
         if encrypted:
             options = dataclasses.replace(options, passphrase=None)
         return self._store_chain(principal, options, chain, key_pem, pem_encrypted=encrypted)
@@ -199,7 +210,7 @@ class Delegation(CoreBase):
         sealed: SealedKey | None = None,
     ) -> CredentialInfo:
         """Validate and store a chain with its key (given as PEM, or sealed already)."""
-        now = dt.datetime.now(dt.UTC)
+        now = self.clock()
         try:
             result = validate_chain(chain, self.trust, now, check_voms=False)
             owner = identity_of(result)
@@ -207,12 +218,8 @@ class Delegation(CoreBase):
             raise BadRequest(f"the delegated chain does not validate: {exc}") from None
         if principal.kind is PrincipalKind.OPERATOR:
             # An import by the local operator (proxyd admin import-myproxy): an admin decision.
-            decision = self._decide(
-                principal,
-                policy.Request(Operation.ADMIN),
-                None,
-                name=options.name,
-                record_allow=False,
+            decision = self.gate.decide(
+                principal, policy.Request(Operation.ADMIN), None, name=options.name
             )
         else:
             decision = self._decide_store(principal, options, owner=owner)
@@ -222,68 +229,53 @@ class Delegation(CoreBase):
             assert key_pem is not None
             sealed = self._seal(key_pem, options)
         chain_pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain)
-        try:
-            with self._writing() as session:
-                row = session.scalars(
-                    select(CredentialRow).where(
-                        CredentialRow.username == options.username,
-                        CredentialRow.name == options.name,
-                    )
-                ).one_or_none()
-                if row is not None and row.owner_dn != owner:
-                    raise Denied(
-                        f'credentials for username "{options.username}" belong to another owner',
-                        "store.not_owner",
-                    )
-                if row is None:
-                    row = CredentialRow(username=options.username, name=options.name)
-                    session.add(row)
-                row.owner_dn = owner
-                row.description = options.description
-                row.chain_pem = chain_pem
-                row.sealed_key = sealed.to_bytes()
-                row.master_key_id = sealed.master_key_id
-                row.has_passphrase = sealed.has_passphrase or pem_encrypted
-                row.retrievers = (
-                    list(options.retrievers) if options.retrievers is not None else None
+        with self.gate.act(
+            principal, Operation.STORE, decision, owner=owner, name=options.name
+        ) as act:
+            act.lifetime = max_lifetime
+            session = act.session
+            row = session.scalars(
+                select(CredentialRow).where(
+                    CredentialRow.username == options.username,
+                    CredentialRow.name == options.name,
                 )
-                row.renewers = list(options.renewers) if options.renewers is not None else None
-                row.trusted_retrievers = (
-                    list(options.trusted_retrievers)
-                    if options.trusted_retrievers is not None
-                    else None
+            ).one_or_none()
+            if row is not None and row.owner_dn != owner:
+                raise Denied(
+                    f'credentials for username "{options.username}" belong to another owner',
+                    "store.not_owner",
                 )
-                row.key_retrievers = (
-                    list(options.key_retrievers) if options.key_retrievers is not None else None
-                )
-                row.max_lifetime_s = int(max_lifetime.total_seconds())
-                row.not_before = max(c.not_valid_before_utc for c in result.chain)
-                # The stored credential is usable for at most max_stored_lifetime, however long
-                # the delegated chain itself is valid (myproxy-server's max_cred_lifetime).
-                row.not_after = min(result.not_after, now + self.config.policy.max_stored_lifetime)
-                try:
-                    session.flush()
-                except IntegrityError:
-                    raise Denied(
-                        f'credentials for username "{options.username}" were stored concurrently',
-                        "store.conflict",
-                    ) from None
-                info = credential_info(row)
-                # In the same transaction: a store whose event cannot be written is not stored.
-                self._record(
-                    principal,
-                    Operation.STORE,
-                    decision,
-                    owner=owner,
-                    name=options.name,
-                    lifetime=max_lifetime,
-                    conn=session.connection(),
-                )
-        except Denied as exc:
-            # Lost a race after the policy decision (a concurrent store): audit the refusal (I6).
-            refusal = Decision(False, exc.rule or "store.conflict", exc.message)
-            self._record(principal, Operation.STORE, refusal, owner=owner, name=options.name)
-            raise
+            if row is None:
+                row = CredentialRow(username=options.username, name=options.name)
+                session.add(row)
+            row.owner_dn = owner
+            row.description = options.description
+            row.chain_pem = chain_pem
+            row.sealed_key = sealed.to_bytes()
+            row.master_key_id = sealed.master_key_id
+            row.has_passphrase = sealed.has_passphrase or pem_encrypted
+            row.retrievers = list(options.retrievers) if options.retrievers is not None else None
+            row.renewers = list(options.renewers) if options.renewers is not None else None
+            row.trusted_retrievers = (
+                list(options.trusted_retrievers) if options.trusted_retrievers is not None else None
+            )
+            row.key_retrievers = (
+                list(options.key_retrievers) if options.key_retrievers is not None else None
+            )
+            row.max_lifetime_s = int(max_lifetime.total_seconds())
+            row.not_before = max(c.not_valid_before_utc for c in result.chain)
+            # The stored credential is usable for at most max_stored_lifetime, however long
+            # the delegated chain itself is valid (myproxy-server's max_cred_lifetime).
+            row.not_after = min(result.not_after, now + self.config.policy.max_stored_lifetime)
+            try:
+                session.flush()
+            except IntegrityError:
+                # Lost a race after the decision: the gate records this refusal (I6).
+                raise Denied(
+                    f'credentials for username "{options.username}" were stored concurrently',
+                    "store.conflict",
+                ) from None
+            info = credential_info(row)
         return info
 
     def import_pem(self, principal: Principal, options: StoreOptions, pem: bytes) -> CredentialInfo:
@@ -291,8 +283,6 @@ class Delegation(CoreBase):
 
         Like MyProxy STORE, an encrypted key stays encrypted and opens only
         with its passphrase; an unencrypted one is sealed under the master key.
+        Decided as an admin action once the chain has been read (`_store_chain`).
         """
-        self._decide(
-            principal, policy.Request(Operation.ADMIN), None, name=options.name, record_allow=False
-        )
         return self.store_pem(principal, options, pem)

@@ -46,7 +46,7 @@ from ..core.base import CoreBase
 from ..core.checks import (
     check_public_key,
 )
-from ..core.errors import BadRequest, Denied
+from ..core.errors import BadRequest
 from ..core.values import DEFAULT_NAME, Retrieval
 
 log = logging.getLogger("proxyd.repository")
@@ -107,7 +107,9 @@ class Issuance(CoreBase):
         else:
             op, auth = Operation.RETRIEVE, AuthMethod.CERTIFICATE
         if auth is AuthMethod.PASSPHRASE:
-            self._refuse_if_locked(principal, op, username, name, row.owner_dn if row else None)
+            self._refuse_if_locked(
+                principal, op, username, name, row.owner_dn if row else None, after_decision=False
+            )
         if row is None:
             if auth is AuthMethod.PASSPHRASE:
                 # Spend what a wrong passphrase costs, so timing does not reveal existence;
@@ -123,8 +125,9 @@ class Issuance(CoreBase):
                 proof = classify_principal(renewal_proof, self.config.policy, principal.address)
             except IdentityRefused as exc:
                 refusal = Decision(False, "auth.independent_proxy", f"the renewal proof: {exc}")
-                self._record(principal, op, refusal, owner=row.owner_dn, name=name)
-                raise Denied(refusal.reason, refusal.rule) from None
+                raise self.gate.refuse(
+                    principal, op, refusal, owner=row.owner_dn, name=name
+                ) from None
         request = policy.Request(
             op,
             owner=row.owner_dn,
@@ -136,7 +139,7 @@ class Issuance(CoreBase):
             held_fqans=tuple(f for _, _, held in ac_plan for f in held),
             proof=proof,
         )
-        decision = self._decide(principal, request, facts, name=name, record_allow=False, bans=bans)
+        decision = self.gate.decide(principal, request, facts, name=name, bans=bans)
         key = self._open_key(
             principal, op, row, passphrase if auth is AuthMethod.PASSPHRASE else None
         )
@@ -158,7 +161,7 @@ class Issuance(CoreBase):
             if not csr_checked:
                 check_public_key(csr)
         except BadRequest as exc:
-            self._record(
+            self.gate.record(
                 r.principal,
                 r.op,
                 Decision(False, "issue.bad_request", exc.message),
@@ -168,7 +171,7 @@ class Issuance(CoreBase):
             raise
         decision = r.decision
         assert decision.lifetime is not None
-        now = dt.datetime.now(dt.UTC)
+        now = self.clock()
         try:
             holder = end_entity(r.chain)
             acs = [
@@ -187,7 +190,7 @@ class Issuance(CoreBase):
                 now=now,
             )
         except IssueError as exc:
-            self._record(
+            self.gate.record(
                 r.principal,
                 r.op,
                 Decision(False, "issue.failed", str(exc)),
@@ -196,7 +199,7 @@ class Issuance(CoreBase):
             )
             raise BadRequest(str(exc), "issue.failed") from None
         proxy = issued.proxy
-        self._record(
+        self.gate.allow(
             r.principal,
             r.op,
             decision,
@@ -212,7 +215,7 @@ class Issuance(CoreBase):
     def abandon_retrieval(self, retrieval: Retrieval, reason: str) -> None:
         """Audit an authorized GET that ended before anything was issued (client went away)."""
         r = retrieval
-        self._record(
+        self.gate.record(
             r.principal,
             r.op,
             r.decision,
@@ -242,9 +245,18 @@ class Issuance(CoreBase):
         """ACs bound to the caller's own end-entity certificate, for FQANs it holds."""
         holder = principal.end_entity
         if holder is None or principal.is_anonymous:
-            raise Denied("attribute certificates need a client certificate", "voms.not_member")
+            # An authentication fact, not a policy question: there is nothing to bind an AC to.
+            raise self.gate.refuse(
+                principal,
+                Operation.ISSUE_AC,
+                Decision(
+                    False, "voms.not_member", "attribute certificates need a client certificate"
+                ),
+                owner=None,
+                name=None,
+            )
         acs = []
-        now = dt.datetime.now(dt.UTC)
+        now = self.clock()
         for aa, explicit, held in self._plan_acs(principal.identity, voms):
             request = policy.Request(
                 Operation.ISSUE_AC,
@@ -253,10 +265,10 @@ class Issuance(CoreBase):
                 held_fqans=held,
                 lifetime=lifetime,
             )
-            decision = self._decide(principal, request, None, name=None, record_allow=False)
+            decision = self.gate.decide(principal, request, None, name=None)
             fqans = aa.default_fqans(principal.identity, explicit)
             ac = aa.issue(holder, fqans, now + min(lifetime, aa.config.max_lifetime), now)
-            self._record(
+            self.gate.allow(
                 principal,
                 Operation.ISSUE_AC,
                 decision,
@@ -290,26 +302,21 @@ class Issuance(CoreBase):
         op = Operation.PAYLOAD_PROXY
         task = queue.get(task_id)
         if task is None:
-            # The invariants (bans, limited peers, pilots only) still speak first.
-            decision = policy.decide(
-                policy.Request(op), principal, None, self.config.policy, self._bans()
-            )
-            if decision.allowed or decision.rule == "credential.not_found":
-                decision = Decision(False, "payload.not_assigned", f"there is no task {task_id}")
-            self._record(
+            # Decided like any other: the invariants first, then "not assigned" (there is no
+            # assignment of a task that does not exist).
+            self.gate.decide(
                 principal,
-                op,
-                decision,
-                owner=None,
+                policy.Request(op),
+                None,
                 name=None,
                 detail=f"task {task_id}: no such task",
             )
-            raise Denied(decision.reason, decision.rule)
+            raise AssertionError("policy allowed a payload proxy of no task")  # pragma: no cover
         spec = task.spec
         try:
             plan = self._plan_acs(spec.owner, [VomsRequest(spec.vo, spec.fqans)])
         except BadRequest as exc:
-            self._record(
+            self.gate.refuse(
                 principal,
                 op,
                 Decision(False, exc.rule or "voms.unknown_vo", exc.message),
@@ -329,12 +336,11 @@ class Issuance(CoreBase):
             assignment=queue.assignment(task_id),
         )
         facts = self._facts_in_use(row)[0] if row is not None else None
-        decision = self._decide(
+        decision = self.gate.decide(
             principal,
             request,
             facts,
             name=spec.credential_name,
-            record_allow=False,
             detail=f"task {task_id}",
         )
         assert row is not None  # policy refuses a task whose credential is missing

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import delete
 
 from .. import policy
-from ..policy import AuthMethod, Operation
+from ..policy import AuthMethod, Decision, Operation
 from ..principal import (
     Principal,
 )
@@ -49,7 +49,7 @@ class OwnerOperations(CoreBase):
         rows = sorted(
             (StoredCredential(*r) for r in found), key=lambda r: (r.name != DEFAULT_NAME, r.name)
         )
-        self._decide(
+        self.gate.read(
             principal,
             policy.Request(Operation.INFO, owner=rows[0].owner_dn),
             credential_facts(rows[0], self.config),
@@ -60,14 +60,16 @@ class OwnerOperations(CoreBase):
 
     def destroy(self, principal: Principal, username: str, name: str = DEFAULT_NAME) -> None:
         row = self._require(principal, Operation.DESTROY, username, name)
-        self._decide(
+        decision = self.gate.decide(
             principal,
             policy.Request(Operation.DESTROY, owner=row.owner_dn, name=name),
             credential_facts(row, self.config),
             name=name,
         )
-        with self._writing() as session:
-            session.execute(delete(CredentialRow).where(CredentialRow.id == row.id))
+        with self.gate.act(
+            principal, Operation.DESTROY, decision, owner=row.owner_dn, name=name
+        ) as act:
+            act.session.execute(delete(CredentialRow).where(CredentialRow.id == row.id))
         self._keys.discard(username, name)
 
     def change_passphrase(
@@ -78,18 +80,26 @@ class OwnerOperations(CoreBase):
                 f"Pass phrase too short.  Must be at least {MIN_PASSPHRASE} characters long."
             )
         row = self._require(principal, Operation.CHANGE_PASSPHRASE, username, name)
-        decision = self._decide(
+        decision = self.gate.decide(
             principal,
             policy.Request(Operation.CHANGE_PASSPHRASE, owner=row.owner_dn, name=name),
             credential_facts(row, self.config),
             name=name,
-            record_allow=False,  # recorded once the old passphrase has been proven
-        )
+        )  # its allow commits with the new passphrase, once the old one has been proven
         self._refuse_if_locked(principal, Operation.CHANGE_PASSPHRASE, username, name, row.owner_dn)
         sealed = sealed_key_of(row)
         if not row.has_passphrase:
-            raise BadRequest(
-                "this credential has no passphrase (it is stored for trusted retrieval)"
+            raise self.gate.refuse(
+                principal,
+                Operation.CHANGE_PASSPHRASE,
+                Decision(
+                    False,
+                    "auth.no_passphrase",
+                    "this credential has no passphrase (it is stored for trusted retrieval)",
+                ),
+                owner=row.owner_dn,
+                name=name,
+                after_decision=True,
             )
         try:
             updated = rewrap_passphrase(
@@ -105,16 +115,15 @@ class OwnerOperations(CoreBase):
                 "auth.bad_passphrase",
                 "invalid credential passphrase",
             ) from None
-        with self._writing() as session:
-            stored = session.get(CredentialRow, row.id)
-            if stored is None:
+        with self.gate.act(
+            principal, Operation.CHANGE_PASSPHRASE, decision, owner=row.owner_dn, name=name
+        ) as act:
+            stored = act.session.get(CredentialRow, row.id)
+            if stored is None:  # destroyed meanwhile
                 raise NotFound(
                     f'No credentials exist for username "{username}".', "credential.not_found"
                 )
             stored.sealed_key = updated.to_bytes()
-        self._record(
-            principal, Operation.CHANGE_PASSPHRASE, decision, owner=row.owner_dn, name=name
-        )
 
     def retrieve_key(
         self, principal: Principal, username: str, name: str, passphrase: str | None
@@ -124,7 +133,7 @@ class OwnerOperations(CoreBase):
         facts, _ = self._facts_in_use(row)
         auth = AuthMethod.PASSPHRASE if passphrase else AuthMethod.NONE
         request = policy.Request(Operation.RETRIEVE_KEY, owner=row.owner_dn, name=name, auth=auth)
-        decision = self._decide(principal, request, facts, name=name, record_allow=False)
+        decision = self.gate.decide(principal, request, facts, name=name)
         assert passphrase is not None  # the policy requires it
         key = self._open_key(principal, Operation.RETRIEVE_KEY, row, passphrase)
         encrypted = key.private_bytes(
@@ -134,5 +143,5 @@ class OwnerOperations(CoreBase):
         )
         certs = row.chain_pem.encode()
         first_end = certs.index(b"-----END CERTIFICATE-----") + len(b"-----END CERTIFICATE-----\n")
-        self._record(principal, Operation.RETRIEVE_KEY, decision, owner=row.owner_dn, name=name)
+        self.gate.allow(principal, Operation.RETRIEVE_KEY, decision, owner=row.owner_dn, name=name)
         return certs[:first_end] + encrypted + certs[first_end:]

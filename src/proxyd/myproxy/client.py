@@ -1,9 +1,10 @@
-"""A small blocking MyProxy v2 client on the same codec as the server.
+"""A small blocking MyProxy v2 client on the same state machine as the server.
 
 Used by proxyd's tests and benchmarks, and usable against a real
 myproxy-server. It follows the real clients' habits (PROTOCOLS.md §1): the
 GSI flag byte in its own record, the request in the next, and under TLS 1.3
-the server's single 0x00 byte after the handshake.
+it waits for the server's single 0x00 byte after the handshake. The socket
+is this module's; framing and message order are conversation.py's.
 """
 
 from __future__ import annotations
@@ -13,18 +14,33 @@ import datetime as dt
 import os
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from voms_ext import ProxyBuilder
 
 from . import protocol as p
+from .conversation import (
+    NEED_DATA,
+    CertificateRequest,
+    Chain,
+    ChallengeReply,
+    Event,
+    GsiFlag,
+    MyProxyConversation,
+    Role,
+    ServerReady,
+    State,
+)
 from .renewal import Challenge, sign_challenge
+
+E = TypeVar("E", bound=Event)
 
 # What the real clients send where the protocol wants a passphrase but the
 # server authenticates by certificate (INFO, DESTROY).
@@ -82,7 +98,7 @@ class MyProxyClient:
         conn = _Conn(sock)
         try:
             if sock.version() == "TLSv1.3":
-                conn.skip_tls13_byte()
+                conn.receive(ServerReady)
         except BaseException:
             conn.close()
             raise
@@ -91,8 +107,8 @@ class MyProxyClient:
     def _start(self, request: p.Request) -> _Conn:
         conn = self._connect()
         try:
-            conn.send(p.GSI_NO_DELEGATION)
-            conn.send(p.encode_request(request))
+            conn.send(GsiFlag())
+            conn.send(request)
         except BaseException:
             conn.close()
             raise
@@ -130,7 +146,7 @@ class MyProxyClient:
                     raise MyProxyClientError(
                         "the server asked for renewal authorization and no credential was given"
                     )
-                conn.send(_answer(response, *renewal))
+                conn.send(ChallengeReply(_answer(response, *renewal)))
                 response = conn.response()
             _expect_ok(response)
             csr = (
@@ -138,8 +154,8 @@ class MyProxyClient:
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "proxy")]))
                 .sign(key, hashes.SHA256())
             )
-            conn.send(csr.public_bytes(serialization.Encoding.DER))
-            return p.parse_certificates(conn.read(p.chain_length))
+            conn.send(CertificateRequest(csr))
+            return list(conn.receive(Chain).certificates)
 
     def put(
         self,
@@ -168,14 +184,14 @@ class MyProxyClient:
         )
         with self._start(request) as conn:
             _expect_ok(conn.response())
-            csr = p.parse_csr(conn.read(p.der_length))
+            csr = conn.receive(CertificateRequest).csr
             proxy = (
                 ProxyBuilder(cert, chain)
                 .from_csr(csr)
                 .lifetime(dt.timedelta(seconds=proxy_lifetime))
                 .sign(signing_key)
             )
-            conn.send(p.encode_certificates([proxy, cert, *chain]))
+            conn.send(Chain((proxy, cert, *chain)))
             _expect_ok(conn.response())
 
     def info(self, username: str, cred_name: str | None = None) -> p.Response:
@@ -213,13 +229,16 @@ class MyProxyClient:
         conn = self._connect()
         with conn:
             for chunk in chunks:
-                conn.send(chunk)
+                conn.sock.sendall(chunk)
             if not read:
                 return b""
             conn.sock.settimeout(idle)
+            # Past the conversation on purpose: what the server answers to anything at all.
+            received = bytearray(conn.conversation.trailing_data)
             with contextlib.suppress(TimeoutError):
-                conn.read_all()
-            return conn.buffer
+                while chunk := conn.recv():
+                    received += chunk
+            return bytes(received)
 
 
 def _answer(
@@ -240,7 +259,7 @@ def _expect_ok(response: p.Response) -> None:
 class _Conn:
     def __init__(self, sock: ssl.SSLSocket) -> None:
         self.sock = sock
-        self.buffer = b""
+        self.conversation = MyProxyConversation(Role.CLIENT)
 
     def __enter__(self) -> _Conn:
         return self
@@ -252,40 +271,36 @@ class _Conn:
         with contextlib.suppress(OSError):
             self.sock.close()
 
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
+    def send(self, event: Event) -> None:
+        self.sock.sendall(self.conversation.send(event))
 
-    def _fill(self) -> bool:
+    def recv(self) -> bytes:
+        """What arrived, or b"" once the server has closed (real servers skip close_notify)."""
         try:
-            chunk = self.sock.recv(65536)
+            return self.sock.recv(65536)
         except (ssl.SSLEOFError, ConnectionResetError):
-            chunk = b""
-        if chunk:
-            self.buffer += chunk
-        return bool(chunk)
+            return b""
 
-    def skip_tls13_byte(self) -> None:
-        if not self.buffer and not self._fill():
-            raise MyProxyClientError("server closed the connection after the handshake")
-        if self.buffer[:1] == b"\x00":
-            self.buffer = self.buffer[1:]
-
-    def read(self, complete: Callable[[bytes], int | None]) -> bytes:
+    def receive(self, kind: type[E]) -> E:
+        """The server's next message, a `kind`; a refusal in its place raises
+        MyProxyClientError with the server's ERROR lines."""
         while True:
-            size = complete(self.buffer)
-            if size is not None:
-                data, self.buffer = self.buffer[:size], self.buffer[size:]
-                return data
-            if not self._fill():
-                raise MyProxyClientError("connection closed before the message was complete")
+            event = self.conversation.next_event()
+            if event is not NEED_DATA:
+                break
+            chunk = self.recv()
+            if not chunk:
+                raise MyProxyClientError(
+                    "server closed the connection after the handshake"
+                    if self.conversation.state is State.START
+                    else "connection closed before the message was complete"
+                )
+            self.conversation.receive_data(chunk)
+        if isinstance(event, kind):
+            return event
+        if isinstance(event, p.Response):
+            _expect_ok(event)
+        raise MyProxyClientError(f"unexpected {type(event).__name__} from the server")
 
     def response(self) -> p.Response:
-        def until_nul(b: bytes) -> int | None:
-            end = b.find(b"\0")
-            return end + 1 if end >= 0 else None
-
-        return p.parse_response(self.read(until_nul))
-
-    def read_all(self) -> None:
-        while self._fill():
-            pass
+        return self.receive(p.Response)

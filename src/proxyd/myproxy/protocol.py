@@ -1,7 +1,8 @@
 """MyProxy v2 messages as values: bytes in, requests and responses out (sans-I/O).
 
-Both our server and our client use this module; neither the network nor
-the repository is touched here. Wire facts are in ../shared/PROTOCOLS.md
+Both our server and our client use this module, through the conversation's
+state machine (conversation.py), which says which message comes when;
+neither the network nor the repository is touched here. Wire facts are in ../shared/PROTOCOLS.md
 §1: `KEY=VALUE\\n` lines ended by a NUL, responses `RESPONSE=0|1|2`,
 certificate chains as one count byte followed by DER certificates.
 """
@@ -253,12 +254,20 @@ def encode_response(response: Response) -> bytes:
     return ("\n".join(lines) + "\n").encode() + b"\0"
 
 
+def ok_response(fields: Iterable[tuple[str, str]] = ()) -> Response:
+    return Response(ResponseType.OK, fields=tuple(fields))
+
+
+def error_response(*messages: str) -> Response:
+    return Response(ResponseType.ERROR, errors=messages or ("unknown error",))
+
+
 def ok(fields: Iterable[tuple[str, str]] = ()) -> bytes:
-    return encode_response(Response(ResponseType.OK, fields=tuple(fields)))
+    return encode_response(ok_response(fields))
 
 
 def error(*messages: str) -> bytes:
-    return encode_response(Response(ResponseType.ERROR, errors=messages or ("unknown error",)))
+    return encode_response(error_response(*messages))
 
 
 def parse_response(data: bytes) -> Response:

@@ -1,12 +1,13 @@
 """The MyProxy v2 TLS edge: moves bytes between real myproxy-* clients and the Repository.
 
 Each connection carries one request. The edge turns the TLS peer into a
-Principal, reads and answers messages with the sans-I/O codec, and leaves
-every decision to the Repository (policy + audit). Blocking work (database,
-argon2, RSA) runs in a thread so one slow request does not stall the loop.
-Traps from PROTOCOLS.md §1 handled here: the GSI flag byte, TLS 1.3 with no
-session tickets and one 0x00 byte after the handshake, requests split over
-records, TCP_NODELAY.
+Principal, moves bytes between the socket and the conversation's state
+machine (conversation.py: framing, message order, the GSI flag byte, the
+TLS 1.3 0x00 byte), and leaves every decision to the Repository (policy +
+audit) and to proxyd.policy.challenge. Blocking work (database, argon2, RSA)
+runs in asyncio's default thread pool so one slow request does not stall the
+loop. Left here: TLS 1.3 with no session tickets, the idle gap that ends a
+request sent without its NUL, TCP_NODELAY.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
-import functools
 import logging
 import socket
 import ssl
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from voms_ext import AttributeCertificateError, ValidationResult, VomsExtError, validate_chain
 
@@ -35,9 +34,9 @@ from ..config import Config
 from ..connlimit import ConnectionGate, LimitedTLSServer
 from ..issuer import IssueError, VomsRequest
 from ..metrics import REQUEST_SECONDS
-from ..patterns import any_dn_matches
 from ..policy import Operation
-from ..principal import Principal, PrincipalKind, anonymous
+from ..policy.challenge import may_need_renewal_challenge, needs_renewal_challenge
+from ..principal import Principal, anonymous
 from ..repository import (
     DEFAULT_NAME,
     CredentialInfo,
@@ -48,11 +47,23 @@ from ..repository import (
 from ..tlsctx import server_context
 from ..tlspeer import verified_chain_der
 from . import protocol as p
-from .renewal import ChallengeError, make_challenges, parse_challenge_reply, reply_length
+from .conversation import (
+    NEED_DATA,
+    CertificateRequest,
+    Chain,
+    ChallengeReply,
+    CredentialPem,
+    Event,
+    GsiFlag,
+    MyProxyConversation,
+    Role,
+    ServerReady,
+)
+from .renewal import ChallengeError, make_challenges, parse_challenge_reply
 
 log = logging.getLogger("proxyd.myproxy")
 access_log = logging.getLogger("proxyd.access")
-T = TypeVar("T")
+E = TypeVar("E", bound=Event)
 
 SESSION_TIMEOUT = 60.0  # a whole GET takes milliseconds; slowloris gets nothing
 HANDSHAKE_TIMEOUT = 15.0  # the TLS handshake, from accept
@@ -91,7 +102,7 @@ class Session:
         self.repo = server.repo
         self.reader = reader
         self.writer = writer
-        self.buffer = b""
+        self.conversation = MyProxyConversation(Role.SERVER)
         self.command: str | None = None
         self.actor: str | None = None
         self.outcome = "closed"
@@ -103,13 +114,9 @@ class Session:
         ssl_object = self.writer.get_extra_info("ssl_object")
         if ssl_object is not None and ssl_object.version() == "TLSv1.3":
             # The Globus clients wait for application data before they send theirs.
-            await self._send(b"\x00")
-        flag = await self._read_exact(1)
-        if flag != p.GSI_NO_DELEGATION:
-            self.buffer = flag + self.buffer  # tolerate clients that skip the flag byte
-        raw = await self._read_request()
+            await self._send(ServerReady())
         try:
-            request = p.parse_request(raw)
+            request = await self._receive(p.Request)
         except p.ProtocolError as exc:
             self.outcome = "bad_request"
             await self._refuse(str(exc))
@@ -146,59 +153,51 @@ class Session:
     async def _refuse(self, *messages: str) -> None:
         """An error answer: the server's paths replaced (authfail.Redactor), and in each line
         every control or format character escaped (proxyd.names.escape)."""
-        await self._send(
-            p.error(
-                *(
-                    "\n".join(names.escape(line) for line in self.server.redact(m).split("\n"))
-                    for m in messages
-                )
+        await self._send_error(
+            *(
+                "\n".join(names.escape(line) for line in self.server.redact(m).split("\n"))
+                for m in messages
             )
         )
 
-    async def _send(self, data: bytes) -> None:
-        self.writer.write(data)
+    async def _send_error(self, *messages: str) -> None:
+        if self.conversation.finished:
+            # The answer is out; a later failure is only logged (by handle()).
+            return
+        await self._send(p.error_response(*messages))
+
+    async def _send(self, event: Event) -> None:
+        self.writer.write(self.conversation.send(event))
         await self.writer.drain()
 
+    async def _receive(self, kind: type[E]) -> E:
+        """The client's next message, which the conversation's state makes a `kind` (or, before
+        the request, the GSI flag byte, which carries nothing for us)."""
+        while True:
+            event = self.conversation.next_event()
+            if event is NEED_DATA:
+                await self._fill()
+            elif isinstance(event, kind):
+                return event
+            elif not isinstance(event, GsiFlag):
+                raise p.ProtocolError(f"unexpected {type(event).__name__}")
+
     async def _fill(self) -> None:
+        if self.conversation.incomplete_text:
+            try:
+                chunk = await asyncio.wait_for(self._read(), IDLE_REQUEST_GAP)
+            except TimeoutError:
+                self.conversation.peer_paused()
+                return
+        else:
+            chunk = await self._read()
+        self.conversation.receive_data(chunk)
+
+    async def _read(self) -> bytes:
         chunk = await self.reader.read(65536)
         if not chunk:
             raise ClientGone("connection closed by the client")
-        self.buffer += chunk
-
-    async def _read_exact(self, n: int) -> bytes:
-        while len(self.buffer) < n:
-            await self._fill()
-        data, self.buffer = self.buffer[:n], self.buffer[n:]
-        return data
-
-    async def _read_request(self) -> bytes:
-        while True:
-            end = self.buffer.find(b"\0")
-            if end >= 0:
-                data, self.buffer = self.buffer[: end + 1], self.buffer[end + 1 :]
-                return data
-            if len(self.buffer) > p.MAX_REQUEST_BYTES:
-                raise p.ProtocolError(f"request larger than {p.MAX_REQUEST_BYTES} bytes")
-            if self.buffer:
-                try:
-                    await asyncio.wait_for(self._fill(), IDLE_REQUEST_GAP)
-                except TimeoutError:
-                    data, self.buffer = self.buffer, b""
-                    return data
-            else:
-                await self._fill()
-
-    async def _read_framed(self, complete: Callable[[bytes], int | None]) -> bytes:
-        while True:
-            size = complete(self.buffer)
-            if size is not None:
-                data, self.buffer = self.buffer[:size], self.buffer[size:]
-                return data
-            await self._fill()
-
-    async def _blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+        return chunk
 
     # --- identity ---------------------------------------------------------------------
 
@@ -224,7 +223,7 @@ class Session:
             reason=str(exc),
             where=f"myproxy {self.command}",
         )
-        await self._blocking(self.server.auth_failures.record, failure)
+        await asyncio.to_thread(self.server.auth_failures.record, failure)
         self.server.auth_failures.schedule_flush(asyncio.get_running_loop())
         return failure.rule
 
@@ -236,11 +235,15 @@ class Session:
         name = request.cred_name or DEFAULT_NAME
         proof: ValidationResult | None = None
         passphrase = request.passphrase or None
+        challenge = False
         # Only a possible renewer needs the credential looked up first; a trusted retriever
         # (the hot path) goes straight to authorize_retrieval, one thread hop fewer.
-        if self._may_need_challenge(principal) and await self._blocking(
-            self._needs_challenge, principal, request.username, name
-        ):
+        if may_need_renewal_challenge(principal, self.repo.config.policy):
+            sealed = await asyncio.to_thread(self.repo.has_passphrase, request.username, name)
+            challenge = needs_renewal_challenge(
+                principal, self.repo.config.policy, credential_has_passphrase=sealed
+            )
+        if challenge:
             try:
                 proof = await self._renewal_proof()
             except (p.ProtocolError, ClientGone) as exc:
@@ -249,7 +252,7 @@ class Session:
                     if isinstance(exc, ClientGone)
                     else "renew.challenge_failed"
                 )
-                await self._blocking(
+                await asyncio.to_thread(
                     self.repo.record_failure,
                     principal,
                     Operation.RENEW,
@@ -260,64 +263,48 @@ class Session:
                 )
                 raise
             passphrase = None
-        elif passphrase is None and principal.is_anonymous:
-            raise p.ProtocolError("no passphrase\nauthentication failed")
-        retrieval = await self._blocking(
-            self.repo.authorize_retrieval,
-            principal,
-            request.username,
-            name=name,
-            passphrase=passphrase,
-            lifetime=lifetime,
-            voms=voms,
-            renewal_proof=proof,
-        )
+        try:
+            retrieval = await asyncio.to_thread(
+                self.repo.authorize_retrieval,
+                principal,
+                request.username,
+                name=name,
+                passphrase=passphrase,
+                lifetime=lifetime,
+                voms=voms,
+                renewal_proof=proof,
+            )
+        except RepositoryError as exc:
+            if exc.rule == "anonymous.denied" and passphrase is None:
+                # Decided and audited by policy; said the way myproxy-server says it.
+                raise p.ProtocolError("no passphrase\nauthentication failed") from None
+            raise
         try:
             # Trust roots travel in the first OK, before the certificate request.
-            await self._send(p.ok(self.server.trustroot_fields() if request.trusted_certs else ()))
-            csr = p.parse_csr(await self._read_framed(p.der_length))
-            issued = await self._blocking(self.repo.complete_retrieval, retrieval, csr)
+            await self._send(
+                p.ok_response(self.server.trustroot_fields() if request.trusted_certs else ())
+            )
+            csr = (await self._receive(CertificateRequest)).csr
+            issued = await asyncio.to_thread(self.repo.complete_retrieval, retrieval, csr)
         except (ClientGone, p.ProtocolError, ConnectionError) as exc:
-            await self._blocking(self.repo.abandon_retrieval, retrieval, str(exc))
+            await asyncio.to_thread(self.repo.abandon_retrieval, retrieval, str(exc))
             raise
-        await self._send(p.encode_certificates(issued.certificates))
+        await self._send(Chain(tuple(issued.certificates)))
         # The real clients close after the chain; the last OK is for everyone else.
-        await self._send(p.ok())
-
-    def _may_need_challenge(self, principal: Principal) -> bool:
-        """The part of `_needs_challenge` that needs no database: is the peer a possible renewer?
-
-        Pilots are never challenged: they may not renew (I2), and the
-        repository refuses them with the pilot rule, which the client shows.
-        """
-        if (
-            principal.is_anonymous
-            or principal.kind is PrincipalKind.PILOT
-            or self.server.is_trusted(principal)
-        ):
-            return False
-        return any_dn_matches(self.repo.config.policy.authorized_renewers, principal.identity)
-
-    def _needs_challenge(self, principal: Principal, username: str, name: str) -> bool:
-        """myproxy-server's rule: an unencrypted credential, a non-trusted peer allowed to renew."""
-        if not self._may_need_challenge(principal):
-            return False
-        return self.repo.has_passphrase(username, name) is False
+        await self._send(p.ok_response())
 
     async def _renewal_proof(self) -> ValidationResult:
         """Challenge the client to sign with the credential it wants renewed."""
         challenges = make_challenges()
         await self._send(
-            p.encode_response(
-                p.Response(
-                    p.ResponseType.AUTHORIZATION,
-                    authorization=tuple((c.method, c.hex) for c in challenges),
-                )
+            p.Response(
+                p.ResponseType.AUTHORIZATION,
+                authorization=tuple((c.method, c.hex) for c in challenges),
             )
         )
-        reply = await self._read_framed(reply_length)
+        reply = await self._receive(ChallengeReply)
         try:
-            chain = parse_challenge_reply(reply, challenges)
+            chain = parse_challenge_reply(reply.data, challenges)
         except ChallengeError as exc:
             raise p.ProtocolError(f"{exc}\nauthentication failed") from None
         try:
@@ -330,20 +317,19 @@ class Session:
 
     async def put(self, request: p.Request, principal: Principal) -> None:
         options = self._store_options(request)
-        pending = await self._blocking(self.repo.begin_store, principal, options)
-        await self._send(p.ok())
-        await self._send(pending.csr.public_bytes(Encoding.DER))
-        chain = p.parse_certificates(await self._read_framed(p.chain_length))
-        await self._blocking(self.repo.finish_store, pending, chain)
-        await self._send(p.ok())
+        pending = await asyncio.to_thread(self.repo.begin_store, principal, options)
+        await self._send(p.ok_response())
+        await self._send(CertificateRequest(pending.csr))
+        chain = list((await self._receive(Chain)).certificates)
+        await asyncio.to_thread(self.repo.finish_store, pending, chain)
+        await self._send(p.ok_response())
 
     async def store(self, request: p.Request, principal: Principal) -> None:
         options = self._store_options(request)
-        await self._send(p.ok())
-        raw = await self._read_request()
-        pem = raw.rstrip(b"\0")
-        await self._blocking(self.repo.store_pem, principal, options, pem)
-        await self._send(p.ok())
+        await self._send(p.ok_response())
+        pem = (await self._receive(CredentialPem)).data
+        await asyncio.to_thread(self.repo.store_pem, principal, options, pem)
+        await self._send(p.ok_response())
 
     def _store_options(self, request: p.Request) -> StoreOptions:
         if not request.username:
@@ -361,7 +347,7 @@ class Session:
         )
 
     async def info(self, request: p.Request, principal: Principal) -> None:
-        creds = await self._blocking(self.repo.info, principal, request.username)
+        creds = await asyncio.to_thread(self.repo.info, principal, request.username)
         wanted = request.cred_name
         if wanted:
             creds = [c for c in creds if c.name == wanted]
@@ -370,16 +356,16 @@ class Session:
                     f"No credentials exist for username {names.shown(request.username, 100)} "
                     f"named {names.shown(wanted, 100)}."
                 )
-        await self._send(p.ok(_info_fields(creds)))
+        await self._send(p.ok_response(_info_fields(creds)))
 
     async def destroy(self, request: p.Request, principal: Principal) -> None:
-        await self._blocking(
+        await asyncio.to_thread(
             self.repo.destroy, principal, request.username, request.cred_name or DEFAULT_NAME
         )
-        await self._send(p.ok())
+        await self._send(p.ok_response())
 
     async def change_passphrase(self, request: p.Request, principal: Principal) -> None:
-        await self._blocking(
+        await asyncio.to_thread(
             self.repo.change_passphrase,
             principal,
             request.username,
@@ -387,23 +373,23 @@ class Session:
             request.passphrase,
             request.new_phrase or "",
         )
-        await self._send(p.ok())
+        await self._send(p.ok_response())
 
     async def retrieve_key(self, request: p.Request, principal: Principal) -> None:
         """MyProxy RETRIEVE: the stored credential itself (nobody is authorized by default)."""
-        pem = await self._blocking(
+        pem = await asyncio.to_thread(
             self.repo.retrieve_key,
             principal,
             request.username,
             request.cred_name or DEFAULT_NAME,
             request.passphrase or None,
         )
-        await self._send(p.ok())
-        await self._send(pem + b"\0")
-        await self._send(p.ok())
+        await self._send(p.ok_response())
+        await self._send(CredentialPem(pem))
+        await self._send(p.ok_response())
 
     async def get_trustroots(self, request: p.Request, principal: Principal) -> None:
-        await self._send(p.ok(self.server.trustroot_fields()))
+        await self._send(p.ok_response(self.server.trustroot_fields()))
 
 
 _COMMANDS: dict[p.Command, Callable[[Session, p.Request, Principal], Any]] = {
@@ -486,9 +472,6 @@ class MyProxyServer:
         self.auth_failures = for_repository(repo)
         self.redact = Redactor.for_config(repo.config)
 
-    def is_trusted(self, principal: Principal) -> bool:
-        return any_dn_matches(self.config.policy.trusted_retrievers, principal.identity)
-
     def trustroot_fields(self) -> list[tuple[str, str]]:
         """TRUSTED_CERTS=<files> and FILEDATA_<file>=<base64>, for `myproxy-logon -T`."""
         if self._trustroots is None:
@@ -524,7 +507,7 @@ class MyProxyServer:
         except Exception:
             log.exception("internal error in a MyProxy session from %s", session.address)
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await session._send(p.error("internal server error; the event is logged"))
+                await session._send_error("internal server error; the event is logged")
         finally:
             elapsed = time.perf_counter() - started
             REQUEST_SECONDS.labels("myproxy", session.command or "none").observe(elapsed)

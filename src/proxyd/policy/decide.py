@@ -364,14 +364,11 @@ def _payload_proxy(
     if principal.kind is not PrincipalKind.PILOT:
         return _deny("payload.not_pilot", "payload proxies are handed only to pilots")
     a = request.assignment
+    if a is None or a.pilot != principal.identity:
+        return _deny("payload.not_assigned", "this task is not assigned to the requesting pilot")
     if credential is None:
         return _deny("credential.not_found", "the task's credential does not exist")
-    if (
-        a is None
-        or a.pilot != principal.identity
-        or a.owner != credential.owner
-        or a.credential_name != credential.name
-    ):
+    if a.owner != credential.owner or a.credential_name != credential.name:
         return _deny("payload.not_assigned", "this task is not assigned to the requesting pilot")
     if not a.instance_ok:
         return _wrong_instance(a)
@@ -408,6 +405,12 @@ def _task_submit(
         return _deny("task.not_owner", "tasks are submitted by users (or services) for themselves")
     if request.owner != principal.identity:
         return _deny("task.not_owner", "a task can only be submitted by its owner")
+    if credential is None or credential.owner != principal.identity:
+        return _deny(
+            "task.credential_missing",
+            f'no credential "{request.name}" of yours is stored under username '
+            f'"{request.username}"; delegate one first (proxy-init --store)',
+        )
     if request.fqans and not all(f in request.held_fqans for f in request.fqans):
         missing = [f for f in request.fqans if f not in request.held_fqans]
         return _deny("voms.fqan_not_held", f"the owner does not hold: {', '.join(missing)}")
@@ -498,6 +501,20 @@ def _admin(
     return _listed_admins(request, principal, credential, config)
 
 
+def _audit_read(
+    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
+) -> Decision:
+    # The operator on the server reads the log its own database holds (proxyd-audit --config).
+    if principal.kind is PrincipalKind.OPERATOR:
+        return Decision(
+            True, "admin.local_operator", "the local operator of the server", limited=False
+        )
+    return _auditors(request, principal, credential, config)
+
+
+_auditors = _listed("auditors")
+
+
 _HANDLERS = {
     Operation.STORE: _store,
     Operation.RETRIEVE: _retrieve,
@@ -508,7 +525,7 @@ _HANDLERS = {
     Operation.RETRIEVE_KEY: _retrieve_key,
     Operation.ISSUE_AC: _issue_ac,
     Operation.PAYLOAD_PROXY: _payload_proxy,
-    Operation.AUDIT_READ: _listed("auditors"),
+    Operation.AUDIT_READ: _audit_read,
     Operation.METRICS_READ: _metrics_read,
     Operation.ADMIN: _admin,
     Operation.TASK_SUBMIT: _task_submit,

@@ -85,17 +85,36 @@ class TaskQueue(Protocol):
     report for a task that is not matched to that DN raises NotAssigned,
     an event that the task's state does not allow raises TaskStateError,
     an unknown task id raises UnknownTask.
+
+    **Audit (I6).** Every change and its audit events are durable together
+    or not at all: a change whose events cannot be appended raises
+    AuditWriteError and has no effect (a backend appends them in the
+    change's transaction, or before it commits the change).
+
+    **Decided events.** Every method that changes the queue takes
+    `decided`: the audit events of the policy decision that led to this
+    call (the edge's allow, say). The queue appends them with the change,
+    in the same transaction, in the given order and before its own events,
+    so the decision and its effect commit together. They are appended
+    whenever the call returns, even when it changed nothing (a match that
+    found no task); `unban_owner` of a DN that was not banned appends
+    nothing and returns False (the caller records its refusal); when the call
+    raises, none of them is.
     """
 
-    def submit(self, spec: TaskSpec) -> Task:
+    def submit(self, spec: TaskSpec, *, decided: Sequence[AuditEvent] = ()) -> Task:
         """Queue a task (state waiting)."""
         ...
 
-    def submit_many(self, specs: Sequence[TaskSpec]) -> list[int]:
+    def submit_many(
+        self, specs: Sequence[TaskSpec], *, decided: Sequence[AuditEvent] = ()
+    ) -> list[int]:
         """Queue many tasks at once; their ids, in order."""
         ...
 
-    def match(self, capabilities: PilotCapabilities) -> Task | None:
+    def match(
+        self, capabilities: PilotCapabilities, *, decided: Sequence[AuditEvent] = ()
+    ) -> Task | None:
         """Claim the best eligible task for this pilot (state matched), or None.
 
         Audited as `task.match`. Two pilots never get the same task. Each match
@@ -105,29 +124,57 @@ class TaskQueue(Protocol):
         """
         ...
 
-    def start(self, task_id: int, pilot: str) -> Task:
-        """The pilot started the payload: matched → running."""
+    def start(self, task_id: int, pilot: str, *, decided: Sequence[AuditEvent] = ()) -> Task:
+        """The pilot started the payload: matched → running. Not audited by itself
+        (progress, not a decision): only `decided` is appended."""
         ...
 
-    def heartbeat(self, task_id: int, pilot: str) -> Task:
-        """The pilot is alive and still on the task."""
+    def heartbeat(self, task_id: int, pilot: str, *, decided: Sequence[AuditEvent] = ()) -> Task:
+        """The pilot is alive and still on the task. Not audited by itself, as `start`."""
         ...
 
-    def complete(self, task_id: int, pilot: str, accounting: Accounting) -> Task:
+    def complete(
+        self,
+        task_id: int,
+        pilot: str,
+        accounting: Accounting,
+        *,
+        decided: Sequence[AuditEvent] = (),
+    ) -> Task:
         """The payload ended well: running → done. Audited as `task.complete`."""
         ...
 
     def fail(
-        self, task_id: int, pilot: str, reason: str, accounting: Accounting | None = None
+        self,
+        task_id: int,
+        pilot: str,
+        reason: str,
+        accounting: Accounting | None = None,
+        *,
+        decided: Sequence[AuditEvent] = (),
     ) -> Task:
         """The payload or the pilot failed: → failed. Audited as `task.fail`."""
         ...
 
-    def reschedule(self, task_id: int, *, by: str = SYSTEM_ACTOR, reason: str = "") -> Task:
+    def reschedule(
+        self,
+        task_id: int,
+        *,
+        by: str = SYSTEM_ACTOR,
+        reason: str = "",
+        decided: Sequence[AuditEvent] = (),
+    ) -> Task:
         """Queue the task again (state rescheduled); its pilot loses it. Audited."""
         ...
 
-    def cancel(self, task_id: int, *, by: str = SYSTEM_ACTOR, reason: str = "") -> Task:
+    def cancel(
+        self,
+        task_id: int,
+        *,
+        by: str = SYSTEM_ACTOR,
+        reason: str = "",
+        decided: Sequence[AuditEvent] = (),
+    ) -> Task:
         """Withdraw the task (state cancelled); its pilot loses it. Audited."""
         ...
 
@@ -142,7 +189,15 @@ class TaskQueue(Protocol):
         asking pilot presented) is this attempt's assignment secret (`model.assignment_of`)."""
         ...
 
-    def set_site_mask(self, site: str, masked: bool, by: str, reason: str = "") -> None:
+    def set_site_mask(
+        self,
+        site: str,
+        masked: bool,
+        by: str,
+        reason: str = "",
+        *,
+        decided: Sequence[AuditEvent] = (),
+    ) -> None:
         """Mask (no work at all) or unmask a site, effective at the next match. Audited.
 
         Site names are compared as `model.normalise_site` spells them (a bad name raises
@@ -151,15 +206,19 @@ class TaskQueue(Protocol):
 
     def masked_sites(self) -> frozenset[str]: ...
 
-    def ban_owner(self, dn: str, by: str, reason: str = "") -> None:
+    def ban_owner(
+        self, dn: str, by: str, reason: str = "", *, decided: Sequence[AuditEvent] = ()
+    ) -> None:
         """Ban an owner DN pattern: its tasks never match, its credentials are refused. Audited."""
         ...
 
-    def unban_owner(self, dn: str, by: str) -> bool:
-        """Lift a ban; whether there was one. Audited."""
+    def unban_owner(self, dn: str, by: str, *, decided: Sequence[AuditEvent] = ()) -> bool:
+        """Lift a ban; whether there was one. Audited (also when there was none)."""
         ...
 
-    def mark_stalled(self, heartbeat_timeout: dt.timedelta) -> list[int]:
+    def mark_stalled(
+        self, heartbeat_timeout: dt.timedelta, *, decided: Sequence[AuditEvent] = ()
+    ) -> list[int]:
         """Matched or running tasks silent for longer than the timeout → stalled. Audited."""
         ...
 

@@ -1,10 +1,12 @@
 """The task queue's values: what a task asks for, what a pilot offers, and the task life cycle.
 
 Everything here is a frozen dataclass or an enum, validated when it is
-built, so a backend only stores and finds them. The life cycle is one
-explicit table (`TRANSITIONS`); `next_state` is the only way through it,
-and an illegal step raises `TaskStateError` naming the state and the
-event, as h11 does for its protocol states.
+built (by `validation`, whose bounds and checks this module re-exports),
+so a backend only stores and finds them. The life cycle is one explicit
+table (`TRANSITIONS`); `next_state` is the only way through it, and an
+illegal step raises `TaskStateError` naming the state and the event, as
+h11 does for its protocol states. The errors live in `errors`, and are
+re-exported here too.
 """
 
 from __future__ import annotations
@@ -13,28 +15,55 @@ import datetime as dt
 import enum
 import hashlib
 import hmac
-import re
 import secrets
-import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from voms_ext import Fqan, FqanError, parse_fqan
-
 from ..policy import Assignment
+from .errors import InvalidTask, NotAssigned, TaskQueueError, UnknownTask
+from .validation import (
+    ARG_LEN,
+    DN_LEN,
+    EXIT_CODE_RANGE,
+    LIST_MAX,
+    LOG_TAIL_MAX,
+    MAX_CPU_S,
+    MAX_MEMORY_MB,
+    MAX_PRIORITY,
+    MAX_RSS_KB,
+    MAX_WALL_S,
+    MIN_PRIORITY,
+    NAME_LEN,
+    REASON_MAX,
+    SITE_NAME_LEN,
+    VO_NAME,
+    checked_count,
+    checked_fqan,
+    checked_name,
+    checked_names,
+    checked_sites,
+    free_text,
+    invalid,
+    normalise_site,
+    storable,
+    text_field,
+)
 
 __all__ = [
     "ACTIVE",
+    "EXIT_CODE_RANGE",
     "FINAL",
     "LIST_MAX",
     "LOG_TAIL_MAX",
     "MAX_CPU_S",
     "MAX_MEMORY_MB",
     "MAX_PRIORITY",
+    "MAX_RSS_KB",
     "MAX_WALL_S",
     "MIN_PRIORITY",
     "QUEUED",
     "REASON_MAX",
+    "SITE_NAME_LEN",
     "SYSTEM_ACTOR",
     "TRANSITIONS",
     "Accounting",
@@ -62,53 +91,7 @@ __all__ = [
     "text_field",
 ]
 
-MIN_PRIORITY = -1_000_000
-MAX_PRIORITY = 1_000_000
-# Bounds of every number a task or a pilot report carries: far beyond any real job, far
-# within the database's integers (a 32-bit INTEGER holds 68 years of seconds).
-MAX_WALL_S = 365 * 86400  # the ceiling; [taskqueue] max_wall_time (default 30 days) is lower
-MAX_CPU_S = 10 * 365 * 86400  # CPU seconds: a year on ten cores
-MAX_MEMORY_MB = 64 * 1024 * 1024  # 64 TiB
-MAX_RSS_KB = MAX_MEMORY_MB * 1024
-EXIT_CODE_RANGE = (-(2**31), 2**31 - 1)
-LIST_MAX = 256  # sites, tags, FQANs, arguments, input files
-LOG_TAIL_MAX = 16 * 1024  # characters of payload output a pilot reports
-REASON_MAX = 2000  # characters of a failure reason
-SITE_NAME_LEN = 255
 SYSTEM_ACTOR = "<proxyd>"  # the actor of what proxyd does by itself (the stalled sweep)
-_VO = re.compile(r"[A-Za-z0-9_.\-]+")
-_NAME_LEN = 255
-_DN_LEN = 1024
-_ARG_LEN = 4096
-# Control, format (bidirectional overrides, zero-width), surrogate and line/paragraph
-# separator characters: never part of a name a person reads in a log or a table.
-_NOT_IN_NAMES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-
-
-class TaskQueueError(Exception):
-    """A task queue operation that did not happen; the message says why."""
-
-
-class InvalidTask(TaskQueueError, ValueError):
-    """A task specification or pilot description with a bad field (named in the message)."""
-
-
-class UnknownTask(TaskQueueError, LookupError):
-    """No task has this id."""
-
-    def __init__(self, task_id: int) -> None:
-        super().__init__(f"there is no task {task_id}")
-        self.task_id = task_id
-
-
-class NotAssigned(TaskQueueError):
-    """A pilot reported on a task that the queue has not matched to it."""
-
-    def __init__(self, task_id: int, pilot: str, holder: str | None) -> None:
-        held = f'it is assigned to "{holder}"' if holder else "it is not assigned to any pilot"
-        super().__init__(f'task {task_id} is not assigned to "{pilot}": {held}')
-        self.task_id = task_id
-        self.pilot = pilot
 
 
 class TaskState(enum.StrEnum):
@@ -193,92 +176,6 @@ def next_state(state: TaskState, event: TaskEvent, task_id: int | None = None) -
         raise TaskStateError(state, event, task_id) from None
 
 
-def _bad(where: str, message: str) -> InvalidTask:
-    return InvalidTask(f"{where}: {message}")
-
-
-def _storable(where: str, value: str) -> str:
-    """A string every database stores: no NUL (PostgreSQL refuses it), no lone surrogate
-    (not UTF-8)."""
-    if "\x00" in value:
-        raise _bad(where, "must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise _bad(where, "must be valid Unicode text (it has a lone surrogate)") from None
-    return value
-
-
-def _name(where: str, value: object, *, length: int = _NAME_LEN, plain: bool = False) -> str:
-    """A non-empty string of at most `length` characters; `plain`: no control characters."""
-    if not isinstance(value, str) or not value or len(value) > length:
-        raise _bad(where, f"must be a non-empty string of at most {length} characters")
-    _storable(where, value)
-    if plain and any(unicodedata.category(c) in _NOT_IN_NAMES for c in value):
-        raise _bad(where, f"{value!r} contains control or formatting characters")
-    return value
-
-
-def text_field(where: str, value: object, *, length: int = _NAME_LEN, plain: bool = False) -> str:
-    """A name given to the queue (e.g. an owner DN pattern to ban): non-empty, at most `length`
-    characters, storable in every database; `plain`: no control characters. InvalidTask
-    names `where` otherwise."""
-    return _name(where, value, length=length, plain=plain)
-
-
-def _listed(where: str, values: object) -> list[object]:
-    if isinstance(values, str) or not isinstance(values, Iterable):
-        raise _bad(where, "must be a collection of names, not one string")
-    items = list(values)
-    if len(items) > LIST_MAX:
-        raise _bad(where, f"must have at most {LIST_MAX} entries, not {len(items)}")
-    return items
-
-
-def _names(where: str, values: Iterable[str]) -> frozenset[str]:
-    return frozenset(_name(where, v, plain=True) for v in _listed(where, values))
-
-
-def _sites(where: str, values: Iterable[str]) -> frozenset[str]:
-    return frozenset(normalise_site(v, where) for v in _listed(where, values))
-
-
-def normalise_site(name: object, where: str = "site") -> str:
-    """The one spelling of a site name that masks, matching, requirements and accounting use.
-
-    Unicode compatibility forms folded (NFKC), case folded, surrounding white space
-    stripped: `SITE-A`, ` site-a ` and `Ｓｉｔｅ-A` are the same site. Empty names, names
-    longer than 255 characters and names with control or formatting characters (newlines,
-    bidirectional overrides, zero-width characters) raise InvalidTask naming `where`.
-    """
-    if not isinstance(name, str):
-        raise _bad(where, f"a site name must be a string, not {type(name).__name__}")
-    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
-    folded = folded.strip()
-    if any(unicodedata.category(c) in _NOT_IN_NAMES for c in folded):
-        raise _bad(where, f"the site name {name!r} contains control or formatting characters")
-    if not folded:
-        raise _bad(where, "a site name must not be empty")
-    if len(folded) > SITE_NAME_LEN:
-        raise _bad(where, f"a site name must be at most {SITE_NAME_LEN} characters")
-    return folded
-
-
-def free_text(value: str, length: int) -> str:
-    """Free text a database can store (NUL and lone surrogates replaced), at most `length`
-    characters from its end."""
-    text = value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
-    return text[-length:]
-
-
-def _count(where: str, value: object, *, positive: bool = False, maximum: int | None = None) -> int:
-    low = 1 if positive else 0
-    if type(value) is not int or value < low or (maximum is not None and value > maximum):
-        bound = f">= {low}" if maximum is None else f"from {low} to {maximum}"
-        raise _bad(where, f"must be an int {bound}, not {value!r}")
-    return value
-
-
 # --- the assignment secret: which pilot instance holds a task ------------------------------------
 
 
@@ -313,16 +210,16 @@ class Requirements:
 
     def __post_init__(self) -> None:
         object.__setattr__(
-            self, "sites_allowed", _sites("Requirements.sites_allowed", self.sites_allowed)
+            self, "sites_allowed", checked_sites("Requirements.sites_allowed", self.sites_allowed)
         )
         object.__setattr__(
-            self, "sites_banned", _sites("Requirements.sites_banned", self.sites_banned)
+            self, "sites_banned", checked_sites("Requirements.sites_banned", self.sites_banned)
         )
-        object.__setattr__(self, "tags", _names("Requirements.tags", self.tags))
+        object.__setattr__(self, "tags", checked_names("Requirements.tags", self.tags))
         if self.platform is not None:
-            _name("Requirements.platform", self.platform, length=64, plain=True)
-        _count("Requirements.cpu_time", self.cpu_time, maximum=MAX_CPU_S)
-        _count("Requirements.memory_mb", self.memory_mb, maximum=MAX_MEMORY_MB)
+            checked_name("Requirements.platform", self.platform, length=64, plain=True)
+        checked_count("Requirements.cpu_time", self.cpu_time, maximum=MAX_CPU_S)
+        checked_count("Requirements.memory_mb", self.memory_mb, maximum=MAX_MEMORY_MB)
 
     def unmet(self, pilot: PilotCapabilities) -> str | None:
         """The first requirement `pilot` does not meet, as a sentence; None if it meets them all."""
@@ -351,19 +248,19 @@ class Payload:
     input_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        _name("Payload.command", self.command, length=_ARG_LEN)
+        checked_name("Payload.command", self.command, length=ARG_LEN)
         for where, values in (
             ("Payload.args", self.args),
             ("Payload.input_files", self.input_files),
         ):
             if isinstance(values, str) or not all(isinstance(v, str) for v in values):
-                raise _bad(where, "must be a sequence of strings")
+                raise invalid(where, "must be a sequence of strings")
             if len(values) > LIST_MAX:
-                raise _bad(where, f"must have at most {LIST_MAX} entries, not {len(values)}")
+                raise invalid(where, f"must have at most {LIST_MAX} entries, not {len(values)}")
             for v in values:
-                if len(v) > _ARG_LEN:
-                    raise _bad(where, f"an entry must be at most {_ARG_LEN} characters")
-                _storable(where, v)
+                if len(v) > ARG_LEN:
+                    raise invalid(where, f"an entry must be at most {ARG_LEN} characters")
+                storable(where, v)
         object.__setattr__(self, "args", tuple(self.args))
         object.__setattr__(self, "input_files", tuple(self.input_files))
 
@@ -392,48 +289,38 @@ class TaskSpec:
     max_cpu_s: int = 12 * 3600
 
     def __post_init__(self) -> None:
-        _name("TaskSpec.owner", self.owner, length=_DN_LEN)
-        if not isinstance(self.vo, str) or not _VO.fullmatch(self.vo):
-            raise _bad("TaskSpec.vo", f"{self.vo!r} is not a VO name")
-        group = _fqan("TaskSpec.group", self.group, self.vo)
+        checked_name("TaskSpec.owner", self.owner, length=DN_LEN)
+        if not isinstance(self.vo, str) or not VO_NAME.fullmatch(self.vo):
+            raise invalid("TaskSpec.vo", f"{self.vo!r} is not a VO name")
+        group = checked_fqan("TaskSpec.group", self.group, self.vo)
         if group.role is not None or group.capability is not None:
-            raise _bad("TaskSpec.group", f"{self.group!r} is a group, it has no Role or Capability")
+            raise invalid(
+                "TaskSpec.group", f"{self.group!r} is a group, it has no Role or Capability"
+            )
         object.__setattr__(self, "group", str(group))
         if isinstance(self.fqans, str):
-            raise _bad("TaskSpec.fqans", "must be a sequence of FQANs, not one string")
+            raise invalid("TaskSpec.fqans", "must be a sequence of FQANs, not one string")
         if len(self.fqans) > LIST_MAX:
-            raise _bad("TaskSpec.fqans", f"must have at most {LIST_MAX} entries")
+            raise invalid("TaskSpec.fqans", f"must have at most {LIST_MAX} entries")
         fqans: list[str] = []
         for text in self.fqans:
-            fqan = str(_fqan("TaskSpec.fqans", text, self.vo))
+            fqan = str(checked_fqan("TaskSpec.fqans", text, self.vo))
             if fqan not in fqans:
                 fqans.append(fqan)
         object.__setattr__(self, "fqans", tuple(fqans) or (str(group),))
-        _name("TaskSpec.credential_username", self.credential_username)
-        _name("TaskSpec.credential_name", self.credential_name)
+        checked_name("TaskSpec.credential_username", self.credential_username)
+        checked_name("TaskSpec.credential_name", self.credential_name)
         if not isinstance(self.payload, Payload):
-            raise _bad("TaskSpec.payload", "must be a Payload")
+            raise invalid("TaskSpec.payload", "must be a Payload")
         if not isinstance(self.requirements, Requirements):
-            raise _bad("TaskSpec.requirements", "must be a Requirements")
+            raise invalid("TaskSpec.requirements", "must be a Requirements")
         if type(self.priority) is not int or not MIN_PRIORITY <= self.priority <= MAX_PRIORITY:
-            raise _bad(
+            raise invalid(
                 "TaskSpec.priority",
                 f"must be an int from {MIN_PRIORITY} to {MAX_PRIORITY}, not {self.priority!r}",
             )
-        _count("TaskSpec.max_wall_s", self.max_wall_s, positive=True, maximum=MAX_WALL_S)
-        _count("TaskSpec.max_cpu_s", self.max_cpu_s, positive=True, maximum=MAX_CPU_S)
-
-
-def _fqan(where: str, text: object, vo: str) -> Fqan:
-    if isinstance(text, str):
-        _name(where, text, length=_NAME_LEN, plain=True)
-    try:
-        fqan = parse_fqan(text)  # type: ignore[arg-type]
-    except FqanError as exc:
-        raise _bad(where, str(exc)) from None
-    if fqan.vo != vo:
-        raise _bad(where, f"{text!r} is not in VO {vo!r}")
-    return fqan
+        checked_count("TaskSpec.max_wall_s", self.max_wall_s, positive=True, maximum=MAX_WALL_S)
+        checked_count("TaskSpec.max_cpu_s", self.max_cpu_s, positive=True, maximum=MAX_CPU_S)
 
 
 @dataclass(frozen=True)
@@ -451,20 +338,20 @@ class PilotCapabilities:
     memory_mb: int = 0
 
     def __post_init__(self) -> None:
-        _name("PilotCapabilities.pilot_dn", self.pilot_dn, length=_DN_LEN)
-        _name("PilotCapabilities.pilot_id", self.pilot_id, plain=True)
+        checked_name("PilotCapabilities.pilot_dn", self.pilot_dn, length=DN_LEN)
+        checked_name("PilotCapabilities.pilot_id", self.pilot_id, plain=True)
         object.__setattr__(self, "site", normalise_site(self.site, "PilotCapabilities.site"))
-        if not isinstance(self.ce, str) or len(self.ce) > _NAME_LEN:
-            raise _bad("PilotCapabilities.ce", "must be a string of at most 255 characters")
+        if not isinstance(self.ce, str) or len(self.ce) > NAME_LEN:
+            raise invalid("PilotCapabilities.ce", "must be a string of at most 255 characters")
         if self.ce:
-            _name("PilotCapabilities.ce", self.ce, plain=True)
+            checked_name("PilotCapabilities.ce", self.ce, plain=True)
         if not isinstance(self.platform, str) or len(self.platform) > 64:
-            raise _bad("PilotCapabilities.platform", "must be a string of at most 64 characters")
+            raise invalid("PilotCapabilities.platform", "must be a string of at most 64 characters")
         if self.platform:
-            _name("PilotCapabilities.platform", self.platform, length=64, plain=True)
-        object.__setattr__(self, "tags", _names("PilotCapabilities.tags", self.tags))
-        _count("PilotCapabilities.cpu_time_left", self.cpu_time_left, maximum=MAX_CPU_S)
-        _count("PilotCapabilities.memory_mb", self.memory_mb, maximum=MAX_MEMORY_MB)
+            checked_name("PilotCapabilities.platform", self.platform, length=64, plain=True)
+        object.__setattr__(self, "tags", checked_names("PilotCapabilities.tags", self.tags))
+        checked_count("PilotCapabilities.cpu_time_left", self.cpu_time_left, maximum=MAX_CPU_S)
+        checked_count("PilotCapabilities.memory_mb", self.memory_mb, maximum=MAX_MEMORY_MB)
 
 
 @dataclass(frozen=True)
@@ -479,9 +366,9 @@ class Accounting:
 
     def __post_init__(self) -> None:
         if not isinstance(self.log_tail, str):
-            raise _bad("Accounting.log_tail", "must be a string")
+            raise invalid("Accounting.log_tail", "must be a string")
         if len(self.log_tail) > LOG_TAIL_MAX:
-            raise _bad("Accounting.log_tail", f"must be at most {LOG_TAIL_MAX} characters")
+            raise invalid("Accounting.log_tail", f"must be at most {LOG_TAIL_MAX} characters")
         object.__setattr__(self, "log_tail", free_text(self.log_tail, LOG_TAIL_MAX))
         for name, maximum in (("cpu_s", MAX_CPU_S), ("wall_s", MAX_WALL_S)):
             value = getattr(self, name)
@@ -490,14 +377,14 @@ class Accounting:
                 or not isinstance(value, int | float)
                 or not 0 <= value <= maximum  # NaN and infinities fail too
             ):
-                raise _bad(f"Accounting.{name}", f"must be a number from 0 to {maximum}")
+                raise invalid(f"Accounting.{name}", f"must be a number from 0 to {maximum}")
             object.__setattr__(self, name, float(value))
-        _count("Accounting.max_rss_kb", self.max_rss_kb, maximum=MAX_RSS_KB)
+        checked_count("Accounting.max_rss_kb", self.max_rss_kb, maximum=MAX_RSS_KB)
         low, high = EXIT_CODE_RANGE
         if self.exit_code is not None and (
             type(self.exit_code) is not int or not low <= self.exit_code <= high
         ):
-            raise _bad("Accounting.exit_code", f"must be an int from {low} to {high} or None")
+            raise invalid("Accounting.exit_code", f"must be an int from {low} to {high} or None")
 
 
 @dataclass(frozen=True)
@@ -552,7 +439,7 @@ class TaskFilter:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "states", frozenset(TaskState(s) for s in self.states))
-        _count("TaskFilter.limit", self.limit, positive=True, maximum=10_000)
+        checked_count("TaskFilter.limit", self.limit, positive=True, maximum=10_000)
         if self.site is not None:
             object.__setattr__(self, "site", normalise_site(self.site, "TaskFilter.site"))
         for where, value in (
@@ -562,9 +449,9 @@ class TaskFilter:
             ("TaskFilter.pilot", self.pilot),
         ):
             if value is not None:
-                _name(where, value, length=_DN_LEN)
+                checked_name(where, value, length=DN_LEN)
         if self.after_id is not None:
-            _count("TaskFilter.after_id", self.after_id, maximum=2**63 - 1)
+            checked_count("TaskFilter.after_id", self.after_id, maximum=2**63 - 1)
 
     def matches(self, task: Task) -> bool:
         """The filter as a predicate (for backends that filter in Python)."""
