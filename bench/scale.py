@@ -193,7 +193,9 @@ def _credential_rows(
     binds a sealed key to its username and name, so a copied blob would not open)."""
     for i in range(first, last):
         username = _username(i)
-        sealed = seal(key_pem, passphrase=None, keyring=repo.keyring, aad=credential_aad(username, CRED_NAME))
+        sealed = seal(
+            key_pem, passphrase=None, keyring=repo.keyring, aad=credential_aad(username, CRED_NAME)
+        )
         yield {**template, "username": username, "sealed_key": sealed.to_bytes()}
 
 
