@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from tests.support.grid import (
     spare_key,
     trust_of,
 )
+from tests.taskqueue.support import Clock
 from voms_ext import validate_chain
 from voms_ext.asn1 import OID_POLICY_LIMITED, OID_PROXY_CERT_INFO
 from voms_ext.proxy import decode_proxy_cert_info
@@ -45,6 +45,7 @@ class World:
     repo: Repository
     queue: SqlTaskQueue
     ids: dict[str, Identity]
+    clock: Clock  # the core's and the queue's: tests move time, they do not sleep
     secrets: dict[int, str] = dataclasses.field(default_factory=dict)  # task id -> its secret
 
     @property
@@ -99,9 +100,10 @@ def world(
     engine = make_engine(url)
     migrate(engine)
     keyring = MasterKeyring.load_or_create(config.server.master_key_file)
-    repo = Repository(config, engine, keyring, trust_of(dev_pki))
+    clock = Clock(dt.datetime.now(dt.UTC))
+    repo = Repository(config, engine, keyring, trust_of(dev_pki), clock=clock)
     delegate(repo, ids["alice"], StoreOptions("alice"))  # no passphrase: for trusted use
-    yield World(repo, SqlTaskQueue(engine, audit=repo.audit), ids)
+    yield World(repo, SqlTaskQueue(engine, audit=repo.audit, clock=clock), ids, clock)
     engine.dispose()
 
 
@@ -261,16 +263,15 @@ def test_a_pilot_that_only_heartbeats_gets_no_proxy_past_its_budget(world: World
     bound = matched_at + dt.timedelta(seconds=4) + margin
     pilot, secret = world.who("pilot"), world.secrets[task.id]
     ends = []
-    while dt.datetime.now(dt.UTC) < matched_at + dt.timedelta(seconds=3.5):
+    while world.clock() < matched_at + dt.timedelta(seconds=3.5):
         world.service.heartbeat(pilot, task.id, secret)
         ends.append(world.handoff("pilot", task.id).not_valid_after_utc)
-        time.sleep(0.7)
+        world.clock.advance(0.7)
     assert len(ends) >= 4
     # Certificates count whole seconds, and the lifetime is granted relative to when the
     # request is decided: at most a fraction of a second past the bound, never more.
     assert max(ends) < bound + dt.timedelta(seconds=1), (ends, bound)
-    while dt.datetime.now(dt.UTC) <= matched_at + dt.timedelta(seconds=4):
-        time.sleep(0.1)
+    world.clock.advance((matched_at + dt.timedelta(seconds=4.1) - world.clock()).total_seconds())
     world.service.heartbeat(pilot, task.id, secret)  # heartbeats stretch nothing
     assert world.denied("pilot", task.id) == "payload.assignment_ended"
     assert world.queue.get(task.id).state is TaskState.MATCHED  # type: ignore[union-attr]

@@ -18,6 +18,7 @@ commit it with their change.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -209,6 +210,8 @@ class Gate:
     ) -> Decision:
         """`policy.decide`; a refusal is recorded and raised. The allow is recorded by the
         effect it allows (`act`, `allow`, or the `decided` events of a queue change)."""
+        if self.clock is not system_clock:  # the time policy judges by is the core's
+            request = dataclasses.replace(request, now=self.clock())
         decision = policy.decide(
             request, principal, facts, self._config(), bans if bans is not None else self._bans()
         )
