@@ -206,3 +206,34 @@ def test_through_the_api(
         monkeypatch.setenv("X509_USER_PROXY", str(tmp_path / "alice.pem"))
         assert main(["query"]) == 1
         assert "rule audit_read.auditors" in capsys.readouterr().err
+
+
+def test_a_log_that_cannot_be_appended_to_refuses_reads_but_can_be_verified(
+    populated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each --config read is recorded first (I6); when it cannot be, the read is refused in
+    one line. `verify` is the exception: that log is exactly the one to check."""
+    db = load_config(populated).server.state_dir / "proxyd.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM audit_head")
+    assert main(["--config", str(populated), "query"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not be recorded" in err and "Traceback" not in err
+    assert "audit_head row is missing" in err
+    assert main(["--config", str(populated), "verify"]) == 1
+    out, err = capsys.readouterr()
+    assert "audit chain BROKEN" in out and "warning: this read could not be recorded" in err
+
+
+def test_a_database_that_does_not_answer_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "proxyd.toml"
+    config.write_text(
+        '[server]\nhost_cert = "x"\nhost_key = "y"\n'
+        'database = "postgresql+psycopg://nobody:hunter2@127.0.0.1:1/none"\n'
+    )
+    assert main(["--config", str(config), "query"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("proxyd-audit: the database does not answer: ") and err.count("\n") == 1
+    assert "hunter2" not in err and "Traceback" not in err

@@ -18,8 +18,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..audit import AuditWriteError
 from ..config import ConfigError, load_config
 from ..core.audit_reads import LocalAuditReads
+from ..core.errors import RepositoryError
 from ..names import escape
 from . import common
 
@@ -87,7 +89,21 @@ class LocalSource(Source):
             config = load_config(config_path)
         except ConfigError as exc:
             common.fail(str(exc))
-        self.log = LocalAuditReads(config, command)
+        try:
+            self.log = LocalAuditReads(config, command, forensic=command == "verify")
+        except AuditWriteError as exc:
+            common.fail(
+                f"this read could not be recorded in the audit log, so it is refused: {exc} "
+                "(`proxyd-audit --config ... verify` still checks the chain)"
+            )
+        except RepositoryError as exc:
+            common.fail(exc.message)
+        if self.log.unrecorded is not None:
+            print(
+                f"proxyd-audit: warning: this read could not be recorded in the audit log: "
+                f"{self.log.unrecorded}",
+                file=sys.stderr,
+            )
 
     def pages(
         self, filters: dict[str, Any], *, newest_first: bool, limit: int | None
