@@ -26,7 +26,6 @@ from voms_ext import normalise_fqan
 
 from . import policy
 from .audit import AuditEvent
-from .core.values import credential_facts
 from .issuer import IssuedProxy
 from .policy import Assignment, Decision, Operation
 from .principal import Principal
@@ -98,7 +97,7 @@ class TaskService:
         fqans = tuple(normalise_fqan(f) for f in spec.fqans)
         aa = self.repo.authorities.get(spec.vo)
         held = aa.held_fqans(spec.owner) if aa is not None else ()
-        stored = self.repo._find(spec.credential_username, spec.credential_name)
+        facts = self.repo.stored_facts(spec.credential_username, spec.credential_name)
         request = policy.Request(
             Operation.TASK_SUBMIT,
             owner=spec.owner,
@@ -107,7 +106,6 @@ class TaskService:
             fqans=fqans,
             held_fqans=held,
         )
-        facts = credential_facts(stored, self.repo.config) if stored is not None else None
         decision = self.gate.decide(principal, request, facts, name=spec.credential_name)
         allow = self.gate.event(
             principal, Operation.TASK_SUBMIT, decision, owner=spec.owner, name=spec.credential_name

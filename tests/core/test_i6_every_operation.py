@@ -875,7 +875,7 @@ EXEMPT: dict[str, str] = {
     "Repository.open": "a constructor: opens the database, no request",
     "Repository.readiness": "a health probe for load balancers, not a decision",
     "Repository.has_passphrase": "an internal fact for the edge (which GET dialogue), no decision",
-    "Repository.credential_owner": "an internal fact for the edge, no decision",
+    "Repository.stored_facts": "the facts policy reads for the task service, no decision",
     "Repository.save_pending": "the second half of begin_store, whose decision is recorded there",
     "Repository.take_pending": "the second half of begin_store, whose decision is recorded there",
     "Repository.record_failure": "records a refusal an edge decided (no decision of the core)",

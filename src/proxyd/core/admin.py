@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import delete, select, tuple_
 
@@ -19,20 +18,17 @@ from ..sealing import (
 from ..store.bans import Ban, add_ban, remove_ban
 from ..store.bans import list_bans as read_ban_list
 from ..store.models import CredentialRow
-
-if TYPE_CHECKING:
-    pass
-from ..core.base import CoreBase
-from ..core.checks import (
+from .base import CoreBase
+from .checks import (
     check_lock_message,
 )
-from ..core.errors import BadRequest, NotFound
-from ..core.values import CredentialInfo, credential_aad, credential_info, sealed_key_of
-
-log = logging.getLogger("proxyd.repository")
+from .errors import BadRequest, NotFound
+from .values import CredentialInfo, credential_aad, credential_info, sealed_key_of
 
 
 class Administration(CoreBase):
+    """The operator's and the auditor's operations."""
+
     def audit_events(self, principal: Principal, **filters: Any) -> list[StoredEvent]:
         self.gate.read(principal, policy.Request(Operation.AUDIT_READ), None, name=None)
         return self.audit.query(**filters)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Self
+from typing import Self
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -51,17 +50,19 @@ from ..sealing import (
     seal,
     unseal,
 )
+from ..store.credentials import (
+    CredentialReads,
+    bans_of,
+)
 from ..store.db import make_engine, migrate, session_factory, write_transaction
-
-if TYPE_CHECKING:
-    pass
-from ..core.checks import (
+from .checks import (
     KEY_BLOCK,
     Verified,
     chain_refusal,
 )
-from ..core.errors import BadPassphrase, BadRequest, Denied, NotFound, RepositoryError
-from ..core.values import (
+from .errors import BadPassphrase, BadRequest, Denied, NotFound, RepositoryError
+from .gate import Clock, Gate, system_clock
+from .values import (
     DEFAULT_NAME,
     StoredCredential,
     StoreOptions,
@@ -69,16 +70,13 @@ from ..core.values import (
     credential_facts,
     sealed_key_of,
 )
-from ..store.credentials import (
-    CredentialReads,
-    bans_of,
-)
-from .gate import Clock, Gate, system_clock
-
-log = logging.getLogger("proxyd.repository")
 
 
 class CoreBase:
+    """What every operation of the core shares: the configuration, the database and its
+    gate, the master keyring, the trust store, the attribute authorities, the per-process
+    memos of the request paths, and the steps they all take (find, check, unseal)."""
+
     def __init__(
         self,
         config: Config,
@@ -220,9 +218,11 @@ class CoreBase:
         """A read decided and audited (allow and deny) through the gate; raises when refused."""
         return self.gate.read(principal, request, facts, name=name)
 
-    def credential_owner(self, username: str, name: str) -> str | None:
+    def stored_facts(self, username: str, name: str) -> CredentialFacts | None:
+        """What policy may know of the credential stored at (username, name), or None.
+        Never its key; for the core's other services (the task queue's submit)."""
         row = self._find(username, name)
-        return row.owner_dn if row is not None else None
+        return credential_facts(row, self.config) if row is not None else None
 
     def _auth_failure(
         self,

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -22,12 +20,7 @@ from voms_ext.keys import retired_key_problem
 from voms_ext.names import dn_to_slash
 
 from ..policy import Decision
-
-if TYPE_CHECKING:
-    pass
-from ..core.errors import BadRequest
-
-log = logging.getLogger("proxyd.repository")
+from .errors import BadRequest
 
 MIN_PASSPHRASE = 6  # what myproxy-server enforces
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import logging
 import secrets
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -34,19 +32,16 @@ from ..sealing import (
     SealedKey,
 )
 from ..store.models import CredentialRow, PendingDelegationRow
-
-if TYPE_CHECKING:
-    pass
-from ..core.base import CoreBase
-from ..core.checks import (
+from .base import CoreBase
+from .checks import (
     KEY_BLOCK,
     MAX_PENDING_PER_ACTOR,
     MIN_PASSPHRASE,
     spki,
     token_hash,
 )
-from ..core.errors import BadRequest, Denied
-from ..core.values import (
+from .errors import BadRequest, Denied
+from .values import (
     CredentialInfo,
     PendingStore,
     StoreOptions,
@@ -54,10 +49,11 @@ from ..core.values import (
     credential_info,
 )
 
-log = logging.getLogger("proxyd.repository")
-
 
 class Delegation(CoreBase):
+    """Storing credentials: the two-step delegation (the server makes the key), STORE of a
+    PEM credential, and the operator's import."""
+
     def begin_store(self, principal: Principal, options: StoreOptions) -> PendingStore:
         """Check the store is allowed, then make the key pair and a CSR for the client to sign.
 

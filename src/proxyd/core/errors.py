@@ -2,14 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
-
-log = logging.getLogger("proxyd.repository")
-
 
 class RepositoryError(Exception):
     """An operation that did not happen. `message` is safe to show the client."""

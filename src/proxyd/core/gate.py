@@ -253,32 +253,9 @@ class Gate:
         )
         return decision
 
-    def allow(
-        self,
-        principal: Principal,
-        op: Operation,
-        decision: Decision,
-        *,
-        owner: str | None,
-        name: str | None,
-        serial: int | None = None,
-        lifetime: dt.timedelta | None = None,
-        fqans: Sequence[str] = (),
-        detail: str | None = None,
-    ) -> None:
-        """Record an allow whose effect writes nothing here (a signature): the caller hands
-        the result out only after this returned."""
-        self.record(
-            principal,
-            op,
-            decision,
-            owner=owner,
-            name=name,
-            serial=serial,
-            lifetime=lifetime,
-            fqans=fqans,
-            detail=detail,
-        )
+    # An allow whose effect writes nothing here (a signature): the caller hands the result
+    # out only after `allow` returned, so nothing leaves without its event.
+    allow = record
 
     @contextmanager
     def act(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
@@ -42,17 +41,17 @@ from ..sealing import (
 
 if TYPE_CHECKING:
     from ..taskqueue.base import TaskQueue
-from ..core.base import CoreBase
-from ..core.checks import (
+from .base import CoreBase
+from .checks import (
     check_public_key,
 )
-from ..core.errors import BadRequest
-from ..core.values import DEFAULT_NAME, Retrieval
-
-log = logging.getLogger("proxyd.repository")
+from .errors import BadRequest
+from .values import DEFAULT_NAME, Retrieval
 
 
 class Issuance(CoreBase):
+    """Proxies and attribute certificates issued from stored credentials."""
+
     def retrieve(
         self,
         principal: Principal,

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING
-
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import delete
 
@@ -17,14 +14,12 @@ from ..sealing import (
     WrongPassphrase,
 )
 from ..sealing import change_passphrase as rewrap_passphrase
+from ..store.credentials import bans_of
 from ..store.models import CredentialRow
-
-if TYPE_CHECKING:
-    pass
-from ..core.base import CoreBase
-from ..core.checks import MIN_PASSPHRASE
-from ..core.errors import BadRequest, NotFound
-from ..core.values import (
+from .base import CoreBase
+from .checks import MIN_PASSPHRASE
+from .errors import BadRequest, NotFound
+from .values import (
     DEFAULT_NAME,
     CredentialInfo,
     StoredCredential,
@@ -33,12 +28,11 @@ from ..core.values import (
     credential_info,
     sealed_key_of,
 )
-from ..store.credentials import bans_of
-
-log = logging.getLogger("proxyd.repository")
 
 
 class OwnerOperations(CoreBase):
+    """What an owner does with its own stored credentials."""
+
     def info(self, principal: Principal, username: str) -> list[CredentialInfo]:
         """All credentials stored under `username` (default first), if the caller owns them."""
         with self._reads.cursor() as cursor:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -28,11 +26,6 @@ from ..sealing import (
 )
 from ..store.credentials import STORED_FIELDS
 from ..store.models import CredentialRow
-
-if TYPE_CHECKING:
-    pass
-
-log = logging.getLogger("proxyd.repository")
 
 DEFAULT_NAME = "default"
 
