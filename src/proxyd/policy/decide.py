@@ -495,10 +495,14 @@ def _admin(
     request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
 ) -> Decision:
     if principal.kind is PrincipalKind.OPERATOR:
-        return Decision(
-            True, "admin.local_operator", "the local operator of the server", limited=False
-        )
+        return _LOCAL_OPERATOR
     return _listed_admins(request, principal, credential, config)
+
+
+# `proxyd admin` and `proxyd-audit --config`: built on the server, never from a network peer.
+_LOCAL_OPERATOR = Decision(
+    True, "admin.local_operator", "the local operator of the server", limited=False
+)
 
 
 def _audit_read(
@@ -506,9 +510,7 @@ def _audit_read(
 ) -> Decision:
     # The operator on the server reads the log its own database holds (proxyd-audit --config).
     if principal.kind is PrincipalKind.OPERATOR:
-        return Decision(
-            True, "admin.local_operator", "the local operator of the server", limited=False
-        )
+        return _LOCAL_OPERATOR
     return _auditors(request, principal, credential, config)
 
 
