@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,6 +52,7 @@ from tests.support.grid import (
     spare_key,
 )
 from tests.support.server import free_port, write_config
+from tests.taskqueue.support import Clock
 from voms_ext import ProxyBuilder, TrustStore, validate_chain
 from voms_ext.names import subject_hash
 
@@ -71,6 +71,7 @@ class Bed:
     cert_dir: Path
     ids: dict[str, Identity]
     proof_trust: TrustStore  # the dev trust directory itself, never changed
+    clock: Clock  # the core's: tests move it instead of sleeping
     peers: dict[str, Principal] = dataclasses.field(default_factory=dict)
 
     def who(self, name: str | None) -> Principal:
@@ -146,10 +147,11 @@ def ids(dev_pki: DevPKI) -> dict[str, Identity]:
 def bed(dev_pki: DevPKI, tmp_path: Path, ids: dict[str, Identity]) -> Iterator[Bed]:
     cert_dir = tmp_path / "certificates"
     shutil.copytree(dev_pki.cert_dir, cert_dir)
-    repo = make_repository(dev_pki, tmp_path / "state")
+    clock = Clock(dt.datetime.now(dt.UTC))
+    repo = make_repository(dev_pki, tmp_path / "state", clock=clock)
     repo.trust = TrustStore.from_dirs(cert_dir, dev_pki.voms_dir)
     queue = SqlTaskQueue(repo.engine, audit=repo.audit)
-    bed = Bed(repo, queue, dev_pki, cert_dir, ids, TrustStore.from_dirs(dev_pki.cert_dir))
+    bed = Bed(repo, queue, dev_pki, cert_dir, ids, TrustStore.from_dirs(dev_pki.cert_dir), clock)
     for name in ("wms", "bob", "pilot", "alice"):
         bed.who(name)
     delegate(repo, ids["alice"], StoreOptions("alice", passphrase=PASS))
@@ -255,7 +257,7 @@ def test_an_expired_stored_chain_refuses_every_use(bed: Bed) -> None:
     delegate_briefly(bed.repo, alice, StoreOptions("alice", name="wms-use"), 2)
     # (too short to issue from: under a minute left is lifetime.exhausted; then it ends)
     bed.refused("by_wms", "lifetime.exhausted")
-    time.sleep(3.1)
+    bed.clock.advance(3.1)
     for use in USES:
         bed.refused(use, "credential.expired", "the stored credential expired at")
     assert len(bed.denials("credential.expired")) == len(USES)
@@ -291,7 +293,7 @@ def test_the_verdict_is_cached_per_trust_store_and_validity_window(
     bed.by_wms()
     bed.by_wms()
     assert len(calls) == 4
-    time.sleep(max(0.0, (soon - dt.datetime.now(dt.UTC)).total_seconds()) + 1.1)
+    bed.clock.advance((soon - bed.clock()).total_seconds() + 1.1)
     bed.refused("by_wms", "credential.untrusted", "refresh CRLs")
     bed.refused("by_wms", "credential.untrusted")  # refusals are not cached
     assert len(calls) == 6

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from proxyd.config import Config, PolicyConfig, SealingConfig, load_config
+from proxyd.core.gate import Clock, system_clock
 from proxyd.devpki import DevPKI
 from proxyd.principal import Principal, anonymous
 from proxyd.principal import classify as classify_principal
@@ -119,18 +120,23 @@ def trust_of(pki: DevPKI) -> TrustStore:
 
 
 def make_repository(
-    pki: DevPKI, state_dir: Path, *, database: str | None = None, policy: PolicyConfig | None = None
+    pki: DevPKI,
+    state_dir: Path,
+    *,
+    database: str | None = None,
+    policy: PolicyConfig | None = None,
+    clock: Clock = system_clock,
 ) -> Repository:
-    """A migrated Repository on a fresh state dir (SQLite unless `database` is given), fast sealing."""
+    """A migrated Repository on a fresh state dir (SQLite unless `database` is given), fast
+    sealing; `clock`: the core's clock (a test moves it instead of sleeping)."""
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     config = make_test_config(pki, database or f"sqlite:///{state_dir / 'proxyd.db'}", state_dir)
     if policy is not None:
         config = dataclasses.replace(config, policy=policy)
     engine = make_engine(config.server.database)
     migrate(engine)
-    return Repository(
-        config, engine, MasterKeyring.load_or_create(config.server.master_key_file), trust_of(pki)
-    )
+    keyring = MasterKeyring.load_or_create(config.server.master_key_file)
+    return Repository(config, engine, keyring, trust_of(pki), clock=clock)
 
 
 def dev_crl(
