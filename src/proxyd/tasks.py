@@ -26,6 +26,7 @@ from voms_ext import normalise_fqan
 
 from . import policy
 from .audit import AuditEvent
+from .core.gate import Gate
 from .issuer import IssuedProxy
 from .policy import Assignment, Decision, Operation
 from .principal import Principal
@@ -110,7 +111,7 @@ class TaskService:
         allow = self.gate.event(
             principal, Operation.TASK_SUBMIT, decision, owner=spec.owner, name=spec.credential_name
         )
-        return self.queue.submit(spec, decided=[allow])
+        return self._committed(allow, self.queue.submit(spec, decided=[allow]))
 
     def tasks(self, principal: Principal, filters: TaskFilter) -> list[Task]:
         self.gate.read(principal, policy.Request(Operation.TASK_READ, owner=filters.owner))
@@ -152,8 +153,11 @@ class TaskService:
             principal,
             Operation.TASK_CANCEL,
             task,
-            lambda: self.queue.cancel(
-                task.id, by=principal.identity, reason="cancelled by request", decided=[allow]
+            lambda: self._committed(
+                allow,
+                self.queue.cancel(
+                    task.id, by=principal.identity, reason="cancelled by request", decided=[allow]
+                ),
             ),
         )
 
@@ -183,7 +187,7 @@ class TaskService:
             cpu_time_left=capabilities.cpu_time_left,
             memory_mb=capabilities.memory_mb,
         )
-        return self.queue.match(caps, decided=[allow])
+        return self._committed(allow, self.queue.match(caps, decided=[allow]))
 
     def _report(
         self,
@@ -212,7 +216,9 @@ class TaskService:
                 raise TaskConflict(exc.message, STATE_CONFLICT) from None
             raise
         allow = self._allowed(principal, Operation.TASK_UPDATE, decision, task)
-        return self._act(principal, Operation.TASK_UPDATE, task, lambda: act([allow]))
+        return self._act(
+            principal, Operation.TASK_UPDATE, task, lambda: self._committed(allow, act([allow]))
+        )
 
     def _allowed(
         self, principal: Principal, op: Operation, decision: Decision, task: Task | None
@@ -225,6 +231,13 @@ class TaskService:
             owner=task.spec.owner if task is not None else None,
             name=task.spec.credential_name if task is not None else None,
         )
+
+    @staticmethod
+    def _committed(allow: AuditEvent, result: T) -> T:
+        """The queue committed `allow` with its change: count it in proxyd_decisions_total,
+        as the gate counts the events it writes itself."""
+        Gate.counted(allow)
+        return result
 
     def _act(
         self, principal: Principal, op: Operation, task: Task | None, act: Callable[[], T]
@@ -344,6 +357,7 @@ class TaskService:
         self.queue.set_site_mask(
             site, masked, by=principal.identity, reason=reason, decided=[allow]
         )
+        Gate.counted(allow)
         return site
 
     def ban_owner(self, principal: Principal, dn: str, banned: bool, reason: str = "") -> None:
@@ -363,7 +377,10 @@ class TaskService:
         )
         if banned:
             self.queue.ban_owner(dn, by=principal.identity, reason=reason, decided=[allow])
-        elif not self.queue.unban_owner(dn, by=principal.identity, decided=[allow]):
+            Gate.counted(allow)
+        elif self.queue.unban_owner(dn, by=principal.identity, decided=[allow]):
+            Gate.counted(allow)
+        else:
             raise self.gate.refuse(
                 principal,
                 Operation.ADMIN,

@@ -12,6 +12,7 @@ from cryptography import x509
 
 from proxyd.devpki import PILOT_DN, DevPKI, user_dn
 from proxyd.issuer import IssuedProxy
+from proxyd.metrics import DECISIONS
 from proxyd.principal import Principal, PrincipalKind
 from proxyd.repository import Denied, Repository, StoreOptions
 from proxyd.sealing import MasterKeyring
@@ -322,3 +323,21 @@ def test_a_rescheduled_task_kills_the_earlier_secret(world: World) -> None:
     world.handoff("pilot", task.id, second)
     second_task = world.queue.get(task.id)
     assert second_task is not None and second_task.attempts == 2
+
+
+def test_task_decisions_are_counted_once_committed(world: World) -> None:
+    """proxyd_decisions_total counts the queue's decisions like any other: the allow the
+    queue commits with its change (decided=) is counted once that change returned."""
+
+    def allows(op: str, rule: str) -> float:
+        labels = {"operation": op, "decision": "allow", "rule": rule}
+        return DECISIONS.labels(**labels)._value.get()
+
+    spec = task_of(ALICE, "alice")
+    before = (allows("task_submit", "task.owner"), allows("task_match", "task.pilot"))
+    task = world.service.submit(world.who("alice"), spec)
+    pilot = world.who("pilot")
+    matched = world.service.match(pilot, PilotCapabilities(pilot.identity, "p-1", "SITE-A"))
+    assert matched is not None and matched.id == task.id
+    after = (allows("task_submit", "task.owner"), allows("task_match", "task.pilot"))
+    assert after == (before[0] + 1, before[1] + 1)
