@@ -324,6 +324,18 @@ def test_watchdog_kills_payloads_over_their_limits(bed: Bed, tmp_path: Path) -> 
     assert not Path(f"/proc/{child_pid}").exists(), "the payload's child survived"
 
 
+def test_a_stuck_payload_is_killed_as_stuck_and_the_task_fails(bed: Bed) -> None:
+    """A payload that sleeps (no CPU) long before its wall time is caught as stuck (issue 20)."""
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    [stuck] = bed.submit("alice", 1, command=sleeper, max_cpu_s=60, max_wall_s=300)
+    started = time.monotonic()
+    _finish([bed.pilot("SITE-A", "pilot", "--max-tasks", "1", "--stuck-after", "2")])
+    assert time.monotonic() - started < 60
+    task = bed.task("alice", stuck)
+    assert task["state"] == "failed", task
+    assert str(task["reason"]).startswith("killed by the watchdog as stuck: it used"), task
+
+
 DAEMON_PAYLOAD = r"""
 import os, sys, time
 if os.fork() == 0:

@@ -17,6 +17,16 @@ from ..pilot.watchdog import become_subreaper
 from . import common
 
 
+def _not_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 (off) or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="proxyd-pilot", description="pull tasks from proxyd and run them"
@@ -48,6 +58,50 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-tasks", type=int, default=0, help="stop after this many tasks (0: no limit)"
     )
     p.add_argument("--pilot-id", default=None, help="default: host name and process id")
+    w = p.add_argument_group(
+        "watchdog", "how a payload that goes bad without hitting a limit is caught (0: off)"
+    )
+    w.add_argument(
+        "--stuck-after",
+        type=_not_negative,
+        default=1800.0,
+        metavar="SECONDS",
+        help="kill a payload as stuck when it used almost no CPU for this long (default 1800)",
+    )
+    w.add_argument(
+        "--stuck-cpu-fraction",
+        type=_not_negative,
+        default=0.05,
+        metavar="F",
+        help="'almost no CPU': less than this fraction of one core (default 0.05)",
+    )
+    w.add_argument(
+        "--min-disk",
+        type=lambda t: int(_not_negative(t)),
+        default=10,
+        metavar="MB",
+        help="kill a payload when its work directory has less free space (default 10)",
+    )
+    w.add_argument(
+        "--cores",
+        type=lambda t: int(_not_negative(t)),
+        default=1,
+        help="the slot's cores (default 1)",
+    )
+    w.add_argument(
+        "--max-load-factor",
+        type=_not_negative,
+        default=4.0,
+        metavar="F",
+        help="kill a payload keeping more than F x cores threads runnable (default 4)",
+    )
+    w.add_argument(
+        "--load-window",
+        type=_not_negative,
+        default=60.0,
+        metavar="SECONDS",
+        help="the load is averaged over this time constant (default 60)",
+    )
     return p
 
 
@@ -82,6 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             heartbeat_s=args.heartbeat,
             renew_proxy_before_s=args.renew_proxy_before,
             max_tasks=args.max_tasks,
+            stuck_s=args.stuck_after,
+            stuck_cpu_fraction=args.stuck_cpu_fraction,
+            min_disk_mb=args.min_disk,
+            cores=args.cores,
+            load_factor=args.max_load_factor,
+            load_window_s=args.load_window,
             cert_dir=str(common.cert_dir()),
             voms_dir=str(common.voms_dir()),
         )

@@ -32,7 +32,7 @@ from cryptography.x509.oid import NameOID
 from voms_ext import Credential, parse_credential_pem, write_credential_file
 
 from .identity import IdentityError, IdentitySwitch
-from .watchdog import Limits, Outcome, StopPayload, run_watched
+from .watchdog import WATCHDOG_FINDINGS, Limits, Outcome, StopPayload, run_watched
 
 log = logging.getLogger("proxyd.pilot")
 
@@ -73,6 +73,13 @@ class PilotSettings:
     # gets a fresh one when less than this is left; checked at every heartbeat.
     renew_proxy_before_s: float = 1800.0
     max_tasks: int = 0  # 0: no limit
+    # The watchdog's own checks (pilot.watchdog.Limits; 0 turns one off). Defaults as DIRAC's.
+    stuck_s: float = 1800.0
+    stuck_cpu_fraction: float = 0.05
+    min_disk_mb: int = 10
+    cores: int = 1  # the slot's cores: the load check allows load_factor x cores runnable threads
+    load_factor: float = 4.0
+    load_window_s: float = 60.0
     cert_dir: str = "/etc/grid-security/certificates"
     voms_dir: str = "/etc/grid-security/vomsdir"
     path: str = "/usr/local/bin:/usr/bin:/bin"
@@ -162,6 +169,11 @@ class PilotAgent:
                 cpu_s=task["max_cpu_s"],
                 memory_mb=task["requirements"].get("memory_mb") or self.settings.memory_mb,
                 heartbeat_s=self.settings.heartbeat_s,
+                stuck_s=self.settings.stuck_s,
+                stuck_cpu_fraction=self.settings.stuck_cpu_fraction,
+                min_disk_mb=self.settings.min_disk_mb,
+                max_load=self.settings.load_factor * self.settings.cores,
+                load_window_s=self.settings.load_window_s,
             )
             self._task_deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=limits.wall_s)
             env = {
@@ -197,13 +209,7 @@ class PilotAgent:
                 self._report(task_id, "complete", {**accounting, **secret})
                 reason = "done"
             else:
-                reason = (
-                    f"killed: exceeded its {outcome.killed_for} limit"
-                    if outcome.killed_for
-                    else f"exit code {outcome.exit_code}"
-                    if outcome.exit_code is not None
-                    else f"killed by signal {outcome.signal}"
-                )
+                reason = _failure_reason(outcome)
                 self._report(
                     task_id, "fail", {"reason": reason[:REASON_CHARS], **accounting, **secret}
                 )
@@ -296,6 +302,16 @@ class PilotAgent:
             if not src.is_file():
                 raise OSError(f"input file {name} cannot be staged (not a readable local file)")
             shutil.copy2(src, workdir / src.name)
+
+
+def _failure_reason(outcome: Outcome) -> str:
+    if outcome.killed_for in WATCHDOG_FINDINGS:
+        return f"killed by the watchdog as {outcome.killed_for}: {outcome.detail}"
+    if outcome.killed_for:
+        return f"killed: exceeded its {outcome.killed_for} limit"
+    if outcome.exit_code is not None:
+        return f"exit code {outcome.exit_code}"
+    return f"killed by signal {outcome.signal}"
 
 
 def _tail(path: Path) -> str:

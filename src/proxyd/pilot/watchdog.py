@@ -1,21 +1,31 @@
-"""Run a payload in its own process group and watch it: wall and CPU time, memory, heartbeats.
+"""Run a payload in its own process group and watch it: wall and CPU time, memory, heartbeats,
+and the three ways a payload goes bad without hitting a limit (as DIRAC's Watchdog sees them):
 
-CPU time and memory are read from /proc for every process of the group,
-so a payload that forks cannot hide its children; on a limit the whole
-group gets SIGTERM, then SIGKILL after a grace period. The heartbeat
-callback can stop the payload the same way by raising StopPayload (the
-task was cancelled, or is no longer this pilot's).
+- **stuck**: it used (almost) no CPU for a long time -- a hung transfer, a deadlock, a
+  `sleep` that never ends; DIRAC calls such a job stalled (MinCPUWallClockRatio);
+- **disk**: the work directory's file system has less free space than a floor, so the
+  payload (and the next one) would fail writing anyway (DIRAC's MinDiskSpace);
+- **load**: it keeps far more threads runnable than the slot has cores, starving the
+  other slots of the node (DIRAC's MaxLoadAvg, here relative to the slot).
+
+CPU time, memory and runnable threads are read from /proc for every process of the
+group, so a payload that forks cannot hide its children; on a limit the whole group
+gets SIGTERM, then SIGKILL after a grace period. The heartbeat callback can stop the
+payload the same way by raising StopPayload (the task was cancelled, or is no longer
+this pilot's).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
 import resource
 import signal
 import subprocess
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,16 +49,33 @@ class Limits:
     memory_mb: int = 0  # 0: no memory limit
     heartbeat_s: float = 60.0
     grace_s: float = 5.0
+    # Stuck: less than stuck_cpu_fraction of one core used over the last stuck_s seconds
+    # (DIRAC: 5 % over 30 minutes). 0: not checked.
+    stuck_s: float = 0.0
+    stuck_cpu_fraction: float = 0.05
+    # Disk: less than this many MB free where the payload works (DIRAC: 10 MB). 0: not checked.
+    min_disk_mb: int = 0
+    # Load: more runnable threads than this, averaged over load_window_s (like the kernel's
+    # load average, but the payload's own). 0: not checked.
+    max_load: float = 0.0
+    load_window_s: float = 60.0
+
+
+# Outcome.killed_for for the watchdog's own findings; the others are limits or StopPayload.
+STUCK, DISK, LOAD = "stuck", "disk", "load"
+WATCHDOG_FINDINGS = frozenset((STUCK, DISK, LOAD))
 
 
 @dataclass(frozen=True)
 class Outcome:
     exit_code: int | None  # None when killed by a signal
     signal: int | None
-    killed_for: str | None  # "wall time", "CPU time", "memory", a StopPayload reason, or None
+    # "wall time", "CPU time", "memory", "stuck", "disk", "load", a StopPayload reason, or None
+    killed_for: str | None
     cpu_s: float
     wall_s: float
     max_rss_kb: int
+    detail: str = ""  # what the watchdog saw, for the failure reason (stuck, disk, load)
 
     @property
     def succeeded(self) -> bool:
@@ -138,6 +165,82 @@ class _Payload:
         return [p for p in procs if p.pid in members or p.pgrp == self.leader]
 
 
+def _runnable_threads(tree: list[_Proc]) -> int:
+    """Threads of the payload in state R (running or waiting for a core), from /proc/*/task."""
+    count = 0
+    for p in tree:
+        try:
+            tasks = os.scandir(f"/proc/{p.pid}/task")
+        except OSError:
+            continue
+        with tasks:
+            for task in tasks:
+                try:
+                    stat = Path(task.path, "stat").read_text()
+                except OSError:
+                    continue
+                if stat[stat.rindex(")") + 2 :].startswith("R"):
+                    count += 1
+    return count
+
+
+def _free_mb(path: Path) -> float:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize / (1024 * 1024)
+
+
+class _Health:
+    """The watchdog's judgement over time: stuck, disk and load (see the module docstring)."""
+
+    def __init__(self, limits: Limits, workdir: Path, started: float) -> None:
+        self.limits = limits
+        self.workdir = workdir
+        self.started = started
+        self._cpu: deque[tuple[float, float]] = deque()  # (monotonic time, CPU seconds)
+        self._load = 0.0
+        self._load_at = started
+
+    def check(self, now: float, cpu_s: float, tree: list[_Proc]) -> tuple[str, str] | None:
+        """(finding, detail) when the payload should be killed, else None."""
+        lim = self.limits
+        if lim.stuck_s > 0:
+            self._cpu.append((now, cpu_s))
+            # Keep one sample at or before the window's start, to measure the whole window.
+            while len(self._cpu) > 1 and self._cpu[1][0] <= now - lim.stuck_s:
+                self._cpu.popleft()
+            then, cpu_then = self._cpu[0]
+            if now - self.started >= lim.stuck_s and now - then >= lim.stuck_s:
+                used = cpu_s - cpu_then
+                if used < lim.stuck_cpu_fraction * (now - then):
+                    return STUCK, (
+                        f"it used {used:.1f} s of CPU in the last {now - then:.0f} s "
+                        f"(less than {lim.stuck_cpu_fraction:.0%} of a core)"
+                    )
+        if lim.min_disk_mb > 0:
+            try:
+                free = _free_mb(self.workdir)
+            except OSError:
+                free = None
+            if free is not None and free < lim.min_disk_mb:
+                return DISK, (
+                    f"{free:.0f} MB free in its work directory, "
+                    f"less than the {lim.min_disk_mb} MB floor"
+                )
+        if lim.max_load > 0:
+            # An exponential average like the kernel's load average, with the window as its
+            # time constant: a burst of threads at start-up does not count, a steady excess does.
+            runnable = _runnable_threads(tree)
+            weight = 1.0 - math.exp(-(now - self._load_at) / max(lim.load_window_s, 1e-3))
+            self._load += (runnable - self._load) * weight
+            self._load_at = now
+            if self._load > lim.max_load:
+                return LOAD, (
+                    f"a load of {self._load:.1f} runnable threads, above the slot's "
+                    f"{lim.max_load:g}"
+                )
+        return None
+
+
 def _usage(tree: list[_Proc]) -> tuple[float, int]:
     """(CPU seconds, resident KiB) summed over the live processes of the payload."""
     cpu_ticks = sum(p.cpu_ticks for p in tree)
@@ -187,7 +290,9 @@ def run_watched(
     cpu_seen = 0.0
     rss_max = 0
     killed_for: str | None = None
+    detail = ""
     last_beat = started
+    health = _Health(limits, Path(cwd), started)
     children_before = _children_of(os.getpid())
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -214,6 +319,8 @@ def run_watched(
                     killed_for = "CPU time"
                 elif limits.memory_mb and rss > limits.memory_mb * 1024:
                     killed_for = "memory"
+                elif (finding := health.check(now, cpu_seen, tree)) is not None:
+                    killed_for, detail = finding
                 if killed_for is not None:
                     _kill(payload, signal.SIGTERM)
                     deadline_kill = now + limits.grace_s
@@ -255,4 +362,5 @@ def run_watched(
         cpu_s=max(cpu_seen, waited_cpu),
         wall_s=wall,
         max_rss_kb=rss_max,
+        detail=detail,
     )
