@@ -19,6 +19,11 @@ from typing import Any
 from voms_ext.errors import VomsExtError
 from voms_ext.fqan import parse_fqan
 
+from .patterns import PatternError, check_pattern
+from .reminders.settings import RemindersConfig, parse_reminders
+from .tasklimits import LimitsError, TaskLimits, parse_limits
+from .vomsaa.vomses import UpstreamVoConfig, VomsesError, load_vomses
+
 
 class ConfigError(Exception):
     """A configuration file that cannot be used; the message says where and why."""
@@ -72,6 +77,15 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class AaConfig:
+    # proxyd as a VOMS server for the [[voms]] tables with an AA key (REST and legacy XML,
+    # what voms-proxy-init speaks); off by default.
+    listen: Listen | None = None
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     # A plain-HTTP listener that serves only /metrics, for a Prometheus on the host or an
     # internal network; off by default. On the HTTPS API, /metrics needs an identity in
@@ -99,6 +113,16 @@ class PolicyConfig:
     lockout_base: dt.timedelta = dt.timedelta(seconds=2)
     lockout_max: dt.timedelta = dt.timedelta(hours=1)
     metrics_readers: tuple[str, ...] = ()
+    # MyProxy's server-wide defaults for a credential stored without its own list of that
+    # kind (None: not set, and then the server-wide list alone decides, as in MyProxy).
+    default_retrievers: tuple[str, ...] | None = None
+    default_renewers: tuple[str, ...] | None = None
+    default_trusted_retrievers: tuple[str, ...] | None = None
+    default_key_retrievers: tuple[str, ...] | None = None
+    # Who may store (and destroy) credentials at all; everyone unless restricted.
+    accepted_credentials: tuple[str, ...] = ("*",)
+    # A GET without a credential name tries each of the user's credentials in turn.
+    check_multiple_credentials: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,16 +145,20 @@ class TaskQueueConfig:
     usage_half_life: dt.timedelta = dt.timedelta(hours=24)
     # The longest wall time a task may ask for (max_wall_s); at most MAX_WALL_TIME.
     max_wall_time: dt.timedelta = dt.timedelta(days=30)
-    # Pilot DN pattern (MyProxy * and ? syntax) -> the only sites (normalised names) a pilot
-    # with a matching DN may claim; a pilot matching no pattern may claim any site.
+    # Pilot DN glob (`*`, `?`, all else literal: proxyd's own option, not a MyProxy regex)
+    # -> the only sites (normalised names) a pilot with a matching DN may claim; a pilot
+    # matching no pattern may claim any site.
     pilot_sites: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # A stalled or failed task is queued again until it has been matched this many times.
+    max_attempts: int = 3
+    limits: TaskLimits = field(default_factory=TaskLimits)  # [taskqueue.limits]
 
     def sites_of(self, pilot_dn: str) -> frozenset[str] | None:
         """The sites `pilot_dn` is bound to (all matching patterns together), or None."""
-        from .patterns import dn_matches
+        from .patterns import glob_matches
 
         bound = [
-            sites for pattern, sites in self.pilot_sites.items() if dn_matches(pattern, pilot_dn)
+            sites for pattern, sites in self.pilot_sites.items() if glob_matches(pattern, pilot_dn)
         ]
         return frozenset(s for sites in bound for s in sites) if bound else None
 
@@ -156,6 +184,10 @@ class Config:
     sealing: SealingConfig
     taskqueue: TaskQueueConfig = field(default_factory=TaskQueueConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    aa: AaConfig = field(default_factory=AaConfig)
+    # [[voms]] tables with `vomses`: VOs whose ACs come from the VO's own VOMS servers.
+    upstream_voms: tuple[UpstreamVoConfig, ...] = ()
+    reminders: RemindersConfig = field(default_factory=RemindersConfig)
 
     def vo(self, name: str) -> VoConfig | None:
         for vo in self.voms:
@@ -356,9 +388,60 @@ def _policy(source: Path, doc: Mapping[str, Any]) -> PolicyConfig:
         lockout_base=s.duration("lockout_base", d.lockout_base),
         lockout_max=s.duration("lockout_max", d.lockout_max),
         metrics_readers=s.strings("metrics_readers"),
+        default_retrievers=_unless_absent(s, "default_retrievers"),
+        default_renewers=_unless_absent(s, "default_renewers"),
+        default_trusted_retrievers=_unless_absent(s, "default_trusted_retrievers"),
+        default_key_retrievers=_unless_absent(s, "default_key_retrievers"),
+        accepted_credentials=s.strings("accepted_credentials", d.accepted_credentials),
+        check_multiple_credentials=s.bool("check_multiple_credentials", False),
     )
+    _check_patterns(s, cfg)
     s.finish()
     return cfg
+
+
+# [policy] lists of MyProxy DN patterns (patterns.py): allow lists may also hold `FQAN:`
+# patterns; deny lists match DNs only.
+ALLOW_PATTERN_FIELDS = (
+    "trusted_retrievers",
+    "authorized_retrievers",
+    "authorized_renewers",
+    "full_delegation_hosts",
+    "key_retrievers",
+    "auditors",
+    "admins",
+    "metrics_readers",
+    "default_retrievers",
+    "default_renewers",
+    "default_trusted_retrievers",
+    "default_key_retrievers",
+    "accepted_credentials",
+)
+DENY_PATTERN_FIELDS = ("pilot_dns", "banned_dns")
+
+
+def check_pattern_list(where: str, values: tuple[str, ...] | None, *, fqan: bool = True) -> None:
+    """ConfigError naming `where` (file, table, key) and why, for the first pattern of
+    `values` that proxyd cannot read as myproxy-server would."""
+    for value in values or ():
+        try:
+            check_pattern(value, fqan=fqan)
+        except PatternError as exc:
+            raise ConfigError(f"{where}: {exc.message}") from None
+
+
+def _check_patterns(s: _Section, cfg: PolicyConfig) -> None:
+    for key in ALLOW_PATTERN_FIELDS:
+        check_pattern_list(s.where(key), getattr(cfg, key))
+    for key in DENY_PATTERN_FIELDS:
+        check_pattern_list(s.where(key), getattr(cfg, key), fqan=False)
+
+
+def _unless_absent(s: _Section, key: str) -> tuple[str, ...] | None:
+    """A default_* pattern list, or None when the key is absent: not set at all, which
+    differs from an empty list (nobody passes)."""
+    value = s.strings(key)
+    return value if key in s.data else None
 
 
 def _voms(source: Path, doc: Mapping[str, Any]) -> tuple[VoConfig, ...]:
@@ -372,6 +455,8 @@ def _voms(source: Path, doc: Mapping[str, Any]) -> tuple[VoConfig, ...]:
         s = _Section(source, f"voms #{index + 1}", entry)
         vo = s.str("vo", required=True)
         assert vo is not None
+        if "vomses" in entry or "aa_cert" not in entry:
+            continue  # _upstream_voms reads it (or says which of the two is missing)
         uri = s.str("uri", required=True)
         assert uri is not None
         if not re.fullmatch(r"[A-Za-z0-9.\-]+:\d{1,5}", uri):
@@ -406,6 +491,43 @@ def _voms(source: Path, doc: Mapping[str, Any]) -> tuple[VoConfig, ...]:
         )
         s.finish()
     names = [v.vo for v in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{source}: a VO appears in more than one [[voms]] table: {names}")
+    return tuple(out)
+
+
+def _upstream_voms(source: Path, doc: Mapping[str, Any]) -> tuple[UpstreamVoConfig, ...]:
+    """The [[voms]] tables naming the VO's servers (`vomses`) instead of an AA key."""
+    out: list[UpstreamVoConfig] = []
+    entries = doc.get("voms", [])
+    for index, entry in enumerate(entries if isinstance(entries, list) else []):
+        if not isinstance(entry, dict) or ("vomses" not in entry and "aa_cert" in entry):
+            continue
+        s = _Section(source, f"voms #{index + 1}", entry)
+        vo = s.str("vo", required=True)
+        signing = sorted(k for k in ("aa_cert", "aa_key", "uri", "members") if k in entry)
+        if "vomses" not in entry or signing:
+            raise ConfigError(
+                f"{s.where('vomses')}: give exactly one of aa_cert/aa_key (proxyd signs the "
+                f"ACs) and vomses (the VO's VOMS servers sign them); found "
+                f"{', '.join(signing) or 'neither'}{' and vomses' if 'vomses' in entry else ''}"
+            )
+        vomses = s.path("vomses", required=True)
+        assert vo is not None and vomses is not None
+        try:
+            servers = load_vomses(vomses, vo)
+        except VomsesError as exc:
+            raise ConfigError(f"{s.where('vomses')}: {exc}") from None
+        timeout = s.duration("timeout", dt.timedelta(seconds=10))
+        if timeout > dt.timedelta(minutes=5):
+            raise ConfigError(f"{s.where('timeout')} must be at most 5m, got {timeout}")
+        out.append(
+            UpstreamVoConfig(
+                vo, vomses, servers, timeout, s.duration("max_lifetime", dt.timedelta(hours=24))
+            )
+        )
+        s.finish()
+    names = [v.vo for v in out] + [v.vo for v in _voms(source, doc)]
     if len(set(names)) != len(names):
         raise ConfigError(f"{source}: a VO appears in more than one [[voms]] table: {names}")
     return tuple(out)
@@ -448,7 +570,18 @@ def _connection_limits(s: _Section) -> tuple[int, int]:
 
 
 def _parse(path: Path, doc: Mapping[str, Any]) -> Config:
-    known = {"server", "myproxy", "api", "metrics", "policy", "voms", "sealing", "taskqueue"}
+    known = {
+        "server",
+        "myproxy",
+        "api",
+        "aa",
+        "metrics",
+        "policy",
+        "voms",
+        "sealing",
+        "taskqueue",
+        "reminders",
+    }
     unknown = sorted(set(doc) - known)
     if unknown:
         raise ConfigError(
@@ -476,6 +609,7 @@ def _parse(path: Path, doc: Mapping[str, Any]) -> Config:
         max_connections_per_peer=api_per_peer,
     )
     a.finish()
+    aa = _aa(path, doc)
     x = _section(path, doc, "metrics")
     metrics = MetricsConfig(listen=x.listen("listen", None))
     x.finish()
@@ -505,6 +639,8 @@ def _parse(path: Path, doc: Mapping[str, Any]) -> Config:
         usage_half_life=t.duration("usage_half_life", dt.timedelta(hours=24)),
         max_wall_time=max_wall_time,
         pilot_sites=_pilot_sites(t),
+        max_attempts=t.int("max_attempts", 3, minimum=1, maximum=100),
+        limits=_limits(t),
     )
     t.finish()
     return Config(
@@ -514,10 +650,39 @@ def _parse(path: Path, doc: Mapping[str, Any]) -> Config:
         api=api,
         policy=_policy(path, doc),
         voms=_voms(path, doc),
+        upstream_voms=_upstream_voms(path, doc),
         sealing=sealing,
         taskqueue=taskqueue,
         metrics=metrics,
+        aa=aa,
+        reminders=_reminders(path, doc),
     )
+
+
+def _aa(path: Path, doc: Mapping[str, Any]) -> AaConfig:
+    s = _section(path, doc, "aa")
+    total, per_peer = _connection_limits(s)
+    aa = AaConfig(
+        listen=s.listen("listen", None), max_connections=total, max_connections_per_peer=per_peer
+    )
+    s.finish()
+    entries = doc.get("voms", [])
+    signing = isinstance(entries, list) and any(
+        isinstance(e, dict) and "aa_key" in e for e in entries
+    )
+    if aa.listen is not None and not signing:
+        raise ConfigError(
+            f"{s.where('listen')}: the AA endpoint serves the VOs proxyd signs ACs for, and no "
+            f'[[voms]] table has aa_cert and aa_key; add one or set listen = "off"'
+        )
+    return aa
+
+
+def _limits(t: _Section) -> TaskLimits:
+    try:
+        return parse_limits(f"{t.source}: [taskqueue.limits]", t.table("limits"))
+    except LimitsError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _pilot_sites(t: _Section) -> dict[str, tuple[str, ...]]:
@@ -547,3 +712,11 @@ def load_config(path: str | Path) -> Config:
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: configuration is not UTF-8 text") from None
     return parse_config(text, p)
+
+
+def _reminders(path: Path, doc: Mapping[str, Any]) -> RemindersConfig:
+    r = _section(path, doc, "reminders")
+    smtp = r.table("smtp")
+    config = parse_reminders(r, _Section(path, "reminders.smtp", smtp) if smtp else None)
+    r.finish()
+    return config

@@ -32,6 +32,8 @@ SERVICE_HOST = "localhost"
 WMS_HOST = "wms.localhost"
 AA_HOST = "voms.localhost"
 VO_PORTS = {"dteam": 15000, "ops": 15001}
+# Where the dev config's [aa] endpoint listens once enabled; vomses/ points voms-proxy-init at it.
+AA_LISTEN_PORT = 15000
 MEMBERS: dict[str, dict[str, list[str]]] = {
     "dteam": {
         f"{BASE_DN}/OU=Users/CN=alice": ["/dteam", "/dteam/analysis", "/dteam/Role=production"],
@@ -78,6 +80,11 @@ class DevPKI:
     @property
     def config(self) -> Path:
         return self.root / "proxyd.toml"
+
+    @property
+    def vomses(self) -> Path:
+        """vomses files (one per VO) naming proxyd's [aa] endpoint, for voms-proxy-init --vomses."""
+        return self.root / "vomses"
 
     def host(self, kind: str = "host") -> tuple[Path, Path]:
         """(cert, key) of `host` (the service), `wms` or `aa`."""
@@ -223,6 +230,11 @@ def _config_text() -> str:
         "[api]",
         'listen = "127.0.0.1:8443"',
         "",
+        "# proxyd as the VOMS server of the VOs below, for voms-proxy-init --vomses vomses",
+        "# (off by default; docs/operator.md, 'proxyd as the VO's AA'):",
+        "# [aa]",
+        f'# listen = "127.0.0.1:{AA_LISTEN_PORT}"',
+        "",
         "[policy]",
         'max_proxy_lifetime = "12h"',
         'max_stored_lifetime = "7d"',
@@ -278,6 +290,12 @@ def _build(root: Path) -> None:
     for vo in VO_PORTS:
         (root / "vomsdir" / vo).mkdir(parents=True)
         write_atomic(root / "vomsdir" / vo / f"{AA_HOST}.lsc", lsc.encode(), 0o644)
+    # voms-proxy-init connects to the host and port of a vomses line and does not check the DN;
+    # the DN is that of proxyd's host certificate, which answers on [aa].
+    (root / "vomses").mkdir()
+    for vo in VO_PORTS:
+        line = f'"{vo}" "{SERVICE_HOST}" "{AA_LISTEN_PORT}" "{host_dn(SERVICE_HOST)}" "{vo}"\n'
+        write_atomic(root / "vomses" / f"{vo}-{SERVICE_HOST}", line.encode(), 0o644)
 
     for name in USERS:
         cert, key = ca.issue(user_dn(name))

@@ -9,7 +9,7 @@ and reused while they outlive the proxy they go into.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -83,11 +83,21 @@ def merge_voms_requests(requests: Sequence[VomsRequest]) -> list[VomsRequest]:
     return [VomsRequest(vo, tuple(fqans)) for vo, fqans in merged.items()]
 
 
-class AttributeAuthority:
-    """proxyd's VOMS attribute authority for one VO."""
+# (VO, DN) -> the FQANs the DN holds in the VO, () for no member: the database's
+# `vo_members` (store.members.MemberReads.held) in a server, the TOML table without one.
+MemberSource = Callable[[str, str], tuple[str, ...]]
 
-    def __init__(self, config: VoConfig) -> None:
+
+class AttributeAuthority:
+    """proxyd's VOMS attribute authority for one VO.
+
+    Membership comes from `members`, asked on every issuance (a change made with
+    `proxyd admin vo` applies to the next request); without it, from the TOML table.
+    """
+
+    def __init__(self, config: VoConfig, members: MemberSource | None = None) -> None:
         self.config = config
+        self._members = members
         try:
             cred = load_credential_file(config.aa_cert)
             key = serialization.load_pem_private_key(config.aa_key.read_bytes(), password=None)
@@ -108,6 +118,8 @@ class AttributeAuthority:
         return self.config.vo
 
     def held_fqans(self, dn: str) -> tuple[str, ...]:
+        if self._members is not None:
+            return self._members(self.vo, dn)
         return self.config.members.get(dn, ())
 
     def default_fqans(self, dn: str, requested: Sequence[str] = ()) -> tuple[str, ...]:
@@ -157,8 +169,10 @@ class AttributeAuthority:
         return ac
 
 
-def load_authorities(vos: Sequence[VoConfig]) -> dict[str, AttributeAuthority]:
-    return {vo.vo: AttributeAuthority(vo) for vo in vos}
+def load_authorities(
+    vos: Sequence[VoConfig], members: MemberSource | None = None
+) -> dict[str, AttributeAuthority]:
+    return {vo.vo: AttributeAuthority(vo, members) for vo in vos}
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,9 @@ The rules (each a `Kind`):
   usernames are often DNs or e-mail addresses, so anything printable goes.
 - description: up to 1024 characters, none unsafe.
 - DN pattern (retriever, renewer, trusted-retriever and key-retriever ACLs):
-  1 to 1024 characters, none unsafe.
+  1 to 1024 characters, none unsafe, and a pattern that `proxyd.patterns`
+  reads as myproxy-server would (`check_patterns`; one regular expression
+  each, never split on commas).
 - a certificate DN: no unsafe character in the subject or issuer (slash
   form) of any certificate of a chain presented for authentication or
   storage (`check_chain_names`).
@@ -41,6 +43,8 @@ from cryptography import x509
 
 from voms_ext import DistinguishedNameError
 from voms_ext.names import dn_to_slash
+
+from .patterns import PatternError, check_pattern
 
 __all__ = [
     "CREDENTIAL_NAME",
@@ -189,10 +193,20 @@ def check(kind: Kind, value: object, field: str) -> str:
 
 
 def check_patterns(values: Iterable[str] | None, field: str) -> tuple[str, ...] | None:
-    """Each pattern of an ACL list checked as a DN pattern (None stays None)."""
+    """Each pattern of an ACL list checked as a DN pattern, and as MyProxy's pattern language
+    reads it (patterns.check_pattern); None stays None."""
     if values is None:
         return None
-    return tuple(check(DN_PATTERN, v, field) for v in values)
+    checked = []
+    for value in values:
+        check(DN_PATTERN, value, field)
+        try:
+            check_pattern(value)
+        except PatternError as exc:
+            where = "" if exc.position is None else f"at character {exc.position + 1}: "
+            raise InvalidField(field, DN_PATTERN, value, where + exc.why) from None
+        checked.append(value)
+    return tuple(checked)
 
 
 def check_chain_names(certs: Sequence[x509.Certificate]) -> None:
@@ -216,13 +230,15 @@ def check_chain_names(certs: Sequence[x509.Certificate]) -> None:
 def argument(kind: Kind, option: str) -> Callable[[str], str]:
     """An argparse `type=` for a command-line option carrying a name of `kind` (the CLI edge).
 
-    For DN_PATTERN, the option's value may list several patterns separated by commas.
+    For DN_PATTERN, the option's value may list several patterns, separated by a comma
+    before a `/` (as cli.common.split_dns splits them).
     """
 
     def parse(value: str) -> str:
         try:
             if kind is DN_PATTERN:
-                check_patterns([v.strip() for v in value.split(",") if v.strip()], option)
+                parts = re.split(r",(?=\s*/)", value)
+                check_patterns([v.strip() for v in parts if v.strip()], option)
             else:
                 check(kind, value, option)
         except InvalidField as exc:

@@ -1,22 +1,52 @@
-"""DN patterns in MyProxy's syntax, so existing myproxy-server configs carry over.
+"""DN patterns in MyProxy's language, so existing myproxy-server policies carry over unchanged.
 
-`*` matches any run of characters, `?` one character, everything else is
-literal (`.` included), and a pattern matches the whole DN. This is what
-myproxy-server does with `authorized_retrievers` and friends.
+MyProxy (gct `myproxy_server_config.c`, `regex_compare`; man page
+myproxy-server.config(5), "REGULAR EXPRESSIONS") reads a pattern as a POSIX
+extended regular expression after one rewrite, character by character:
+
+    *  -> .*        ?  -> .         .  -> \\.
+    \\* -> *        \\? -> ?        \\. -> .
+    \\\\ -> \\        \\c -> \\c  (any other character c)
+
+and wraps the result in `^(` ... `)$`. Matching is case-sensitive. A pattern
+may start with `FQAN:` (it then matches the peer's verified VOMS FQANs
+instead of its DN) or `SUBJECT:` (the DN, as without a prefix); MyProxy
+compares these prefixes without regard to case. `to_ere` is that rewrite;
+`translate` turns the ERE into a Python expression with the same meaning,
+and refuses (`PatternError`) what has none or that myproxy-server itself
+cannot compile (it then matches no one, silently):
+
+- back-references and every backslash before a letter or digit (`\\1`,
+  `\\w`, `\\d`, `\\<`): GNU or Perl syntax that POSIX reads otherwise;
+- `[:alpha:]` outside a bracket expression: POSIX reads it as the set of
+  the characters `:alph`, not as the class `[[:alpha:]]` it looks like
+  (the man page's own example has this mistake);
+- a `)` without its `(`: it would close MyProxy's `^(` early, and the
+  pattern would match any DN that merely starts or ends in part of it;
+- collating elements and equivalence classes other than one character,
+  intervals over 255, and whatever POSIX refuses (a quantifier with
+  nothing to repeat, an unclosed `(` or `[`, an unknown class, a range
+  running backwards).
+
+POSIX classes (`[[:alpha:]]` ...) are ASCII, as in the C locale that
+myproxy-server runs in; text is matched by character, not by byte.
 
 Two ways to match, for two kinds of rule:
 
 - **allow rules** (retriever, renewer and key-retriever ACLs, admins,
-  auditors, full-delegation hosts) use `dn_matches`: MyProxy's exact,
+  auditors, full-delegation hosts) use `matches`: MyProxy's exact,
   case-sensitive semantics, so a pattern never grants more than it did
-  under myproxy-server;
+  under myproxy-server (and one that cannot be read grants nothing);
 - **deny rules** (bans, pilot classification, self-authorization) use
   `dn_denied` / `same_dn`, which err on the side of matching: a DN written
   in any spelling that X.500 name matching or the grid tools treat as the
   same name matches (attribute names in any case and their aliases such as
   `E`/`Email`/`emailAddress` and `UID`/`USERID`, values compared without
   case and with runs of spaces folded, Unicode compatibility forms folded,
-  and OpenSSL's comma form in either RDN order).
+  and OpenSSL's comma form in either RDN order). A deny pattern matches if
+  it matches read as a regular expression (without regard to case) OR read
+  as the older shell-style glob where everything but `*` and `?` is literal,
+  so no ban written for the glob reading lets anyone through.
 """
 
 from __future__ import annotations
@@ -26,9 +56,387 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
+from voms_ext import VomsExtError
+from voms_ext.fqan import parse_fqan
+
+__all__ = [
+    "FQAN_PREFIX",
+    "MAX_REPEAT",
+    "SUBJECT_PREFIX",
+    "PatternError",
+    "any_dn_denied",
+    "any_dn_matches",
+    "any_glob_matches",
+    "any_matches",
+    "check_pattern",
+    "dn_denied",
+    "dn_matches",
+    "dn_spellings",
+    "glob_matches",
+    "matches",
+    "same_dn",
+    "to_ere",
+    "translate",
+]
+
+FQAN_PREFIX = "FQAN:"
+SUBJECT_PREFIX = "SUBJECT:"
+MAX_REPEAT = 255  # POSIX allows 32767; nothing in a DN needs more, and big counts are slow
+
+# POSIX classes as the C locale defines them.
+_CLASSES = {
+    "alpha": "A-Za-z",
+    "digit": "0-9",
+    "alnum": "0-9A-Za-z",
+    "upper": "A-Z",
+    "lower": "a-z",
+    "space": " \\t\\n\\r\\f\\v",
+    "blank": " \\t",
+    "punct": "!-/:-@\\[-`{-~",
+    "print": " -~",
+    "graph": "!-~",
+    "cntrl": "\\x00-\\x1f\\x7f",
+    "xdigit": "0-9A-Fa-f",
+}
+_QUANTIFIERS = "*+?"
+
+
+class PatternError(ValueError):
+    """A pattern proxyd cannot read as myproxy-server would. `message`: what, where, why."""
+
+    def __init__(self, pattern: str, position: int | None, why: str) -> None:
+        self.pattern = pattern
+        self.position = position
+        self.why = why
+        shown = pattern if len(pattern) <= 80 else pattern[:80] + "..."
+        where = "" if position is None else f" at character {position + 1}"
+        self.message = f"pattern {shown!r}{where}: {why}"
+        super().__init__(self.message)
+
+
+def _split_prefix(pattern: str) -> tuple[str, str]:
+    """("fqan" | "subject", the rest): MyProxy compares the prefixes without regard to case."""
+    for kind, prefix in (("fqan", FQAN_PREFIX), ("subject", SUBJECT_PREFIX)):
+        if pattern[: len(prefix)].upper() == prefix:
+            return kind, pattern[len(prefix) :]
+    return "subject", pattern
+
+
+def _convert(pattern: str) -> list[tuple[str, int]]:
+    """MyProxy's rewrite into ERE characters, each with the index of the pattern character
+    it came from (for error messages)."""
+    out: list[tuple[str, int]] = []
+    escaped = False
+    for at, ch in enumerate(pattern):
+        if ch == "\\" and not escaped:
+            escaped = True
+            continue
+        index = at - 1 if escaped else at  # errors point at the backslash of an escape
+        if ch == "*":
+            out += [(".", index), ("*", index)] if not escaped else [("*", index)]
+        elif ch == "?":
+            out.append(("?" if escaped else ".", index))
+        elif ch == ".":
+            out += [(".", index)] if escaped else [("\\", index), (".", index)]
+        elif ch == "\\":  # an escaped backslash: one backslash, which escapes the next ERE char
+            out.append(("\\", index))
+        else:
+            out += [("\\", index), (ch, index)] if escaped else [(ch, index)]
+        escaped = False
+    return out  # a trailing lone backslash is dropped, as MyProxy does
+
+
+def to_ere(pattern: str) -> str:
+    """The POSIX ERE that myproxy-server compiles for `pattern` (no prefix handling)."""
+    return "^(" + "".join(ch for ch, _ in _convert(pattern)) + ")$"
+
+
+def _class_char(ch: str) -> str:
+    return "\\" + ch if ch.isascii() and not ch.isalnum() else ch
+
+
+class _Translator:
+    """One ERE body (the part between MyProxy's `^(` and `)$`) into a Python expression."""
+
+    def __init__(self, pattern: str, chars: list[tuple[str, int]]) -> None:
+        self.pattern = pattern
+        self.chars = chars
+        self.i = 0
+
+    def fail(self, why: str, at: int | None = None) -> PatternError:
+        index = self.i if at is None else at
+        if index < len(self.chars):
+            position: int | None = self.chars[index][1]
+        else:
+            position = len(self.pattern) - 1 if self.pattern else None
+        return PatternError(self.pattern, position, why)
+
+    def peek(self, ahead: int = 0) -> str | None:
+        j = self.i + ahead
+        return self.chars[j][0] if j < len(self.chars) else None
+
+    def run(self) -> str:
+        stack: list[list[str]] = []
+        opened: list[int] = []
+        seq: list[str] = []
+        last = "none"  # none (start, after `(` or `|`), anchor, atom, quantified
+        while self.i < len(self.chars):
+            ch = self.chars[self.i][0]
+            start = self.i
+            self.i += 1
+            if ch in _QUANTIFIERS or ch == "{":
+                if last in ("none", "anchor"):
+                    raise self.fail(f"{ch!r} has nothing to repeat", start)
+                quantifier = ch if ch != "{" else self.interval(start)
+                if last == "quantified":  # POSIX allows `a**`; Python reads `a*+` otherwise
+                    seq[-1] = f"(?:{seq[-1]})"
+                seq[-1] += quantifier
+                last = "quantified"
+            elif ch == "(":
+                stack.append(seq)
+                opened.append(start)
+                seq, last = [], "none"
+            elif ch == ")":
+                if not stack:
+                    raise self.fail(
+                        "this ')' has no '(' and would close the '^(' that MyProxy wraps "
+                        "every pattern in, so the pattern would match DNs that merely start "
+                        "or end with part of it; write '\\)' for a literal parenthesis",
+                        start,
+                    )
+                inner = "".join(seq)
+                seq = stack.pop()
+                opened.pop()
+                seq.append(f"(?:{inner})")
+                last = "atom"
+            elif ch == "|":
+                seq.append("|")
+                last = "none"
+            elif ch == "^":
+                seq.append("^")
+                last = "anchor"
+            elif ch == "$":
+                seq.append("\\Z")
+                last = "anchor"
+            elif ch == ".":
+                seq.append(".")
+                last = "atom"
+            elif ch == "[":
+                seq.append(self.bracket(start))
+                last = "atom"
+            elif ch == "\\":
+                seq.append(self.escape(start))
+                last = "atom"
+            else:
+                seq.append(re.escape(ch))
+                last = "atom"
+        if stack:
+            raise self.fail(
+                "this '(' is never closed; for a literal parenthesis write '\\('", opened[-1]
+            )
+        return "".join(seq)
+
+    def escape(self, start: int) -> str:
+        nxt = self.peek()
+        if nxt is None:
+            raise self.fail(
+                "an escaped backslash at the end escapes MyProxy's closing ')', and "
+                "myproxy-server cannot compile the result (it matches no one)",
+                start,
+            )
+        self.i += 1
+        if nxt.isascii() and nxt.isalnum():
+            what = (
+                "a back-reference"
+                if nxt.isdigit()
+                else "a GNU or Perl escape (POSIX gives it no meaning)"
+            )
+            raise self.fail(f"'\\{nxt}' is {what}; proxyd refuses it rather than guess", start)
+        if nxt in "<>`'":
+            raise self.fail(f"'\\{nxt}' is a GNU word or buffer anchor, not POSIX", start)
+        return re.escape(nxt)
+
+    def interval(self, start: int) -> str:
+        text = ""
+        while (ch := self.peek()) is not None and ch != "}":
+            text += ch
+            self.i += 1
+        if self.peek() != "}":
+            raise self.fail(
+                "'{' starts an interval such as {2} or {1,3}; for a literal brace write '\\{'",
+                start,
+            )
+        self.i += 1
+        match = re.fullmatch(r"([0-9]*)(,?)([0-9]*)", text)
+        if match is None or not (match.group(1) or match.group(2)):
+            raise self.fail(f"'{{{text}}}' is not an interval such as {{2}} or {{1,3}}", start)
+        low_text, comma, high_text = match.groups()
+        low = int(low_text) if low_text else 0
+        high = int(high_text) if high_text else None
+        if max(low, high or 0) > MAX_REPEAT:
+            raise self.fail(f"an interval over {MAX_REPEAT} repetitions", start)
+        if high is not None and high < low:
+            raise self.fail(f"the interval '{{{text}}}' runs backwards", start)
+        if not comma:
+            return f"{{{low}}}"
+        return f"{{{low},{'' if high is None else high}}}"
+
+    def bracket(self, start: int) -> str:
+        members: list[str] = []
+        negate = self.peek() == "^"
+        if negate:
+            self.i += 1
+        first = True
+        raw = ""  # the text of the expression, for the `[:alpha:]` trap
+        while True:
+            ch = self.peek()
+            if ch is None:
+                raise self.fail("this '[' is never closed", start)
+            if ch == "]" and not first:
+                self.i += 1
+                break
+            first = False
+            if ch == "[" and self.peek(1) in (":", ".", "="):
+                kind = self.peek(1)
+                item = self.bracket_item(start)
+                if kind == ":":
+                    members.append(item)
+                    raw += "\0"
+                    if self.peek() == "-" and self.peek(1) not in ("]", None):
+                        raise self.fail("a class cannot start a range", self.i)
+                    continue
+                low = item
+            else:
+                self.i += 1
+                raw += ch
+                low = ch
+            if self.peek() == "-" and self.peek(1) not in ("]", None):
+                self.i += 1
+                if self.peek() == "[" and self.peek(1) in (":", ".", "="):
+                    if self.peek(1) == ":":
+                        raise self.fail("a class cannot end a range", self.i)
+                    high = self.bracket_item(start)
+                else:
+                    high = self.peek() or ""
+                    self.i += 1
+                if ord(high) < ord(low):
+                    raise self.fail(f"the range '{low}-{high}' runs backwards", start)
+                members.append(f"{_class_char(low)}-{_class_char(high)}")
+                raw += "-" + high
+            else:
+                members.append(_class_char(low))
+        if not negate and len(raw) > 2 and raw[0] == ":" and raw[-1] == ":":
+            raise self.fail(
+                f"'[{raw}]' is the set of the characters {raw!r}, not the class it looks "
+                f"like; write '[[{raw}]]' for the class",
+                start,
+            )
+        return "[" + ("^" if negate else "") + "".join(members) + "]"
+
+    def bracket_item(self, start: int) -> str:
+        """`[:name:]` (a class, as Python class text) or `[.c.]` / `[=c=]` (the one character)."""
+        kind = self.peek(1) or ""
+        self.i += 2
+        text = ""
+        while not (self.peek() == kind and self.peek(1) == "]"):
+            ch = self.peek()
+            if ch is None:
+                raise self.fail(f"'[{kind}' is never closed by '{kind}]'", start)
+            text += ch
+            self.i += 1
+        self.i += 2
+        if kind == ":":
+            if text not in _CLASSES:
+                raise self.fail(
+                    f"'[:{text}:]' is no POSIX class (known: {', '.join(sorted(_CLASSES))})",
+                    start,
+                )
+            return _CLASSES[text]
+        if len(text) != 1:
+            raise self.fail(
+                f"'[{kind}{text}{kind}]': only one-character collating elements and "
+                "equivalence classes are supported",
+                start,
+            )
+        return text
+
+
+@functools.lru_cache(maxsize=2048)
+def translate(body: str) -> str:
+    """The Python expression equivalent to MyProxy's reading of `body` (a pattern without its
+    `FQAN:`/`SUBJECT:` prefix), to be used with `fullmatch`. Raises PatternError."""
+    return _Translator(body, _convert(body)).run()
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(body: str, ignore_case: bool) -> re.Pattern[str] | None:
+    try:
+        expression = translate(body)
+    except PatternError:
+        return None
+    return re.compile(f"(?:{expression})", re.DOTALL | (re.IGNORECASE if ignore_case else 0))
+
+
+def check_pattern(pattern: str, *, fqan: bool = True) -> None:
+    """Raise PatternError unless `pattern` reads as it would under myproxy-server.
+
+    `fqan=False` for lists that only ever see DNs (deny lists), where `FQAN:` is refused.
+    """
+    if not pattern:
+        raise PatternError(pattern, None, "a pattern must not be empty")
+    kind, body = _split_prefix(pattern)
+    if kind == "fqan" and not fqan:
+        raise PatternError(pattern, 0, "this list matches DNs only; 'FQAN:' is not allowed here")
+    try:
+        translate(body)
+    except PatternError as exc:
+        offset = len(pattern) - len(body)
+        position = None if exc.position is None else exc.position + offset
+        raise PatternError(pattern, position, exc.why) from None
+
+
+def matches(pattern: str, dn: str, fqans: Iterable[str] = ()) -> bool:
+    """Does `pattern` grant `dn` (or, for an `FQAN:` pattern, one of the peer's verified
+    `fqans`, in their long form), exactly as under myproxy-server? A pattern that cannot be
+    read matches no one."""
+    kind, body = _split_prefix(pattern)
+    regex = _compiled(body, False)
+    if regex is None:
+        return False
+    if kind == "fqan":
+        return any(regex.fullmatch(_long_fqan(f)) is not None for f in fqans)
+    return regex.fullmatch(dn) is not None
+
 
 @functools.lru_cache(maxsize=1024)
-def _compile(pattern: str) -> re.Pattern[str]:
+def _long_fqan(fqan: str) -> str:
+    """The form myproxy-server matches: as VOMS writes it into the AC, with `Role=NULL` and
+    `Capability=NULL` spelt out (proxyd keeps the short form)."""
+    try:
+        return parse_fqan(fqan).long
+    except VomsExtError:
+        return fqan
+
+
+def any_matches(patterns: Iterable[str], dn: str, fqans: Iterable[str] = ()) -> bool:
+    fqans = tuple(fqans)
+    return any(matches(p, dn, fqans) for p in patterns)
+
+
+def dn_matches(pattern: str, dn: str) -> bool:
+    """`matches` for a peer without FQANs."""
+    return matches(pattern, dn)
+
+
+def any_dn_matches(patterns: Iterable[str], dn: str) -> bool:
+    return any(matches(p, dn) for p in patterns)
+
+
+# --- shell-style globs: proxyd's own lists (site bans, pilot sites) ------------------------------
+
+
+@functools.lru_cache(maxsize=1024)
+def _glob(pattern: str) -> re.Pattern[str]:
     parts = []
     for ch in pattern:
         if ch == "*":
@@ -40,12 +448,14 @@ def _compile(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(parts), re.DOTALL)
 
 
-def dn_matches(pattern: str, dn: str) -> bool:
-    return _compile(pattern).fullmatch(dn) is not None
+def glob_matches(pattern: str, text: str) -> bool:
+    """`*` any run of characters, `?` one, everything else literal; the whole text. For
+    proxyd's own lists that never were MyProxy's (site names, pilot site bindings)."""
+    return _glob(pattern).fullmatch(text) is not None
 
 
-def any_dn_matches(patterns: Iterable[str], dn: str) -> bool:
-    return any(dn_matches(p, dn) for p in patterns)
+def any_glob_matches(patterns: Iterable[str], text: str) -> bool:
+    return any(glob_matches(p, text) for p in patterns)
 
 
 # --- deny rules: every spelling of a name matches ----------------------------------------------
@@ -107,8 +517,18 @@ def dn_spellings(text: str) -> tuple[str, ...]:
 
 def dn_denied(pattern: str, dn: str) -> bool:
     """Does a deny-rule pattern match `dn` in any of their spellings (see the module doc)?"""
+    kind, body = _split_prefix(pattern)
+    if kind == "fqan":
+        return False  # deny lists see DNs only (check_pattern(fqan=False) refuses these)
     targets = dn_spellings(dn)
-    return any(_compile(p).fullmatch(t) is not None for p in dn_spellings(pattern) for t in targets)
+    folded = dn_spellings(body)
+    if any(_glob(p).fullmatch(t) is not None for p in folded for t in targets):
+        return True
+    for candidate in (body, *folded):
+        regex = _compiled(candidate, True)
+        if regex is not None and any(regex.fullmatch(t) for t in (dn, *targets)):
+            return True
+    return False
 
 
 def any_dn_denied(patterns: Iterable[str], dn: str) -> bool:

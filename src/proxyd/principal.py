@@ -29,7 +29,7 @@ from voms_ext import (
 from voms_ext.cache import BoundedCache
 
 from .config import PolicyConfig
-from .patterns import any_dn_denied, any_dn_matches
+from .patterns import any_dn_denied, any_matches
 
 ANONYMOUS = "<anonymous>"
 
@@ -135,8 +135,8 @@ def classify(
     fqans = tuple(normalise_fqan(f) for f in result.fqans)
     if is_pilot_identity(identity, fqans, policy):
         kind = PrincipalKind.PILOT
-    elif _looks_like_host(result.end_entity) or any_dn_matches(
-        (*policy.trusted_retrievers, *policy.full_delegation_hosts), identity
+    elif _looks_like_host(result.end_entity) or any_matches(
+        (*policy.trusted_retrievers, *policy.full_delegation_hosts), identity, fqans
     ):
         kind = PrincipalKind.HOST
     else:

@@ -21,7 +21,9 @@ from .core.checks import (
 from .core.delegation import Delegation
 from .core.errors import BadPassphrase, BadRequest, Denied, NotFound, RepositoryError
 from .core.issuance import Issuance
+from .core.members import VoMembership
 from .core.owner import OwnerOperations
+from .core.reminders import ExpiryReminders
 from .core.values import (
     DEFAULT_NAME,
     CredentialInfo,
@@ -53,5 +55,5 @@ __all__ = [
 ]
 
 
-class Repository(Delegation, OwnerOperations, Issuance, Administration):
+class Repository(Delegation, OwnerOperations, Issuance, Administration, VoMembership, ExpiryReminders):
     """Every operation of the core, as the edges call them (see the modules of proxyd.core)."""

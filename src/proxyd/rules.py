@@ -148,6 +148,11 @@ _ALL = (
     # --- store ----------------------------------------------------------------------------------
     Rule("store.owner", "The owner stores (delegates) its own credential.", None),
     Rule(
+        "store.not_accepted",
+        "The peer is not listed in accepted_credentials, so it may not store credentials here.",
+        None,
+    ),
+    Rule(
         "store.not_owner",
         "A credential can only be stored by its owner, and never over another owner's.",
         None,
@@ -165,6 +170,11 @@ _ALL = (
     # --- info, destroy, change passphrase, lock ------------------------------------------------
     Rule("owner.self", "The owner manages (info, destroy, passphrase) its own credential.", None),
     Rule("owner.only", "Only the owner may see, destroy or change this credential.", None),
+    Rule(
+        "destroy.not_accepted",
+        "The peer is not listed in accepted_credentials, so it may not destroy credentials here.",
+        None,
+    ),
     Rule("credential.not_found", "No such credential is stored.", None),
     Rule("credential.not_locked", "An unlock named a credential that is not locked.", None),
     # --- retrieve, renew, retrieve key ---------------------------------------------------------
@@ -187,7 +197,9 @@ _ALL = (
     ),
     Rule(
         "retrieve.credential_acl",
-        "The peer is not in the credential's own retriever or trusted-retriever list.",
+        "The peer is not in the credential's own retriever or trusted-retriever list, or, "
+        "for a credential stored without one, in default_retrievers or "
+        "default_trusted_retrievers.",
         None,
     ),
     Rule(
@@ -222,7 +234,8 @@ _ALL = (
     ),
     Rule(
         "renew.not_authorized",
-        "The peer is not in authorized_renewers or the credential's renewer list.",
+        "The peer is not in authorized_renewers, or not in the credential's renewer list "
+        "(default_renewers for a credential stored without one).",
         None,
     ),
     Rule("renew.proof_mismatch", "The renewal proof is not a credential of the owner.", None),
@@ -243,12 +256,14 @@ _ALL = (
     ),
     Rule(
         "retrieve_key.authorized",
-        "Both key_retrievers and the credential list the peer, and it gave the passphrase.",
+        "key_retrievers and the credential's list (or default_key_retrievers) admit the peer, "
+        "and it gave the passphrase.",
         None,
     ),
     Rule(
         "retrieve_key.not_authorized",
-        "The peer is not in both key_retrievers and the credential's key retriever list.",
+        "The peer is not in key_retrievers, or not in the credential's key retriever list "
+        "(default_key_retrievers for a credential stored without one).",
         None,
     ),
     Rule(
@@ -271,6 +286,47 @@ _ALL = (
         None,
     ),
     Rule("voms.unknown_vo", "proxyd has no attribute authority for the VO asked for.", None),
+    # --- the VO's own VOMS server as the attribute authority (proxyd.vomsaa) -------------------
+    Rule(
+        "voms.upstream_unknown_user",
+        "The VO's VOMS server does not know the credential's owner as a member.",
+        None,
+    ),
+    Rule(
+        "voms.upstream_suspended_user",
+        "The VO's VOMS server reports the credential's owner as suspended.",
+        None,
+    ),
+    Rule(
+        "voms.upstream_role_not_held",
+        "The VO's VOMS server refuses a group or role the owner does not hold.",
+        None,
+    ),
+    Rule(
+        "voms.upstream_bad_request",
+        "The VO's VOMS server refused the attribute request as malformed.",
+        None,
+    ),
+    Rule(
+        "voms.upstream_error",
+        "The VO's VOMS server failed (database or internal error, or an unreadable answer).",
+        None,
+    ),
+    Rule(
+        "voms.upstream_unreachable",
+        "None of the VO's configured VOMS servers could be reached or completed the handshake.",
+        None,
+    ),
+    Rule(
+        "voms.upstream_timeout",
+        "The VO's VOMS servers did not answer within the configured timeout.",
+        None,
+    ),
+    Rule(
+        "voms.upstream_bad_ac",
+        "The AC from the VO's VOMS server does not verify against voms_dir, so it is never embedded.",
+        None,
+    ),
     # --- payload proxies and the task queue ----------------------------------------------------
     Rule(
         "payload.assigned", "The pilot gets a limited proxy for the payload assigned to it.", "I2"
@@ -355,6 +411,38 @@ _ALL = (
     ),
     Rule("admin.not_banned", "An unban named an owner, user or host that is not banned.", None),
     Rule("admin.already_banned", "A ban named a user or host that is banned already.", None),
+    Rule("vo.already_member", "add-member named a DN that is a member of the VO already.", None),
+    Rule("vo.not_member", "A membership change named a DN that is not a member of the VO.", None),
+    Rule("vo.fqan_held", "A grant named an FQAN the member holds already.", None),
+    Rule("vo.fqan_not_held", "A revoke named an FQAN the member does not hold.", None),
+    Rule("vo.bad_fqan", "An FQAN of a membership change is malformed or of another VO.", None),
+    Rule(
+        "vo.bad_dn",
+        "A member DN is not one /-separated DN of 1 to 1024 printable characters.",
+        None,
+    ),
+    # --- expiry reminders and owner contacts (proxyd.core.reminders) ---------------------------
+    Rule(
+        "remind.sweep",
+        "Expiry reminders are sent by the server's own sweep (the local operator), no one else.",
+        None,
+    ),
+    Rule(
+        "remind.already_sent",
+        "Another sweep sent this reminder (credential, end, horizon) first: once per horizon.",
+        None,
+    ),
+    Rule(
+        "remind.undelivered",
+        "A due reminder went out on no channel (mail and webhook failed); retried next sweep.",
+        None,
+    ),
+    Rule(
+        "contact.owner",
+        "Owners set their own contact address for reminders, with a non-limited certificate.",
+        None,
+    ),
+    Rule("contact.bad_address", "A contact address is not one plain e-mail address.", None),
     Rule(
         "request.refused",
         "An allowed operation found, when it came to act, that it could not be done.",

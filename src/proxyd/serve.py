@@ -1,9 +1,9 @@
-"""`proxyd serve`: run the MyProxy and HTTPS listeners named in the configuration.
+"""`proxyd serve`: run the MyProxy, HTTPS and VOMS AA listeners named in the configuration.
 
 With `workers > 1` the parent prepares the state (migrations, master key)
 once, then starts that many worker processes; each binds the same ports
 with SO_REUSEPORT, so the kernel spreads connections over the cores.
-Connection limits ([myproxy]/[api] max_connections, max_connections_per_peer)
+Connection limits ([myproxy]/[api]/[aa] max_connections, max_connections_per_peer)
 are kept by each listener of each process (connlimit.py): with N workers an
 edge holds up to N times max_connections.
 """
@@ -33,12 +33,14 @@ from .issuer import IssueError
 from .logs import configure as configure_logging
 from .metrics import exposition
 from .myproxy.server import SESSION_TIMEOUT, MyProxyServer
+from .principal import local_operator
 from .repository import Repository
 from .sealing import SealingError
 from .taskqueue.model import TaskQueueError
 from .tasks import TaskService, open_task_service
 from .tlsctx import server_context
 from .trustwatch import TrustWatcher
+from .vomsaa.server import AaServer
 
 log = logging.getLogger("proxyd.serve")
 API_HANDSHAKE_TIMEOUT = 60.0  # asyncio's default, as before the connection limits
@@ -63,9 +65,11 @@ async def run_listeners(
     runner: web.AppRunner | None = None
     metrics_runner: web.AppRunner | None = None
     myproxy: asyncio.AbstractServer | None = None
+    aa: asyncio.AbstractServer | None = None
     sweeper: asyncio.Task[None] | None = None
     reload_now = asyncio.Event()
     trust_task: asyncio.Task[None] | None = None
+    reminder_task: asyncio.Task[None] | None = None
     tasks = _task_service(repo)
     try:
         if config.myproxy.listen is not None:
@@ -77,6 +81,17 @@ async def run_listeners(
             except OSError as exc:
                 raise ServeError(f"cannot listen for MyProxy on {listen}: {exc.strerror}") from None
             log.info("MyProxy listening on %s", listen)
+        if config.aa.listen is not None:
+            aa_listen = config.aa.listen
+            try:
+                aa = await AaServer(repo).start(
+                    aa_listen.host, aa_listen.port, reuse_port=reuse_port
+                )
+            except OSError as exc:
+                raise ServeError(
+                    f"cannot listen for VOMS AA requests on {aa_listen}: {exc.strerror}"
+                ) from None
+            log.info("VOMS AA listening on %s", aa_listen)
         if config.api.listen is not None:
             app = make_app(config, repo)
             if tasks is not None:
@@ -109,6 +124,8 @@ async def run_listeners(
         if config.metrics.listen is not None:
             metrics_runner = await _start_metrics(config, reuse_port)
         trust_task = asyncio.create_task(_watch_trust(repo, watcher, config, reload_now))
+        if config.reminders.enabled:
+            reminder_task = asyncio.create_task(_remind_expiring(repo, config))
         if ready is not None:
             ready()
         loop = asyncio.get_running_loop()
@@ -118,14 +135,15 @@ async def run_listeners(
         await stop.wait()
     finally:
         log.info("shutting down")
-        background = [t for t in (trust_task, sweeper) if t is not None]
+        background = [t for t in (trust_task, sweeper, reminder_task) if t is not None]
         for task in background:
             task.cancel()
         # Wait for them to end, so that none is destroyed while pending.
         await asyncio.gather(*background, return_exceptions=True)
-        if myproxy is not None:
-            myproxy.close()
-            await myproxy.wait_closed()
+        for edge in (myproxy, aa):
+            if edge is not None:
+                edge.close()
+                await edge.wait_closed()
         for each in (runner, metrics_runner):
             if each is not None:
                 await each.cleanup()
@@ -168,6 +186,8 @@ def _ensure_fd_limit(config: Config) -> None:
         wanted += config.myproxy.max_connections
     if config.api.listen is not None:
         wanted += config.api.max_connections
+    if config.aa.listen is not None:
+        wanted += config.aa.max_connections
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= wanted:
         return
@@ -209,6 +229,22 @@ async def _sweep_stalled(tasks: TaskService, config: Config) -> None:
             continue
         if stalled:
             log.info("marked %d task(s) stalled: %s", len(stalled), stalled[:20])
+
+
+async def _remind_expiring(repo: Repository, config: Config) -> None:
+    """Tell owners before their stored credentials expire ([reminders]); every worker runs
+    this, and each reminder is claimed in the database, so it goes out once."""
+    interval = config.reminders.interval.total_seconds()
+    operator = local_operator()
+    while True:
+        try:
+            sent = await asyncio.to_thread(repo.remind_expiring, operator)
+        except Exception:
+            log.exception("expiry-reminder sweep failed; it runs again in %.0f s", interval)
+        else:
+            if sent:
+                log.info("sent %d expiry reminder(s)", len(sent))
+        await asyncio.sleep(interval)
 
 
 async def _watch_trust(

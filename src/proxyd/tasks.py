@@ -98,6 +98,8 @@ class TaskService:
         fqans = tuple(normalise_fqan(f) for f in spec.fqans)
         aa = self.repo.authorities.get(spec.vo)
         held = aa.held_fqans(spec.owner) if aa is not None else ()
+        if spec.vo in self.repo.upstreams:
+            held = fqans  # the VO's own server decides when the payload proxy is made
         facts = self.repo.stored_facts(spec.credential_username, spec.credential_name)
         request = policy.Request(
             Operation.TASK_SUBMIT,

@@ -279,6 +279,10 @@ def _ban_eve(world: World) -> None:
     world.repo.ban(world.who("carol"), "user", EVE, "compromised")
 
 
+def _eve_in_dteam(world: World) -> None:
+    world.repo.add_member(world.who("carol"), "dteam", EVE, ["/dteam", "/dteam/x"])
+
+
 def _lock_alice(world: World) -> None:
     world.repo.lock(world.who("carol"), "alice", None, "under investigation")
 
@@ -317,6 +321,7 @@ def _admin_read(method: str) -> list[Scenario]:
         "inventory": "audit_read.auditors",
         "authorize_metrics": "metrics_read.readers",
         "list_bans": "admin.admins",
+        "list_members": "admin.admins",
         "list_credentials": "admin.admins",
     }[method]
     return [
@@ -549,6 +554,7 @@ SCENARIOS: list[Scenario] = [
     *_admin_read("audit_verify"),
     *_admin_read("authorize_metrics"),
     *_admin_read("list_bans"),
+    *_admin_read("list_members"),
     *_admin_read("list_credentials"),
     *_admin_read("inventory"),
     Scenario(
@@ -646,6 +652,63 @@ SCENARIOS: list[Scenario] = [
         lambda w: w.repo.expire(w.who("alice")),
         setup=lambda w: w.expire("bob"),
         refused="admin.admins",
+    ),
+    # --- VO members (proxyd admin vo)
+    Scenario(
+        "Repository.add_member",
+        R("add_member"),
+        lambda w: w.repo.add_member(w.who("carol"), "dteam", EVE, ["/dteam"]),
+    ),
+    Scenario(
+        "Repository.add_member-refused-alice",
+        R("add_member"),
+        lambda w: w.repo.add_member(w.who("alice"), "dteam", EVE, ["/dteam"]),
+        refused="admin.admins",
+    ),
+    Scenario(
+        "Repository.add_member-refused-already-member",
+        R("add_member"),
+        lambda w: w.repo.add_member(w.who("carol"), "dteam", EVE, ["/dteam"]),
+        setup=_eve_in_dteam,
+        refused="vo.already_member",
+    ),
+    Scenario(
+        "Repository.remove_member",
+        R("remove_member"),
+        lambda w: w.repo.remove_member(w.who("carol"), "dteam", EVE),
+        setup=_eve_in_dteam,
+    ),
+    Scenario(
+        "Repository.remove_member-refused-not-member",
+        R("remove_member"),
+        lambda w: w.repo.remove_member(w.who("carol"), "dteam", EVE),
+        refused="vo.not_member",
+    ),
+    Scenario(
+        "Repository.grant",
+        R("grant"),
+        lambda w: w.repo.grant(w.who("carol"), "dteam", EVE, "/dteam/Role=production"),
+        setup=_eve_in_dteam,
+    ),
+    Scenario(
+        "Repository.grant-refused-alice",
+        R("grant"),
+        lambda w: w.repo.grant(w.who("alice"), "dteam", EVE, "/dteam/Role=production"),
+        setup=_eve_in_dteam,
+        refused="admin.admins",
+    ),
+    Scenario(
+        "Repository.revoke",
+        R("revoke"),
+        lambda w: w.repo.revoke(w.who("carol"), "dteam", EVE, "/dteam/x"),
+        setup=_eve_in_dteam,
+    ),
+    Scenario(
+        "Repository.revoke-refused-not-held",
+        R("revoke"),
+        lambda w: w.repo.revoke(w.who("carol"), "dteam", EVE, "/dteam/Role=production"),
+        setup=_eve_in_dteam,
+        refused="vo.fqan_not_held",
     ),
     Scenario(
         "Repository.rotate_master_key",

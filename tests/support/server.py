@@ -10,11 +10,19 @@ import asyncio
 import dataclasses
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from proxyd.config import ApiConfig, Config, Listen, MyProxyConfig, PolicyConfig, TaskQueueConfig
+from proxyd.config import (
+    AaConfig,
+    ApiConfig,
+    Config,
+    Listen,
+    MyProxyConfig,
+    PolicyConfig,
+    TaskQueueConfig,
+)
 from proxyd.devpki import DevPKI
 from proxyd.repository import Repository
 from proxyd.serve import run_listeners
@@ -34,6 +42,7 @@ class RunningServer:
     api_port: int
     pki: DevPKI
     _repo: Repository | None = None
+    aa_port: int | None = None  # the [aa] VOMS endpoint, when running_server(aa=True)
 
     @property
     def repo(self) -> Repository:
@@ -62,7 +71,11 @@ def running_server(
     tls_max: str = "1.3",
     policy: PolicyConfig | None = None,
     taskqueue: TaskQueueConfig | None = None,
+    aa: bool | AaConfig = False,
+    configure: Callable[[Config], Config] | None = None,
 ) -> Iterator[RunningServer]:
+    """`aa`: also the [aa] VOMS endpoint on a free port (an AaConfig: with its limits).
+    `configure`: changes the test configuration (e.g. an upstream [[voms]]) before start."""
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     config = make_test_config(pki, database or f"sqlite:///{state_dir / 'proxyd.db'}", state_dir)
     mp_port, api_port = free_port(), free_port()
@@ -72,7 +85,14 @@ def running_server(
         api=ApiConfig(Listen("127.0.0.1", api_port)),
         policy=policy or config.policy,
         taskqueue=taskqueue or config.taskqueue,
+        aa=AaConfig()
+        if aa is False
+        else dataclasses.replace(
+            aa if isinstance(aa, AaConfig) else AaConfig(), listen=Listen("127.0.0.1", free_port())
+        ),
     )
+    if configure is not None:
+        config = configure(config)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     stop = asyncio.Event()
@@ -93,7 +113,9 @@ def running_server(
     thread.start()
     if not ready.wait(30) or failure:
         raise RuntimeError(f"test server did not start: {failure[0] if failure else 'timeout'}")
-    server = RunningServer(config, mp_port, api_port, pki)
+    server = RunningServer(
+        config, mp_port, api_port, pki, aa_port=config.aa.listen.port if config.aa.listen else None
+    )
     try:
         yield server
     finally:

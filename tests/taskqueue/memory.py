@@ -19,10 +19,13 @@ from typing import Any
 
 from proxyd.audit import AuditEvent
 from proxyd.policy import Assignment, Bans
+from proxyd.tasklimits import TaskLimits
 from proxyd.taskqueue.base import (
+    RULE_LAST_ATTEMPT,
     RULE_MATCH,
     RULE_PILOT_REPORT,
     RULE_REQUEST,
+    RULE_RETRY,
     RULE_TIMEOUT,
     AccountingKey,
     AuditSink,
@@ -47,6 +50,7 @@ from proxyd.taskqueue.model import (
     new_assignment_secret,
     next_state,
     normalise_site,
+    retry_outcome,
 )
 
 
@@ -64,7 +68,11 @@ class MemoryTaskQueue:
         audit: AuditSink | None = None,
         fair_share: FairShare | None = None,
         clock: Callable[[], dt.datetime] = _utcnow,
+        limits: TaskLimits | None = None,
+        max_attempts: int | None = None,
     ) -> None:
+        self._limits = limits or TaskLimits()
+        self._max_attempts = max_attempts
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._tasks: dict[int, Task] = {}
@@ -108,6 +116,7 @@ class MemoryTaskQueue:
                 for t in self._tasks.values()
                 if t.state in QUEUED
                 and not bans.matches(t.spec.owner)
+                and not self._at_limit(t, caps.site)
                 and t.spec.requirements.unmet(caps) is None
             ]
             if not fits:
@@ -144,6 +153,22 @@ class MemoryTaskQueue:
             self._tasks[task.id] = task
         return dataclasses.replace(task, assignment_secret=secret)
 
+    def _at_limit(self, task: Task, site: str) -> bool:
+        """Whether `[taskqueue.limits]` keep `task` from a pilot at `site` now."""
+        limits = self._limits
+        active = [t for t in self._tasks.values() if t.state in ACTIVE]
+        cap = limits.max_running_per_owner
+        if cap is not None and sum(t.spec.owner == task.spec.owner for t in active) >= cap:
+            return True
+        at_site = limits.sites.get(site)
+        if at_site is None:
+            return False
+        groups: dict[str, int] = {}
+        for t in active:
+            if t.site == site:
+                groups[t.spec.group] = groups.get(t.spec.group, 0) + 1
+        return at_site.full(sum(groups.values())) or at_site.group_full(task.spec.group, groups)
+
     def _usages(self) -> list[PairUsage]:
         """Per (group, owner): wall seconds used, and max_wall_s of its active tasks."""
         reserved: dict[tuple[str, str], float] = {}
@@ -173,11 +198,24 @@ class MemoryTaskQueue:
                 raise NotAssigned(task_id, pilot, before.pilot)
             now = self._clock()
             state = next_state(before.state, event, task_id)
+            retry = None
+            if event is TaskEvent.FAIL or event is TaskEvent.STALL:
+                retry = retry_outcome(before.attempts, self._max_attempts)
+            if retry is not None:
+                of = f"attempt {before.attempts} of {self._max_attempts}"
+                what = "stalled" if event is TaskEvent.STALL else "failed"
+                why = f"{of} {what}: {reason}"
+                reason = why + ("; queued again" if retry is TaskState.RESCHEDULED else "")
+                if retry is TaskState.FAILED:
+                    reason = why + " (no attempts left)"
             task = dataclasses.replace(before, state=state, reason=reason or before.reason)
             if event is TaskEvent.START:
                 task = dataclasses.replace(task, started_at=now, heartbeat_at=now)
             if event is TaskEvent.HEARTBEAT:
                 task = dataclasses.replace(task, heartbeat_at=now)
+            if retry is not None:
+                state = retry
+                task = dataclasses.replace(task, state=state)
             if state in (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED):
                 task = dataclasses.replace(task, finished_at=now)
             if state is TaskState.RESCHEDULED:
@@ -196,6 +234,10 @@ class MemoryTaskQueue:
             events = list(decided)
             if event is TaskEvent.STALL:
                 events.append(queue_event("task.stall", RULE_TIMEOUT, SYSTEM_ACTOR, task=before))
+                if retry is TaskState.FAILED:
+                    events.append(
+                        queue_event("task.fail", RULE_LAST_ATTEMPT, SYSTEM_ACTOR, task=task)
+                    )
             elif event not in (TaskEvent.START, TaskEvent.HEARTBEAT):
                 rule, actor, kind = (
                     (RULE_PILOT_REPORT, pilot, "pilot") if pilot else (RULE_REQUEST, by, None)
@@ -213,14 +255,17 @@ class MemoryTaskQueue:
                         detail=detail,
                     )
                 )
+            if retry is TaskState.RESCHEDULED:  # proxyd queued the failed or stalled task again
+                events.append(queue_event("task.reschedule", RULE_RETRY, SYSTEM_ACTOR, task=task))
             self._log(*events)
             if before.state in ACTIVE and state not in ACTIVE:
                 pair = (before.spec.group, before.spec.owner)
                 began = before.started_at or before.matched_at or now
                 wall = accounting.wall_s if accounting else (now - began).total_seconds()
                 self._used[pair] = self._used.get(pair, 0.0) + wall
-            if accounting is not None:
-                self._accounting.append((before, state, accounting, now))
+            if accounting is not None:  # the attempt's outcome, whatever comes after it
+                outcome = TaskState.FAILED if event is TaskEvent.FAIL else state
+                self._accounting.append((before, outcome, accounting, now))
             self._tasks[task_id] = task
         return task
 
@@ -290,6 +335,10 @@ class MemoryTaskQueue:
             )
         return found[: filters.limit]
 
+    def count(self, filters: TaskFilter) -> int:
+        with self._lock:
+            return sum(filters.matches(t) for t in self._tasks.values())
+
     def assignment(self, task_id: int, secret: str | None = None) -> Assignment | None:
         task = self._tasks.get(task_id)
         return assignment_of(task, self._clock(), secret) if task is not None else None
@@ -347,8 +396,11 @@ class MemoryTaskQueue:
         ]
         if not silent:
             self._log(*decided)
+        silence = f"no heartbeat for more than {int(heartbeat_timeout.total_seconds())} s"
         for n, task_id in enumerate(silent):
-            self._apply(task_id, TaskEvent.STALL, decided=decided if n == 0 else ())
+            self._apply(
+                task_id, TaskEvent.STALL, reason=silence, decided=decided if n == 0 else ()
+            )
         return silent
 
     def log_tail(self, task_id: int) -> str | None:

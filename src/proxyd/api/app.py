@@ -42,6 +42,8 @@ from ..repository import (
     StoreOptions,
 )
 from ..tlspeer import verified_chain_der
+from .contact import CONTACT_ROUTES
+from .members import MEMBER_ROUTES
 from .models import AC_LIFETIME_S, AcRequest, DelegationChain, DelegationRequest, ProxyRequest
 from .openapi import BODY_MODELS, ApiRoute, Handler, build_openapi
 from .problems import Problem, from_repository_error, problem_response
@@ -394,6 +396,8 @@ ROUTE_TABLE: list[ApiRoute] = [
     ),
     ApiRoute("GET", "/v1/audit/verify", audit_verify, "Verify the audit hash chain (auditors)"),
     *TASK_ROUTES,
+    *MEMBER_ROUTES,
+    *CONTACT_ROUTES,
     *UI_ROUTES,
 ]
 

@@ -60,7 +60,12 @@ DnPatterns = Annotated[
     list[NonEmpty],
     Meta(
         max_length=ACL_MAX,
-        description="MyProxy DN patterns (`*`: any run of characters, `?`: one character)",
+        description=(
+            "MyProxy DN patterns, each one regular expression in MyProxy's language "
+            "(`*`: any run of characters, `?`: one character, `.` literal, `|`, `( )`, "
+            "`[ ]` as in POSIX; an `FQAN:` prefix matches the peer's VOMS FQANs); "
+            "see docs/myproxy.md, Patterns"
+        ),
     ),
 ]
 VomsList = Annotated[
@@ -261,3 +266,42 @@ class OwnerBan(Body, frozen=True, kw_only=True):
     dn: NonEmpty
     banned: bool
     reason: Annotated[str, _about("kept to its first 1000 characters")] | None = None
+
+
+# --- VO members (admins; proxyd.api.members) ----------------------------------------------------
+
+MemberDn = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=1024,
+        description='the member\'s certificate subject in /-separated form, e.g. "/DC=org/CN=Alice"',
+    ),
+]
+Fqan = Annotated[
+    str,
+    Meta(min_length=1, max_length=255, description='e.g. "/dteam" or "/dteam/Role=production"'),
+]
+
+
+class VoMemberAdd(Body, frozen=True, kw_only=True):
+    """Make a DN a member of the VO of the path, holding FQANs."""
+
+    dn: MemberDn
+    fqans: (
+        Annotated[list[Fqan], Meta(max_length=ACL_MAX, description="default: the root group /VO")]
+        | None
+    ) = None
+
+
+class VoMemberRemove(Body, frozen=True, kw_only=True):
+    """Remove a member from the VO of the path."""
+
+    dn: MemberDn
+
+
+class VoMemberFqan(Body, frozen=True, kw_only=True):
+    """Let a member hold one more FQAN (grant), or take one (revoke)."""
+
+    dn: MemberDn
+    fqan: Fqan

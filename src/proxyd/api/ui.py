@@ -73,6 +73,7 @@ NAV = (
     ("/ui/", "Overview"),
     ("/ui/log", "Issuance log"),
     ("/ui/credentials", "Credentials"),
+    ("/ui/members", "VO members"),
     ("/ui/tasks", "Task queue"),
     ("/ui/pilots", "Pilots"),
     ("/ui/accounting", "Accounting"),
@@ -367,6 +368,11 @@ async def ui_credentials(request: web.Request, board: Dashboard, principal: Prin
     return View("credentials.html", "Credential inventory", {"inventory": inventory})
 
 
+@_page("/ui/members")
+async def ui_members(request: web.Request, board: Dashboard, principal: Principal) -> View:
+    return View("members.html", "VO members", {"view": await blocking(board.members, principal)})
+
+
 @_page("/ui/tasks")
 async def ui_tasks(request: web.Request, board: Dashboard, principal: Principal) -> View:
     return View("tasks.html", "Task queue", {"view": await blocking(board.tasks, principal)})
@@ -430,6 +436,14 @@ UI_ROUTES: list[ApiRoute] = [
         "/ui/credentials",
         ui_credentials,
         "Dashboard: the credential inventory, without secrets (auditors; HTML)",
+        content_type="text/html",
+        response=_HTML,
+    ),
+    ApiRoute(
+        "GET",
+        "/ui/members",
+        ui_members,
+        "Dashboard: the members of each VO and the FQANs they hold (auditors; HTML)",
         content_type="text/html",
         response=_HTML,
     ),

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
+import re
 import sys
 from pathlib import Path
 
 from voms_ext import TrustStoreError
 
 from ..config import ConfigError, load_config
+from ..core.admin import CredentialState
 from ..errors import ServeError
 from ..names import escape
 from ..principal import local_operator
 from ..repository import DEFAULT_NAME, Repository, RepositoryError, StoreOptions
 from ..sealing import SealingError
-from . import common
+from . import common, myproxy_import, vo_admin
 
 
 def parse_myproxy_data(text: str) -> dict[str, str]:
@@ -36,7 +39,8 @@ def parse_myproxy_data(text: str) -> dict[str, str]:
 
 
 def _patterns(value: str | None) -> tuple[str, ...] | None:
-    return tuple(p for p in value.split(",") if p) if value else None
+    """A myproxy-server per-credential policy: one regular expression, never split."""
+    return (value,) if value else None
 
 
 def _repo(args: argparse.Namespace) -> Repository:
@@ -93,6 +97,10 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    if args.expiring_within is not None or args.invalid or args.json:
+        if args.expired:
+            common.fail("--expired lists by end time only; with these options use --invalid")
+        return _review(args)
     creds = _repo(args).list_credentials(local_operator(), owner=args.owner, expired=args.expired)
     now = dt.datetime.now(dt.UTC)
     for c in creds:
@@ -103,6 +111,71 @@ def _list(args: argparse.Namespace) -> int:
         print(f"{escape(c.username)}\t{escape(c.name)}\t{escape(c.owner)}\t{left}\t{lock}{locked}")
     print(f"{len(creds)} credential(s)", file=sys.stderr)
     return 0
+
+
+def _within(text: str) -> dt.timedelta:
+    """--expiring-within: "48h", "30m", "7d", "2w" or seconds."""
+    match = re.fullmatch(r"\s*(\d{1,9})\s*([smhdw]?)\s*", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f'expected a duration such as "48h", "30m", "7d" or seconds, got {text!r}'
+        )
+    units = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    return dt.timedelta(seconds=int(match[1]) * units[match[2]])
+
+
+def _review(args: argparse.Namespace) -> int:
+    """`admin list --expiring-within`/`--invalid`/`--json` (myproxy-admin-query -e/-i)."""
+    states = _repo(args).review_credentials(
+        local_operator(),
+        owner=args.owner,
+        expiring_within=args.expiring_within,
+        invalid=args.invalid,
+    )
+    now = dt.datetime.now(dt.UTC)
+    if args.json:
+        within = args.expiring_within
+        document = {
+            "generated": now.isoformat(timespec="seconds"),
+            "filters": {
+                "owner": args.owner,
+                "expiring_within_s": int(within.total_seconds()) if within else None,
+                "invalid": args.invalid,
+            },
+            "count": len(states),
+            "credentials": [_state_json(s, now) for s in states],
+        }
+        print(json.dumps(document, indent=2))
+        return 0
+    for st in states:
+        c = st.info
+        left = common.format_hms(max(c.not_after - now, dt.timedelta(0)))
+        lock = "passphrase" if c.has_passphrase else "trusted"
+        status = f"{st.verdict}: {escape(st.problem)}" if st.verdict else "valid"
+        locked = f"\tlocked: {escape(c.locked)}" if c.locked is not None else ""
+        print(
+            f"{escape(c.username)}\t{escape(c.name)}\t{escape(c.owner)}\t{left}\t{lock}"
+            f"\t{status}{locked}"
+        )
+    print(f"{len(states)} credential(s)", file=sys.stderr)
+    return 0
+
+
+def _state_json(state: CredentialState, now: dt.datetime) -> dict[str, object]:
+    c = state.info
+    return {
+        "username": c.username,
+        "name": c.name,
+        "owner": c.owner,
+        "description": c.description,
+        "not_before": c.not_before.isoformat(timespec="seconds"),
+        "not_after": c.not_after.isoformat(timespec="seconds"),
+        "seconds_left": max(int((c.not_after - now).total_seconds()), 0),
+        "has_passphrase": c.has_passphrase,
+        "locked": c.locked,
+        "status": state.verdict or "valid",
+        "problem": state.problem or None,
+    }
 
 
 def _lock(args: argparse.Namespace) -> int:
@@ -128,6 +201,24 @@ def _expire(args: argparse.Namespace) -> int:
             f"(ended {c.not_after:%Y-%m-%d %H:%M}Z)"
         )
     print(f"{len(gone)} expired credential(s) {verb}", file=sys.stderr)
+    return 0
+
+
+def _remind(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    if not repo.config.reminders.enabled:
+        print(
+            "reminders are off: set [reminders] webhook or [reminders.smtp] host in the config",
+            file=sys.stderr,
+        )
+        return 1
+    sent = repo.remind_expiring(local_operator())
+    for r in sent:
+        print(
+            f"reminded {escape(r.owner)} of {escape(r.username)}/{escape(r.name)} "
+            f"({r.horizon_s // 86400} d horizon) by {', '.join(r.channels)}"
+        )
+    print(f"{len(sent)} reminder(s) sent", file=sys.stderr)
     return 0
 
 
@@ -215,6 +306,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = cmds.add_parser("list", help="stored credentials (never keys)")
     p.add_argument("--owner", help="only this owner DN")
     p.add_argument("--expired", action="store_true", help="only those past their end")
+    p.add_argument(
+        "--expiring-within",
+        type=_within,
+        metavar="DURATION",
+        help='only those ending within DURATION ("48h", "7d"; ended ones included)',
+    )
+    p.add_argument(
+        "--invalid",
+        action="store_true",
+        help="only those no use would accept now: expired, revoked or untrusted",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     p.set_defaults(func=_list)
     p = cmds.add_parser(
         "lock", help="refuse every use of a credential, showing a message (myproxy-admin-query -L)"
@@ -230,12 +333,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = cmds.add_parser("expire", help="delete credentials past their end")
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(func=_expire)
+    p = cmds.add_parser(
+        "remind", help="send the expiry reminders due now ([reminders]; the server does it hourly)"
+    )
+    p.set_defaults(func=_remind)
     p = cmds.add_parser("migrate", help="bring the database schema to the newest revision")
     p.set_defaults(func=_migrate)
     p = cmds.add_parser("import-myproxy", help="import a myproxy-server storage directory")
     p.add_argument("directory", type=Path, help="e.g. /var/lib/myproxy")
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(func=_import)
+    myproxy_import.add_parser(cmds)
+    vo_admin.add_parser(cmds, _repo)
 
 
 def run(args: argparse.Namespace) -> int:

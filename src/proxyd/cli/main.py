@@ -26,6 +26,7 @@ def _dev_pki(args: argparse.Namespace) -> int:
     print(f"  config:        {pki.config}")
     print(f"  X509_CERT_DIR: {pki.cert_dir}")
     print(f"  X509_VOMS_DIR: {pki.voms_dir}")
+    print(f"  vomses:        {pki.vomses} (voms-proxy-init --vomses, once [aa] is enabled)")
     return 0
 
 

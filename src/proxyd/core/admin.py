@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select, tuple_
+
+from voms_ext import VomsExtError
 
 from .. import policy
 from ..audit import StoredEvent, VerifyReport
@@ -17,13 +21,31 @@ from ..sealing import (
 )
 from ..store.bans import Ban, add_ban, remove_ban
 from ..store.bans import list_bans as read_ban_list
+from ..store.credentials import STORED_FIELDS
 from ..store.models import CredentialRow
 from .base import CoreBase
 from .checks import (
     check_lock_message,
 )
 from .errors import BadRequest, NotFound
-from .values import CredentialInfo, credential_aad, credential_info, sealed_key_of
+from .values import (
+    CredentialInfo,
+    StoredCredential,
+    credential_aad,
+    credential_info,
+    sealed_key_of,
+)
+
+
+@dataclass(frozen=True)
+class CredentialState:
+    """A stored credential and its verdict now: None (usable), or "expired", "revoked" or
+    "untrusted" (the chain checked against the current trust store and CRLs, as every use
+    checks it), with the reason."""
+
+    info: CredentialInfo
+    verdict: str | None
+    problem: str = ""
 
 
 class Administration(CoreBase):
@@ -135,6 +157,62 @@ class Administration(CoreBase):
             query = query.where(CredentialRow.not_after < self.clock())
         with self._session() as session:
             return [credential_info(r) for r in session.scalars(query)]
+
+    def review_credentials(
+        self,
+        principal: Principal,
+        *,
+        owner: str | None = None,
+        expiring_within: dt.timedelta | None = None,
+        invalid: bool = False,
+    ) -> list[CredentialState]:
+        """The inventory with each credential's verdict (myproxy-admin-query -e / -i).
+
+        `expiring_within`: only those whose end is at most that far away (ended ones
+        included); `invalid`: only those no use would accept now (expired, revoked,
+        untrusted). Both given: both must hold. An administrative read like
+        `list_credentials`, recorded with what was asked.
+        """
+        listing = "list invalid credentials" if invalid else "list credentials"
+        if expiring_within is not None:
+            listing += f" expiring within {int(expiring_within.total_seconds())} s"
+        self.gate.read(
+            principal,
+            policy.Request(Operation.ADMIN, owner=owner or None),
+            detail=f"{listing} of {owner}"[:500] if owner else listing,
+        )
+        now = self.clock()
+        query = select(CredentialRow).order_by(
+            CredentialRow.not_after, CredentialRow.username, CredentialRow.name
+        )
+        if owner:
+            query = query.where(CredentialRow.owner_dn == owner)
+        if expiring_within is not None:
+            query = query.where(CredentialRow.not_after <= now + expiring_within)
+        with self._session() as session:
+            rows = [
+                StoredCredential(*(getattr(r, f) for f in STORED_FIELDS))
+                for r in session.scalars(query)
+            ]
+        states = []
+        for row in rows:
+            verdict: tuple[str, str] | None
+            try:
+                verdict = self._chain_verdict(row, self._stored_chain(row.chain_pem))
+            except VomsExtError as exc:  # a chain that no longer even parses
+                verdict = ("untrusted", f"the stored chain cannot be read: {exc}")
+            if verdict is None and row.not_after <= now:
+                verdict = (
+                    "expired",
+                    f"the stored credential expired at {row.not_after:%Y-%m-%d %H:%M:%SZ}",
+                )
+            if invalid and verdict is None:
+                continue
+            info = credential_info(row)
+            states.append(
+                CredentialState(info, *verdict) if verdict else CredentialState(info, None)
+            )
+        return states
 
     def inventory(self, principal: Principal, *, limit: int = 1000) -> list[CredentialInfo]:
         """The read-only credential inventory for auditors (never a key), by owner, username, name.

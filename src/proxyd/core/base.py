@@ -55,6 +55,8 @@ from ..store.credentials import (
     bans_of,
 )
 from ..store.db import make_engine, migrate, session_factory, write_transaction
+from ..store.members import MemberReads
+from ..vomsaa.upstream import UpstreamAuthority, load_upstreams
 from .checks import (
     KEY_BLOCK,
     Verified,
@@ -91,7 +93,19 @@ class CoreBase:
         self.engine = engine
         self.keyring = keyring
         self.trust = trust
-        self.authorities = authorities if authorities is not None else load_authorities(config.voms)
+        # Without given authorities, membership is read from the database on every
+        # issuance (proxyd admin vo changes apply at once), seeded from the TOML below.
+        seed = authorities is None
+        self.authorities = (
+            authorities
+            if authorities is not None
+            else load_authorities(config.voms, MemberReads(engine).held)
+        )
+        # VOs whose ACs come from their own VOMS servers ([[voms]] vomses); the trust store
+        # is read at each use, as it is reloaded when the trust directories change.
+        self.upstreams: dict[str, UpstreamAuthority] = load_upstreams(
+            config.upstream_voms, lambda: self.trust
+        )
         self.audit = AuditLog(engine)
         self.gate = Gate(engine, self.audit, lambda: self.config.policy, self._bans, clock)
         self.limiter = FailureLimiter(
@@ -113,6 +127,10 @@ class CoreBase:
             "memory_kib": config.sealing.argon2_memory_kib,
             "parallelism": config.sealing.argon2_parallelism,
         }
+        if seed:
+            from .members import seed_configured_members  # it builds on this class
+
+            seed_configured_members(self.gate, config.voms, clock)
 
     @classmethod
     def open(cls, config: Config) -> Self:
@@ -382,6 +400,27 @@ class CoreBase:
         if passphrase:
             self.limiter.success([("credential", row.username, row.name)])
         return key
+
+    def _key_opens(self, row: StoredCredential, passphrase: str | None) -> bool:
+        """Whether `_open_key` would open the key, without recording or counting anything
+        (check_multiple_credentials tries several credentials with one passphrase)."""
+        if self._keys.get(row.username, row.name, row.sealed_key) is not None:
+            return True
+        sealed = sealed_key_of(row)
+        try:
+            key_pem = unseal(
+                sealed,
+                passphrase=passphrase if sealed.has_passphrase else None,
+                keyring=self.keyring,
+                aad=credential_aad(row.username, row.name),
+            )
+            if b"ENCRYPTED" in key_pem.split(b"\n-----END", 1)[0]:
+                if not passphrase:
+                    return False
+                serialization.load_pem_private_key(key_pem, password=passphrase.encode())
+        except (WrongPassphrase, SealingError, ValueError, TypeError):
+            return False
+        return True
 
     def record_failure(
         self, principal: Principal, op: Operation, username: str, name: str, rule: str, reason: str

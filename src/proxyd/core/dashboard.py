@@ -35,6 +35,7 @@ from ..store.dashboard import (
     tasks_by_pilot,
 )
 from ..store.db import snapshot_transaction
+from ..store.members import Member, list_members
 from ..taskqueue.model import AccountingTotal, TaskState
 from .errors import BadPassphrase, BadRequest, Denied, NotFound, RepositoryError
 from .values import CredentialInfo
@@ -58,6 +59,7 @@ __all__ = [
     "Inventory",
     "LogFilters",
     "LogPage",
+    "MembersView",
     "NotFound",
     "Overview",
     "PilotLoad",
@@ -209,6 +211,13 @@ class Inventory:
 
 
 @dataclasses.dataclass(frozen=True)
+class MembersView:
+    """Every VO served, in name order, with its members (by DN) as the database has them now."""
+
+    vos: tuple[tuple[str, tuple[Member, ...]], ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class TasksView:
     note: str | None  # why there is nothing to show (no SQL queue); else None
     states: tuple[tuple[str, int], ...] = ()  # every TaskState, in life-cycle order
@@ -301,6 +310,14 @@ class Dashboard:
         # same one decision first, so deciding here as well would audit the view twice.
         creds = self._repo.inventory(principal, limit=limit)
         return Inventory(tuple(creds), limit, dt.datetime.now(dt.UTC))
+
+    def members(self, principal: Principal) -> MembersView:
+        """The members of each VO of proxyd's attribute authority (`proxyd admin vo`)."""
+        self._decide(principal)
+        with snapshot_transaction(self._repo.engine) as conn:
+            members = list_members(conn)
+        served = sorted(self._repo.authorities)
+        return MembersView(tuple((vo, tuple(m for m in members if m.vo == vo)) for vo in served))
 
     def tasks(self, principal: Principal) -> TasksView:
         self._decide(principal)

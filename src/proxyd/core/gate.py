@@ -45,7 +45,9 @@ def system_clock() -> dt.datetime:
 
 # Refusals that are not "you may not": the thing is missing, or the request cannot be.
 _NOT_FOUND = frozenset({"credential.not_found", "task.not_found"})
-_BAD_REQUEST = frozenset({"task.credential_missing", "auth.no_passphrase", "admin.already_banned"})
+_BAD_REQUEST = frozenset(
+    {"task.credential_missing", "auth.no_passphrase", "admin.already_banned", "contact.bad_address"}
+)
 
 
 def refusal(decision: Decision) -> RepositoryError:

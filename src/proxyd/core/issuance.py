@@ -11,6 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificateIssuerPublicKeyTypes,
+    PrivateKeyTypes,
 )
 
 from voms_ext import (
@@ -41,12 +42,17 @@ from ..sealing import (
 
 if TYPE_CHECKING:
     from ..taskqueue.base import TaskQueue
+from ..policy import Bans
+from ..store.credentials import bans_of
+from ..vomsaa.upstream import UpstreamAuthority, UpstreamRefusal
 from .base import CoreBase
 from .checks import (
     check_public_key,
 )
 from .errors import BadRequest
-from .values import DEFAULT_NAME, Retrieval
+from .values import DEFAULT_NAME, Retrieval, StoredCredential
+
+AcPlan = list[tuple[AttributeAuthority | UpstreamAuthority, tuple[str, ...], tuple[str, ...]]]
 
 
 class Issuance(CoreBase):
@@ -90,6 +96,8 @@ class Issuance(CoreBase):
         voms: Sequence[VomsRequest] = (),
         want_full: bool = False,
         renewal_proof: ValidationResult | None = None,
+        any_name: bool = False,
+        vomses: Sequence[str] = (),
     ) -> Retrieval:
         """The first half of GET: policy, authentication, unsealing. Denials are audited here.
 
@@ -97,7 +105,127 @@ class Issuance(CoreBase):
         retrieval), or a renewal proof (a chain of the owner that signed the
         server's challenge). MyProxy answers this before the client sends
         its certificate request, hence the two halves.
+
+        `any_name`: the client named no credential. With `[policy]
+        check_multiple_credentials`, the first of the user's credentials it may
+        use is taken (`_usable_name`); the audit shows the decision on that one
+        only, or, when none is usable, the refusal of the default credential.
+
+        `vomses`: the client's VOMSES= lines; they select among an upstream VO's configured
+        servers, never add one (vomsaa.vomses.select).
         """
+        chosen: tuple[str, int] | None = None
+        if any_name and self.config.policy.check_multiple_credentials:
+            chosen = self._usable_name(
+                principal, username, passphrase, lifetime, voms, want_full, renewal_proof
+            )
+            if chosen is not None:
+                name = chosen[0]
+        retrieval = self._authorize_one(
+            principal, username, name, passphrase, lifetime, voms, want_full, renewal_proof, vomses
+        )
+        if chosen is None:
+            return retrieval
+        kind = "limited" if retrieval.decision.limited else "full"
+        detail = f"{kind}; check_multiple_credentials took {name!r} of {chosen[1]} tried"
+        return dataclasses.replace(retrieval, detail=detail[:500])
+
+    def _usable_name(
+        self,
+        principal: Principal,
+        username: str,
+        passphrase: str | None,
+        lifetime: dt.timedelta | None,
+        voms: Sequence[VomsRequest],
+        want_full: bool,
+        renewal_proof: ValidationResult | None,
+    ) -> tuple[str, int] | None:
+        """The first of `username`'s credentials (the default one, then the others by name,
+        as myproxy-server tries them) that policy allows this GET and whose key opens, and
+        how many were tried; None when none does.
+
+        Trials are not audited and count no failure: the chosen credential is then decided
+        again through the gate (and recorded), and when none is usable the request goes on
+        with the default credential, which yields and records the refusal it always had. A
+        credential or peer locked out after wrong passphrases is skipped, not tried.
+        """
+        with self._reads.cursor() as cursor:
+            found = self._reads.find_all.run(cursor, {"username": username})
+            bans = bans_of(self._reads.bans.run(cursor))
+        rows = sorted(
+            (StoredCredential(*r) for r in found), key=lambda r: (r.name != DEFAULT_NAME, r.name)
+        )
+        token = policy.current_tally.set(None)  # trials are not decisions of this request
+        try:
+            for tried, row in enumerate(rows, start=1):
+                if self._usable(
+                    principal, row, bans, passphrase, lifetime, voms, want_full, renewal_proof
+                ):
+                    return row.name, tried
+        finally:
+            policy.current_tally.reset(token)
+        return None
+
+    def _usable(
+        self,
+        principal: Principal,
+        row: StoredCredential,
+        bans: Bans,
+        passphrase: str | None,
+        lifetime: dt.timedelta | None,
+        voms: Sequence[VomsRequest],
+        want_full: bool,
+        renewal_proof: ValidationResult | None,
+    ) -> bool:
+        """Whether the GET would succeed on `row`: policy allows it and the key opens."""
+        if passphrase and self.limiter.locked(self._lock_keys(principal, row.username, row.name)):
+            return False
+        try:
+            facts, _ = self._facts_in_use(row)
+            plan = self._plan_acs(row.owner_dn, voms)
+            proof = (
+                classify_principal(renewal_proof, self.config.policy, principal.address)
+                if renewal_proof is not None
+                else None
+            )
+        except (BadRequest, IdentityRefused):
+            return False
+        op = Operation.RENEW if proof is not None else Operation.RETRIEVE
+        auth = (
+            AuthMethod.NONE
+            if proof is not None
+            else AuthMethod.PASSPHRASE
+            if passphrase
+            else AuthMethod.CERTIFICATE
+        )
+        request = policy.Request(
+            op,
+            owner=row.owner_dn,
+            name=row.name,
+            auth=auth,
+            lifetime=lifetime,
+            want_full=want_full,
+            fqans=tuple(f for _, explicit, _ in plan for f in explicit),
+            held_fqans=tuple(f for _, _, held in plan for f in held),
+            proof=proof,
+            now=self.clock(),
+        )
+        if not policy.decide(request, principal, facts, self.config.policy, bans).allowed:
+            return False
+        return self._key_opens(row, passphrase if auth is AuthMethod.PASSPHRASE else None)
+
+    def _authorize_one(
+        self,
+        principal: Principal,
+        username: str,
+        name: str,
+        passphrase: str | None,
+        lifetime: dt.timedelta | None,
+        voms: Sequence[VomsRequest],
+        want_full: bool,
+        renewal_proof: ValidationResult | None,
+        vomses: Sequence[str] = (),
+    ) -> Retrieval:
         row, bans = self._lookup(username, name)
         if renewal_proof is not None:
             op, auth = Operation.RENEW, AuthMethod.NONE
@@ -142,7 +270,20 @@ class Issuance(CoreBase):
         key = self._open_key(
             principal, op, row, passphrase if auth is AuthMethod.PASSPHRASE else None
         )
-        return Retrieval(principal, op, decision, row.owner_dn, name, chain, key, tuple(ac_plan))
+        upstream = self._upstream_acs(
+            principal, op, row.owner_dn, name, chain, key, ac_plan, decision, vomses
+        )
+        return Retrieval(
+            principal,
+            op,
+            decision,
+            row.owner_dn,
+            name,
+            chain,
+            key,
+            tuple(ac_plan),
+            upstream_acs=upstream,
+        )
 
     def complete_retrieval(
         self,
@@ -173,8 +314,11 @@ class Issuance(CoreBase):
         now = self.clock()
         try:
             holder = end_entity(r.chain)
+            fetched = iter(r.upstream_acs)  # the VO's own servers' ACs, in plan order
             acs = [
                 aa.issue(holder, aa.default_fqans(r.owner, explicit), now + decision.lifetime, now)
+                if isinstance(aa, AttributeAuthority)
+                else next(fetched)
                 for aa, explicit, _ in r.ac_plan
             ]
             issued = issue_proxy(
@@ -223,12 +367,20 @@ class Issuance(CoreBase):
             detail=f"nothing issued: {reason}"[:500],
         )
 
-    def _plan_acs(
-        self, owner: str, voms: Sequence[VomsRequest]
-    ) -> list[tuple[AttributeAuthority, tuple[str, ...], tuple[str, ...]]]:
-        """(authority, explicitly requested FQANs, FQANs the owner holds) per requested VO."""
-        plan = []
+    def _plan_acs(self, owner: str, voms: Sequence[VomsRequest]) -> AcPlan:
+        """(authority, explicitly requested FQANs, FQANs the owner holds) per requested VO.
+
+        For a VO whose ACs come from its own VOMS server, proxyd does not know what the owner
+        holds: what is asked for is passed as held (so policy's voms.fqan_not_held applies to
+        local AAs only) and the VO's server decides (voms.upstream_* refusals).
+        """
+        plan: AcPlan = []
         for request in merge_voms_requests(voms):
+            upstream = self.upstreams.get(request.vo)
+            if upstream is not None:
+                asked = request.fqans or (f"/{request.vo}",)
+                plan.append((upstream, asked, asked))
+                continue
             try:
                 aa = authorities_for(self.authorities, request.vo)
             except IssueError as exc:
@@ -257,6 +409,20 @@ class Issuance(CoreBase):
         acs = []
         now = self.clock()
         for aa, explicit, held in self._plan_acs(principal.identity, voms):
+            if isinstance(aa, UpstreamAuthority):
+                # proxyd holds no key of the caller to ask the VO's server with.
+                raise self.gate.refuse(
+                    principal,
+                    Operation.ISSUE_AC,
+                    Decision(
+                        False,
+                        "voms.unknown_vo",
+                        f"VO {aa.vo}'s ACs come from its own VOMS server; ask it directly "
+                        "(voms-proxy-init --voms), or retrieve a proxy from proxyd with the VO",
+                    ),
+                    owner=principal.identity,
+                    name=None,
+                )
             request = policy.Request(
                 Operation.ISSUE_AC,
                 owner=principal.identity,
@@ -346,6 +512,9 @@ class Issuance(CoreBase):
         decision = dataclasses.replace(decision, limited=True)  # I2, whatever policy may become
         chain = self._stored_chain(row.chain_pem)
         key = self._open_key(principal, op, row, None)
+        upstream = self._upstream_acs(
+            principal, op, row.owner_dn, spec.credential_name, chain, key, plan, decision
+        )
         retrieval = Retrieval(
             principal,
             op,
@@ -357,5 +526,42 @@ class Issuance(CoreBase):
             tuple(plan),
             # "limited" also tells the issuance metrics what kind of proxy this was.
             detail=f"task {task_id} (limited)",
+            upstream_acs=upstream,
         )
         return self.complete_retrieval(retrieval, csr)
+
+    def _upstream_acs(
+        self,
+        principal: Principal,
+        op: Operation,
+        owner: str,
+        name: str,
+        chain: Sequence[x509.Certificate],
+        key: PrivateKeyTypes,
+        plan: AcPlan,
+        decision: Decision,
+        vomses: Sequence[str] = (),
+    ) -> tuple[AttributeCertificate, ...]:
+        """The ACs of the plan's upstream VOs, from the VO's servers as the owner (no database
+        transaction is open here). A refusal ends the allowed decision: audited, with the
+        server's message and the voms.upstream_* rule."""
+        if not any(isinstance(aa, UpstreamAuthority) for aa, _, _ in plan):
+            return ()
+        assert decision.lifetime is not None
+        now = self.clock()
+        acs = []
+        for aa, asked, _ in plan:
+            if not isinstance(aa, UpstreamAuthority):
+                continue
+            try:
+                acs.append(aa.obtain(chain, key, asked, decision.lifetime, now, vomses))
+            except UpstreamRefusal as exc:
+                raise self.gate.refuse(
+                    principal,
+                    op,
+                    Decision(False, exc.rule, f"VO {aa.vo}: {exc.message}"[:1000]),
+                    owner=owner,
+                    name=name,
+                    after_decision=True,
+                ) from None
+        return tuple(acs)

@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     PrivateKeyTypes,
 )
 
+from voms_ext import AttributeCertificate
+
 from ..config import Config
 from ..issuer import (
     AttributeAuthority,
@@ -26,6 +28,7 @@ from ..sealing import (
 )
 from ..store.credentials import STORED_FIELDS
 from ..store.models import CredentialRow
+from ..vomsaa.upstream import UpstreamAuthority
 
 DEFAULT_NAME = "default"
 
@@ -72,8 +75,12 @@ class Retrieval:
     name: str
     chain: tuple[x509.Certificate, ...]
     key: PrivateKeyTypes
-    ac_plan: tuple[tuple[AttributeAuthority, tuple[str, ...], tuple[str, ...]], ...]
+    ac_plan: tuple[
+        tuple[AttributeAuthority | UpstreamAuthority, tuple[str, ...], tuple[str, ...]], ...
+    ]
     detail: str | None = None  # the audit detail of the issuance (default: limited/full)
+    # The ACs the VO's own servers issued while authorizing, one per upstream entry of ac_plan.
+    upstream_acs: tuple[AttributeCertificate, ...] = ()
 
     def __repr__(self) -> str:
         return f"Retrieval(owner={self.owner!r}, name={self.name!r}, rule={self.decision.rule!r})"

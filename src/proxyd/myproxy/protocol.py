@@ -188,7 +188,7 @@ def check_names(request: Request) -> None:
         for key, attr in _PATTERN_FIELDS:
             value = getattr(request, attr)
             if value:
-                names.check_patterns([v.strip() for v in value.split(",") if v.strip()], key)
+                names.check_patterns([value], key)  # one regular expression, as MyProxy
     except names.InvalidField as exc:
         raise ProtocolError(exc.message) from None
 

@@ -84,9 +84,11 @@ def myproxy_context(config: Config) -> ssl.SSLContext:
 
 
 def _split_patterns(value: str | None) -> tuple[str, ...] | None:
+    """A per-credential policy field: one regular expression, stored as given (myproxy-init
+    -x sends `a|b`, and a DN may hold a comma), so never split."""
     if value is None or value == "":
         return None
-    return tuple(v.strip() for v in value.split(",") if v.strip())
+    return (value,)
 
 
 class Session:
@@ -273,6 +275,8 @@ class Session:
                 lifetime=lifetime,
                 voms=voms,
                 renewal_proof=proof,
+                any_name=not request.cred_name,
+                vomses=request.vomses,
             )
         except RepositoryError as exc:
             if exc.rule == "anonymous.denied" and passphrase is None:

@@ -9,7 +9,7 @@ the renewal is then allowed is `decide` (Operation.RENEW) with that proof.
 from __future__ import annotations
 
 from ..config import PolicyConfig
-from ..patterns import any_dn_matches
+from ..patterns import any_matches
 from ..principal import Principal, PrincipalKind
 
 
@@ -24,10 +24,10 @@ def may_need_renewal_challenge(principal: Principal, config: PolicyConfig) -> bo
     if (
         principal.is_anonymous
         or principal.kind is PrincipalKind.PILOT
-        or any_dn_matches(config.trusted_retrievers, principal.identity)
+        or any_matches(config.trusted_retrievers, principal.identity, principal.fqans)
     ):
         return False
-    return any_dn_matches(config.authorized_renewers, principal.identity)
+    return any_matches(config.authorized_renewers, principal.identity, principal.fqans)
 
 
 def needs_renewal_challenge(

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ..config import PolicyConfig
-from ..patterns import any_dn_denied, any_dn_matches, same_dn
+from ..patterns import any_dn_denied, any_matches, same_dn
 from ..principal import Principal, PrincipalKind, is_pilot_fqan
 from .model import (
     MIN_LIFETIME,
@@ -203,6 +203,14 @@ def _owner_only(
     if credential is None and request.owner is None:
         return _deny("credential.not_found", "no such credential")
     owner = credential.owner if credential is not None else request.owner
+    if request.operation is Operation.DESTROY and not any_matches(
+        config.accepted_credentials, principal.identity, principal.fqans
+    ):
+        return _deny(
+            "destroy.not_accepted",
+            f'"{principal.identity}" not authorized to destroy credentials on this server '
+            "(accepted_credentials policy)",
+        )
     if owner == principal.identity:
         return Decision(True, "owner.self", "the owner manages its own credential", limited=False)
     return _deny(
@@ -214,6 +222,12 @@ def _owner_only(
 def _store(
     request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
 ) -> Decision:
+    if not any_matches(config.accepted_credentials, principal.identity, principal.fqans):
+        return _deny(
+            "store.not_accepted",
+            f'"{principal.identity}" not authorized to store credentials on this server '
+            "(accepted_credentials policy)",
+        )
     if request.owner != principal.identity:
         return _deny(
             "store.not_owner", f'a credential can only be stored by its owner ("{request.owner}")'
@@ -245,15 +259,16 @@ def _retrieve(
         return _deny("credential.not_found", "no such credential")
     who = principal.identity
     if request.auth is AuthMethod.PASSPHRASE:
-        if not any_dn_matches(config.authorized_retrievers, who):
+        if not any_matches(config.authorized_retrievers, who, principal.fqans):
             return _deny(
                 "retrieve.server_acl",
                 f'"{who}" not authorized by server\'s authorized_retrievers policy',
             )
-        if credential.retrievers is not None and not any_dn_matches(credential.retrievers, who):
-            return _deny(
-                "retrieve.credential_acl", f'"{who}" is not an allowed retriever of this credential'
-            )
+        refused = _per_credential(
+            credential.retrievers, config.default_retrievers, who, principal.fqans
+        )
+        if refused is not None:
+            return _deny("retrieve.credential_acl", f'"{who}" {refused} retriever policy')
         if not credential.has_passphrase:
             return _deny(
                 "retrieve.passphrase_not_set",
@@ -263,21 +278,20 @@ def _retrieve(
         # limited proxy unless it is on the explicit full-delegation list, as on the
         # trusted path below; asking for "full" changes nothing for it.
         if principal.kind is PrincipalKind.HOST:
-            full = any_dn_matches(config.full_delegation_hosts, who)
+            full = any_matches(config.full_delegation_hosts, who, principal.fqans)
             return Decision(True, "retrieve.passphrase", "passphrase retrieval", limited=not full)
         return Decision(True, "retrieve.passphrase", "passphrase retrieval", limited=False)
     if request.auth is AuthMethod.CERTIFICATE:
-        if not any_dn_matches(config.trusted_retrievers, who):
+        if not any_matches(config.trusted_retrievers, who, principal.fqans):
             return _deny(
                 "retrieve.not_trusted",
                 f'"{who}" not authorized by server\'s trusted_retrievers policy',
             )
-        if credential.trusted_retrievers is not None and not any_dn_matches(
-            credential.trusted_retrievers, who
-        ):
-            return _deny(
-                "retrieve.credential_acl", f'"{who}" is not a trusted retriever of this credential'
-            )
+        refused = _per_credential(
+            credential.trusted_retrievers, config.default_trusted_retrievers, who, principal.fqans
+        )
+        if refused is not None:
+            return _deny("retrieve.credential_acl", f'"{who}" {refused} trusted retriever policy')
         if credential.has_passphrase:
             return _deny("retrieve.passphrase_required", "this credential needs its passphrase")
         if same_dn(who, credential.owner) and not config.allow_self_authorization:
@@ -286,11 +300,25 @@ def _retrieve(
                 "a trusted retriever may not retrieve its own credential",
             )
         # I3: limited, unless the host is on the explicit full-delegation list.
-        full = any_dn_matches(config.full_delegation_hosts, who)
+        full = any_matches(config.full_delegation_hosts, who, principal.fqans)
         return Decision(True, "retrieve.trusted", "trusted retrieval", limited=not full)
     return _deny(
         "retrieve.no_authentication", "retrieval needs a passphrase or a trusted certificate"
     )
+
+
+def _per_credential(
+    own: Sequence[str] | None, default: Sequence[str] | None, who: str, fqans: Sequence[str]
+) -> str | None:
+    """MyProxy's second check after the server-wide list: the credential's own list when it
+    was stored with one, else the server's default_* list when set, else nothing to pass.
+    None when `who` (with its verified `fqans`, for `FQAN:` patterns) passes; else whose
+    policy refused it, for the reason."""
+    if own is not None:
+        return None if any_matches(own, who, fqans) else "not authorized by the credential's"
+    if default is not None and not any_matches(default, who, fqans):
+        return "not authorized by the server's default"
+    return None
 
 
 def _renew(
@@ -299,12 +327,13 @@ def _renew(
     if credential is None:
         return _deny("credential.not_found", "no such credential")
     who = principal.identity
-    if not any_dn_matches(config.authorized_renewers, who) or (
-        credential.renewers is not None and not any_dn_matches(credential.renewers, who)
-    ):
+    if not any_matches(config.authorized_renewers, who, principal.fqans):
         return _deny(
             "renew.not_authorized", f'"{who}" not authorized by the authorized_renewers policy'
         )
+    refused = _per_credential(credential.renewers, config.default_renewers, who, principal.fqans)
+    if refused is not None:
+        return _deny("renew.not_authorized", f'"{who}" {refused} renewer policy')
     if request.proof is None or request.proof.identity != credential.owner:
         return _deny("renew.proof_mismatch", "the renewal proof is not a credential of the owner")
     if same_dn(who, credential.owner) and not config.allow_self_authorization:
@@ -312,8 +341,8 @@ def _renew(
             "renew.self_authorization",
             "a credential may not renew itself (allow_self_authorization is off)",
         )
-    limited = principal.kind is PrincipalKind.HOST and not any_dn_matches(
-        config.full_delegation_hosts, who
+    limited = principal.kind is PrincipalKind.HOST and not any_matches(
+        config.full_delegation_hosts, who, principal.fqans
     )
     return Decision(True, "renew.authorized", "authorized renewal", limited=limited)
 
@@ -324,8 +353,10 @@ def _retrieve_key(
     if credential is None:
         return _deny("credential.not_found", "no such credential")
     who = principal.identity
-    if not any_dn_matches(config.key_retrievers, who) or not any_dn_matches(
-        credential.key_retrievers or (), who
+    if not any_matches(config.key_retrievers, who, principal.fqans) or (
+        _per_credential(
+            credential.key_retrievers, config.default_key_retrievers, who, principal.fqans
+        )
     ):
         return _deny("retrieve_key.not_authorized", f'"{who}" may not retrieve private keys')
     if request.auth is not AuthMethod.PASSPHRASE or not credential.has_passphrase:
@@ -391,7 +422,7 @@ def _listed(patterns_of: str) -> _Handler:
     ) -> Decision:
         patterns: Sequence[str] = getattr(config, patterns_of)
         rule = f"{request.operation.value}.{patterns_of}"
-        if any_dn_matches(patterns, principal.identity):
+        if any_matches(patterns, principal.identity, principal.fqans):
             return Decision(True, rule, f"listed in {patterns_of}", limited=False)
         return _deny(rule, f'"{principal.identity}" is not listed in {patterns_of}')
 
@@ -422,7 +453,7 @@ def _task_read(
 ) -> Decision:
     if request.owner is not None and request.owner == principal.identity:
         return Decision(True, "task.owner", "the owner reads its own tasks", limited=False)
-    if any_dn_matches((*config.admins, *config.auditors), principal.identity):
+    if any_matches((*config.admins, *config.auditors), principal.identity, principal.fqans):
         return Decision(True, "task.admins", "listed in admins or auditors", limited=False)
     return _deny("task.not_owner", "only the owner, admins and auditors may read these tasks")
 
@@ -436,7 +467,7 @@ def _task_cancel(
         return _deny("task.limited", "a limited proxy may not cancel tasks")
     if request.owner is not None and request.owner == principal.identity:
         return Decision(True, "task.owner", "the owner cancels its own task", limited=False)
-    if any_dn_matches(config.admins, principal.identity):
+    if any_matches(config.admins, principal.identity, principal.fqans):
         return Decision(True, "task.admins", "listed in admins", limited=False)
     return _deny("task.not_owner", "only the owner and admins may cancel a task")
 
@@ -481,8 +512,10 @@ def _metrics_read(
 ) -> Decision:
     # Counters by rule and operation tell an attacker what is tried and refused: readers
     # are named (Prometheus with a client certificate), admins and auditors may look too.
-    if any_dn_matches(
-        (*config.metrics_readers, *config.admins, *config.auditors), principal.identity
+    if any_matches(
+        (*config.metrics_readers, *config.admins, *config.auditors),
+        principal.identity,
+        principal.fqans,
     ):
         return Decision(True, "metrics_read.readers", "listed in metrics_readers", limited=False)
     return _deny(
@@ -517,6 +550,26 @@ def _audit_read(
 _auditors = _listed("auditors")
 
 
+def _remind(
+    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
+) -> Decision:
+    # Reminders are the server's own sweep: a peer cannot make proxyd mail someone.
+    if principal.kind is PrincipalKind.OPERATOR:
+        return Decision(True, "remind.sweep", "the server's expiry-reminder sweep", limited=False)
+    return _deny("remind.sweep", "expiry reminders are sent by the server's own sweep")
+
+
+def _set_contact(
+    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
+) -> Decision:
+    # A limited proxy is a payload's: it must not redirect its owner's mail.
+    if principal.limited or principal.kind not in (PrincipalKind.USER, PrincipalKind.HOST):
+        return _deny("contact.owner", "a contact address is set by its owner, with a full proxy")
+    if request.owner != principal.identity:
+        return _deny("contact.owner", "owners set only their own contact address")
+    return Decision(True, "contact.owner", "the owner sets its own contact", limited=False)
+
+
 _HANDLERS = {
     Operation.STORE: _store,
     Operation.RETRIEVE: _retrieve,
@@ -530,6 +583,8 @@ _HANDLERS = {
     Operation.AUDIT_READ: _audit_read,
     Operation.METRICS_READ: _metrics_read,
     Operation.ADMIN: _admin,
+    Operation.REMIND: _remind,
+    Operation.SET_CONTACT: _set_contact,
     Operation.TASK_SUBMIT: _task_submit,
     Operation.TASK_READ: _task_read,
     Operation.TASK_CANCEL: _task_cancel,

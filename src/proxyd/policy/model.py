@@ -35,6 +35,8 @@ class Operation(enum.StrEnum):
     TASK_MATCH = "task_match"
     TASK_UPDATE = "task_update"
     TASK_CANCEL = "task_cancel"
+    REMIND = "remind"  # an expiry reminder to a credential's owner
+    SET_CONTACT = "set_contact"  # an owner's address for reminders
 
 
 class AuthMethod(enum.StrEnum):
@@ -82,6 +84,9 @@ class Assignment:
     # The asking pilot presented this attempt's assignment secret: it is the pilot
     # instance the task was matched to, not a sibling sharing its certificate (I2).
     instance_ok: bool = False
+    # Which match of the task this is (1 for the first): every attempt has its own secret,
+    # so the pilot of an earlier attempt holds nothing of a later one.
+    attempt: int = 0
 
 
 @dataclass(frozen=True)

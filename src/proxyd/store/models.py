@@ -39,6 +39,8 @@ __all__ = [
     "TaskAccountingRow",
     "TaskRow",
     "UTCDateTime",
+    "VoMemberRow",
+    "VoSeedRow",
 ]
 
 # Deterministic constraint names, so migrations can name what they alter.
@@ -209,6 +211,7 @@ TASK_STATES = (
     "cancelled",
 )
 QUEUED_STATES = ("waiting", "rescheduled")
+ACTIVE_STATES = ("matched", "running")  # holds a pilot (the running limits count these)
 
 
 class TaskRow(Base):
@@ -274,6 +277,14 @@ Index(
     TaskRow.id,
     postgresql_where=TaskRow.state.in_(QUEUED_STATES),
     sqlite_where=TaskRow.state.in_(QUEUED_STATES),
+)
+# The site limits count a site's active tasks per group (migration 0008).
+Index(
+    "ix_tasks_active_site",
+    TaskRow.site,
+    TaskRow.group_name,
+    postgresql_where=TaskRow.state.in_(ACTIVE_STATES),
+    sqlite_where=TaskRow.state.in_(ACTIVE_STATES),
 )
 
 
@@ -357,3 +368,61 @@ class FairShareRow(Base):
     used_s: Mapped[float] = mapped_column(Float)
     used_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     reserved_s: Mapped[int] = mapped_column(BigInteger)
+    # How many of the pair's tasks are matched or running (migration 0008).
+    running: Mapped[int] = mapped_column(Integer, server_default="0")
+
+
+# --- VO membership of proxyd's own attribute authority (proxyd.store.members; migration 0007) ---
+
+
+class VoMemberRow(Base):
+    """A member of a VO and the FQANs (groups, group/role pairs) the member holds."""
+
+    __tablename__ = "vo_members"
+    __table_args__ = (UniqueConstraint("vo", "dn"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vo: Mapped[str] = mapped_column(String(255))
+    dn: Mapped[str] = mapped_column(String(DN_LEN))
+    fqans: Mapped[list[str]] = mapped_column(JSON)  # normalised (voms_ext.parse_fqan), in order
+    added_by: Mapped[str] = mapped_column(String(DN_LEN))
+    added_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class VoSeedRow(Base):
+    """A VO whose `[voms.members]` table was copied into `vo_members`: never again (DB wins)."""
+
+    __tablename__ = "vo_seeds"
+
+    vo: Mapped[str] = mapped_column(String(255), primary_key=True)
+    seeded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    members: Mapped[int] = mapped_column(Integer)
+
+
+# --- expiry reminders (proxyd.store.reminders; migration 0009) --------------------------------
+
+
+class ReminderRow(Base):
+    """A reminder sent (or being sent) for one credential, end and horizon: once, by anyone."""
+
+    __tablename__ = "expiry_reminders"
+    __table_args__ = (UniqueConstraint("credential_id", "not_after", "horizon_s"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    credential_id: Mapped[int] = mapped_column(Integer)
+    not_after: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    horizon_s: Mapped[int] = mapped_column(Integer)
+    owner_dn: Mapped[str] = mapped_column(String(DN_LEN))
+    sent_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    channels: Mapped[str] = mapped_column(String(64))
+
+
+class OwnerContactRow(Base):
+    """Where an owner wants reminders (PUT /v1/contact); over the certificate's own address."""
+
+    __tablename__ = "owner_contacts"
+
+    owner_dn: Mapped[str] = mapped_column(String(DN_LEN), primary_key=True)
+    email: Mapped[str] = mapped_column(String(320))
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

@@ -41,9 +41,11 @@ from .model import (
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "RULE_LAST_ATTEMPT",
     "RULE_MATCH",
     "RULE_PILOT_REPORT",
     "RULE_REQUEST",
+    "RULE_RETRY",
     "RULE_TIMEOUT",
     "AccountingKey",
     "AuditSink",
@@ -65,6 +67,8 @@ RULE_MATCH = "queue.fair_share"  # task.match: the best eligible task by priorit
 RULE_PILOT_REPORT = "queue.pilot_report"  # task.complete, task.fail: the assigned pilot said so
 RULE_TIMEOUT = "queue.heartbeat_timeout"  # task.stall: the stalled sweep
 RULE_REQUEST = "queue.request"  # reschedule, cancel, site mask, owner ban: asked by `by`
+RULE_RETRY = "queue.retry"  # task.reschedule by proxyd: stalled or failed, attempts left
+RULE_LAST_ATTEMPT = "queue.max_attempts"  # task.fail by proxyd: stalled on its last attempt
 
 
 class BackendNotFound(TaskQueueError, LookupError):
@@ -153,7 +157,9 @@ class TaskQueue(Protocol):
         *,
         decided: Sequence[AuditEvent] = (),
     ) -> Task:
-        """The payload or the pilot failed: → failed. Audited as `task.fail`."""
+        """The payload or the pilot failed: → failed. Audited as `task.fail`. With
+        `max_attempts`, a task with attempts left is queued again at once (rescheduled,
+        audited as `task.reschedule` by proxyd, `RULE_RETRY`)."""
         ...
 
     def reschedule(
@@ -182,6 +188,10 @@ class TaskQueue(Protocol):
 
     def query(self, filters: TaskFilter) -> list[Task]:
         """Tasks matching `filters`, in id order, one page of at most `filters.limit`."""
+        ...
+
+    def count(self, filters: TaskFilter) -> int:
+        """How many tasks match `filters` (all of them: `limit` does not apply)."""
         ...
 
     def assignment(self, task_id: int, secret: str | None = None) -> Assignment | None:
@@ -219,7 +229,9 @@ class TaskQueue(Protocol):
     def mark_stalled(
         self, heartbeat_timeout: dt.timedelta, *, decided: Sequence[AuditEvent] = ()
     ) -> list[int]:
-        """Matched or running tasks silent for longer than the timeout → stalled. Audited."""
+        """Matched or running tasks silent for longer than the timeout → stalled, and with
+        `max_attempts` (`model.retry_outcome`) at once queued again or, on the last
+        attempt, failed. Audited; the ids of the tasks that stalled."""
         ...
 
     def log_tail(self, task_id: int) -> str | None:

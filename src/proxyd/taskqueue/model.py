@@ -86,6 +86,7 @@ __all__ = [
     "new_assignment_secret",
     "next_state",
     "normalise_site",
+    "retry_outcome",
     "secret_digest",
     "secret_matches",
     "text_field",
@@ -174,6 +175,15 @@ def next_state(state: TaskState, event: TaskEvent, task_id: int | None = None) -
         return TRANSITIONS[state][event]
     except KeyError:
         raise TaskStateError(state, event, task_id) from None
+
+
+def retry_outcome(attempts: int, max_attempts: int | None) -> TaskState | None:
+    """What becomes of a task whose attempt number `attempts` stalled or failed: queued
+    again (RESCHEDULED) while it has attempts left, FAILED on the last one; None when the
+    queue does not reschedule by itself (`max_attempts` None)."""
+    if max_attempts is None:
+        return None
+    return TaskState.RESCHEDULED if attempts < max_attempts else TaskState.FAILED
 
 
 # --- the assignment secret: which pilot instance holds a task ------------------------------------
@@ -493,4 +503,5 @@ def assignment_of(task: Task, now: dt.datetime, secret: str | None = None) -> As
         time_left=left,
         active=task.state in ACTIVE,
         instance_ok=secret_matches(task.secret_digest, secret),
+        attempt=task.attempts,
     )

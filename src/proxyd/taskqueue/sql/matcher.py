@@ -27,6 +27,7 @@ from sqlalchemy import Connection, Row
 
 from ...audit import AuditEvent
 from ...store.batching import RETRY, LeaderBatcher, Retry
+from ...tasklimits import TaskLimits
 from ..fairshare import FairShare
 from ..model import PilotCapabilities, Task
 from . import postgres, sqlite
@@ -61,8 +62,10 @@ class Matcher:
         max_pages: int,
         match_batch: int,
         clock: Callable[[], dt.datetime],
+        limits: TaskLimits | None = None,
     ) -> None:
         self._writer = writer
+        self._limits = limits or TaskLimits()
         self._engine = writer.engine
         self._postgres = writer.engine.dialect.name == "postgresql"
         self._fair = fair
@@ -95,13 +98,14 @@ class Matcher:
         claimed_rows: list[Row[Any]] = []
         events: list[AuditEvent] = []
         with self._writer.transaction() as conn:
-            situation = read_situation(conn, self._fair, self._static_bans, now)
+            situation = read_situation(conn, self._fair, self._static_bans, now, self._limits)
             book = None
             if self._postgres:  # pages of 2 x page_size, fewer of them: the same bound per pair
                 page = 2 * self._page_size
                 book = postgres.Book(conn, page, -(-self._page_size * self._max_pages // page))
             for r in batch:
                 seen, claimed = 0, None
+                situation.count_site(conn, r.caps.site)
                 if situation.closed(r.caps.site):
                     pass  # a masked or banned site: nothing, at once
                 elif book is not None:
@@ -112,7 +116,7 @@ class Matcher:
                 if claimed is not None:
                     task, row = claimed.task(), claimed.row
                     claimed_rows.append(row)
-                    situation.reserve((row.group_name, row.owner_dn), row.max_wall_s)
+                    situation.reserve((row.group_name, row.owner_dn), row.max_wall_s, r.caps.site)
                     events += [*r.decided, match_event(task, r.caps)]
                     outcomes.append(task)
                 elif seen and r.tries + 1 < _CLAIM_ROUNDS:
@@ -138,7 +142,10 @@ class Matcher:
             ranked: list[Row[Any]] = []
             if not self._postgres:
                 with self._engine.connect() as conn:
-                    situation = read_situation(conn, self._fair, self._static_bans, now)
+                    situation = read_situation(
+                        conn, self._fair, self._static_bans, now, self._limits
+                    )
+                    situation.count_site(conn, caps.site)
                     ranked = self._ranked(conn, situation, caps)
                 if not ranked:
                     self._writer.audit_alone(r.decided)
@@ -146,7 +153,10 @@ class Matcher:
             with self._writer.transaction() as conn:
                 claimed: Claimed | None
                 if self._postgres:
-                    situation = read_situation(conn, self._fair, self._static_bans, now)
+                    situation = read_situation(
+                        conn, self._fair, self._static_bans, now, self._limits
+                    )
+                    situation.count_site(conn, caps.site)
                     seen, claimed = 0, None
                     if not situation.closed(caps.site):
                         seen, claimed = postgres.find_and_claim(

@@ -167,10 +167,12 @@ def claim_from_book(
 
 def reserve_many(conn: Connection, claimed: Sequence[Row[Any]]) -> None:
     """Add the claimed tasks' wall time to their owners' reservations."""
-    per_pair: dict[Pair, int] = defaultdict(int)
+    per_pair: dict[Pair, list[int]] = defaultdict(lambda: [0, 0])
     for row in claimed:
-        per_pair[(row.group_name, row.owner_dn)] += row.max_wall_s
-    todo = [{"g": g, "o": o, "w": w} for (g, o), w in per_pair.items()]
+        totals = per_pair[(row.group_name, row.owner_dn)]
+        totals[0] += row.max_wall_s
+        totals[1] += 1
+    todo = [{"g": g, "o": o, "w": w, "n": n} for (g, o), (w, n) in per_pair.items()]
     conn.execute(RESERVE_MANY, {"b_reserve": json.dumps(todo)})
 
 
@@ -189,7 +191,7 @@ def find_and_claim(
     A first try reads `page_size` candidates per (group, owner); a retry, after other
     pilots were claiming all of those, reads as many as the scan bound allows.
     """
-    pairs = situation.pairs()
+    pairs = situation.pairs(caps.site)
     if not pairs:
         return 0, None
     ranks = situation.ranks()

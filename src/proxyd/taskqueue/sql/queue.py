@@ -23,6 +23,7 @@ from ...config import Config
 from ...policy import Assignment
 from ...store.bans import add_ban, remove_ban
 from ...store.db import make_engine, migrate, require_proxyd_engine
+from ...tasklimits import TaskLimits
 from ..base import RULE_REQUEST, AccountingKey, AuditSink, queue_event
 from ..fairshare import FairShare
 from ..model import (
@@ -62,7 +63,10 @@ class SqlTaskQueue:
     (the config's `policy.banned_dns`) to the runtime ones. `page_size`
     and `max_pages` bound the candidate scan per (group, owner).
     `match_batch` is the most matches one transaction serves when threads
-    ask at the same moment (1: every match alone).
+    ask at the same moment (1: every match alone). `limits` are the running
+    limits the matcher honours (`[taskqueue.limits]`); with `max_attempts`, a
+    stalled or failed task is queued again until it has been matched that
+    many times, then failed (None: the queue reschedules nothing by itself).
     """
 
     name = "sql"
@@ -78,10 +82,15 @@ class SqlTaskQueue:
         max_pages: int = 16,
         match_batch: int = 32,
         clock: Clock = _utcnow,
+        limits: TaskLimits | None = None,
+        max_attempts: int | None = None,
     ) -> None:
         require_proxyd_engine(engine)
         if page_size < 1 or max_pages < 1 or match_batch < 1:
             raise ValueError("page_size, max_pages and match_batch must be at least 1")
+        if max_attempts is not None and max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1 (or None)")
+        self._max_attempts = max_attempts
         self._engine = engine
         self._writer = Writer(engine, audit if audit is not None else AuditLog(engine))
         self._fair = fair_share or FairShare()
@@ -94,17 +103,21 @@ class SqlTaskQueue:
             max_pages=max_pages,
             match_batch=match_batch,
             clock=clock,
+            limits=limits,
         )
-        self._life = LifeCycle(self._writer, self._fair, clock)
+        self._life = LifeCycle(self._writer, self._fair, clock, max_attempts)
 
     @classmethod
     def from_source(cls, source: Engine | Config | URL | str, **options: Any) -> SqlTaskQueue:
         """The `load_taskqueue("sql", source)` factory: an engine as is, or a config or URL
-        (then the database is opened and migrated, and a config's banned DNs apply)."""
+        (then the database is opened and migrated, and a config's banned DNs, limits and
+        max_attempts apply)."""
         if isinstance(source, Engine):
             return cls(source, **options)
         if isinstance(source, Config):
             options.setdefault("banned_dns", source.policy.banned_dns)
+            options.setdefault("limits", source.taskqueue.limits)
+            options.setdefault("max_attempts", source.taskqueue.max_attempts)
             source = source.server.database
         engine = make_engine(source)
         migrate(engine)
@@ -217,7 +230,7 @@ class SqlTaskQueue:
         self, heartbeat_timeout: dt.timedelta, *, decided: Sequence[AuditEvent] = ()
     ) -> list[int]:
         return stalled.mark_stalled(
-            self._writer, self._fair, self._clock(), heartbeat_timeout, decided
+            self._writer, self._fair, self._clock(), heartbeat_timeout, decided, self._max_attempts
         )
 
     # --- site mask and owner bans -------------------------------------------------------------
@@ -261,25 +274,14 @@ class SqlTaskQueue:
         return task_of(row) if row is not None else None
 
     def query(self, filters: TaskFilter) -> list[Task]:
-        f = filters
-        conditions: list[ColumnElement[bool]] = [
-            column == value
-            for column, value in (
-                (T.owner_dn, f.owner),
-                (T.group_name, f.group),
-                (T.vo, f.vo),
-                (T.site, f.site),
-                (T.pilot_dn, f.pilot),
-            )
-            if value is not None
-        ]
-        if f.states:
-            conditions.append(T.state.in_(sorted(s.value for s in f.states)))
-        if f.after_id is not None:
-            conditions.append(T.id > f.after_id)
-        stmt = select(TASKS).where(*conditions).order_by(T.id).limit(f.limit)
+        stmt = select(TASKS).where(*_conditions(filters)).order_by(T.id).limit(filters.limit)
         with self._engine.connect() as conn:
             return [task_of(r) for r in conn.execute(stmt).all()]
+
+    def count(self, filters: TaskFilter) -> int:
+        with self._engine.connect() as conn:
+            stmt = select(func.count()).select_from(TASKS).where(*_conditions(filters))
+            return int(conn.execute(stmt).scalar_one())
 
     def assignment(self, task_id: int, secret: str | None = None) -> Assignment | None:
         task = self.get(task_id)
@@ -337,6 +339,26 @@ class SqlTaskQueue:
             AccountingTotal(k, int(n), int(failed or 0), float(cpu), float(wall), int(rss))
             for k, n, failed, cpu, wall, rss in rows
         ]
+
+
+def _conditions(f: TaskFilter) -> list[ColumnElement[bool]]:
+    """The WHERE of `query` and `count`: every given field of the filter."""
+    conditions: list[ColumnElement[bool]] = [
+        column == value
+        for column, value in (
+            (T.owner_dn, f.owner),
+            (T.group_name, f.group),
+            (T.vo, f.vo),
+            (T.site, f.site),
+            (T.pilot_dn, f.pilot),
+        )
+        if value is not None
+    ]
+    if f.states:
+        conditions.append(T.state.in_(sorted(s.value for s in f.states)))
+    if f.after_id is not None:
+        conditions.append(T.id > f.after_id)
+    return conditions
 
 
 def _owner_event(operation: str, by: str, dn: str, detail: str) -> AuditEvent:

@@ -5,9 +5,12 @@ A match first reads the **situation** in one statement: the usage of every
 (group, owner), the bans and the masked sites. A pilot at a masked or
 banned site gets nothing; owners that `policy.Bans` (the policy's own
 evaluator) or the static `banned_dns` ban are left out; the rest are ranked
-by `fairshare.ranking`. Then `best_first` reads the queued tasks of the
-pairs page by page, from `Pages` (one per dialect), and orders what the
-pilot can run by `fairshare.match_key`, the one ranking of every backend.
+by `fairshare.ranking`. With `[taskqueue.limits]`, an owner at its
+running limit and, at a site with limits, a group at its limit there are
+left out too, and a site at its limit gets nothing (`Situation.pairs`).
+Then `best_first` reads the queued tasks of the pairs page by page, from
+`Pages` (one per dialect), and orders what the pilot can run by
+`fairshare.match_key`, the one ranking of every backend.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from operator import itemgetter
 from typing import Any, Protocol, TypeVar
@@ -22,9 +26,10 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import Connection, Row
 
 from ...audit import AuditEvent
-from ...patterns import any_dn_matches
+from ...patterns import any_glob_matches
 from ...policy import Bans
 from ...store.bans import bans_of, site_bans_of
+from ...tasklimits import TaskLimits
 from ..base import RULE_MATCH, queue_event
 from ..fairshare import FairShare, PairUsage, match_key, ranking
 from ..model import (
@@ -35,7 +40,7 @@ from ..model import (
     normalise_site,
 )
 from .rows import Pair, task_of
-from .statements import SITUATION
+from .statements import SITE_LOAD, SITUATION
 
 log = logging.getLogger("proxyd.taskqueue")
 
@@ -49,23 +54,60 @@ class Situation:
     site_bans: tuple[str, ...]  # patterns, spelt as `normalise_site` spells names
     masked: frozenset[str]
     fair: FairShare
+    limits: TaskLimits = dataclasses.field(default_factory=TaskLimits)
+    running: dict[Pair, int] = dataclasses.field(default_factory=dict)  # active tasks
     _ranks: dict[Pair, tuple[float, float]] | None = None
     _pairs: tuple[Pair, ...] | None = None
+    _owner_running: dict[str, int] | None = None
+    _site_load: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
     def closed(self, site: str) -> bool:
         """Whether a pilot at `site` gets no work: the site is masked or banned."""
-        return site in self.masked or any_dn_matches(self.site_bans, site)
+        return site in self.masked or any_glob_matches(self.site_bans, site)
 
-    def pairs(self) -> tuple[Pair, ...]:
-        """The (group, owner) pairs whose owner is not banned, as `policy.decide` judges
-        owners (`Bans.matches`)."""
+    def count_site(self, conn: Connection, site: str) -> None:
+        """Read the active tasks of `site` per group, if the site has limits (once per
+        situation: a batch's claims are added by `reserve`)."""
+        if site in self.limits.sites and site not in self._site_load:
+            load: dict[str, int] = defaultdict(int)
+            load.update((g, int(n)) for g, n in conn.execute(SITE_LOAD, {"b_site": site}))
+            self._site_load[site] = load
+
+    def pairs(self, site: str | None = None) -> tuple[Pair, ...]:
+        """The (group, owner) pairs that may get work now: the owner is not banned, as
+        `policy.decide` judges owners (`Bans.matches`), nor at its running limit; at
+        `site`, if it has limits (`count_site` first), the site is not full and the group
+        not at its limit there."""
         if self._pairs is None:
             if not self.bans.users and not self.bans.hosts:
                 self._pairs = tuple(self.usages)
             else:
                 banned = {o: self.bans.matches(o) for o in {o for _, o in self.usages}}
                 self._pairs = tuple(p for p in self.usages if not banned[p[1]])
-        return self._pairs
+        if not self.limits.running_limited:
+            return self._pairs
+        pairs = self._pairs
+        cap = self.limits.max_running_per_owner
+        if cap is not None:
+            owners = self.owner_running()
+            pairs = tuple(p for p in pairs if owners.get(p[1], 0) < cap)
+        site_limits = self.limits.sites.get(site) if site is not None else None
+        if site_limits is not None:
+            load = self._site_load.get(site or "", {})
+            if site_limits.full(sum(load.values())):
+                return ()
+            if site_limits.max_running_per_group:
+                pairs = tuple(p for p in pairs if not site_limits.group_full(p[0], load))
+        return pairs
+
+    def owner_running(self) -> dict[str, int]:
+        """Active tasks per owner (over its groups)."""
+        if self._owner_running is None:
+            totals: dict[str, int] = defaultdict(int)
+            for (_, owner), n in self.running.items():
+                totals[owner] += n
+            self._owner_running = totals
+        return self._owner_running
 
     def ranks(self) -> dict[Pair, tuple[float, float]]:
         """`fairshare.ranking` of the usages as they are now."""
@@ -73,25 +115,37 @@ class Situation:
             self._ranks = ranking(self.usages.values(), self.fair)
         return self._ranks
 
-    def reserve(self, pair: Pair, wall_s: int) -> None:
-        """A task of `pair` was claimed: its owner and group now use `wall_s` more."""
+    def reserve(self, pair: Pair, wall_s: int, site: str) -> None:
+        """A task of `pair` was claimed at `site`: its owner and group now use `wall_s`
+        more, and hold one more active task (there)."""
         u = self.usages[pair]
         self.usages[pair] = dataclasses.replace(u, reserved_s=u.reserved_s + wall_s)
+        self.running[pair] = self.running.get(pair, 0) + 1
+        if self._owner_running is not None:
+            self._owner_running[pair[1]] += 1
+        if site in self._site_load:
+            self._site_load[site][pair[0]] += 1
         if self._ranks is not None:  # only the ranks of that group change
             group = [v for v in self.usages.values() if v.group == pair[0]]
             self._ranks.update(ranking(group, self.fair))
 
 
 def read_situation(
-    conn: Connection, fair: FairShare, static_bans: Sequence[str], now: dt.datetime
+    conn: Connection,
+    fair: FairShare,
+    static_bans: Sequence[str],
+    now: dt.datetime,
+    limits: TaskLimits | None = None,
 ) -> Situation:
-    """Usage per pair, bans, masked sites: one statement."""
+    """Usage and active tasks per pair, bans, masked sites: one statement."""
     usages: dict[Pair, PairUsage] = {}
+    running: dict[Pair, int] = {}
     bans: list[tuple[str, str]] = []
     masked: set[str] = set()
-    for kind, name, owner, used, at, reserved in conn.execute(SITUATION):
+    for kind, name, owner, used, at, reserved, active in conn.execute(SITUATION):
         if kind == "pair":
             usages[name, owner] = PairUsage(name, owner, fair.decay(used, at, now), reserved)
+            running[name, owner] = active
         elif kind == "mask":
             masked.add(name)
         else:
@@ -99,7 +153,9 @@ def read_situation(
     runtime = bans_of(bans)
     owners = Bans(users=(*static_bans, *runtime.users), hosts=runtime.hosts)
     sites = tuple(_site_pattern(p) for p in site_bans_of(bans))
-    return Situation(usages, owners, sites, frozenset(masked), fair)
+    return Situation(
+        usages, owners, sites, frozenset(masked), fair, limits or TaskLimits(), running
+    )
 
 
 def _site_pattern(pattern: str) -> str:
@@ -156,7 +212,7 @@ def best_first(situation: Situation, pages: Pages[C], caps: PilotCapabilities) -
     page's priority is not lower) and the scan bound allows.
     """
     ranks = situation.ranks()
-    todo: Sequence[Pair] = situation.pairs()
+    todo: Sequence[Pair] = situation.pairs(caps.site)
     pages.first(todo)
     found: list[tuple[tuple[int, float, float, int], C]] = []
     best: int | None = None

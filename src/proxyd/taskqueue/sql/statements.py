@@ -38,6 +38,7 @@ from sqlalchemy.sql.elements import BindParameter
 
 from ...store.bans import PATTERNS
 from ...store.models import (
+    ACTIVE_STATES,
     QUEUED_STATES,
     FairShareRow,
     SiteMaskRow,
@@ -75,12 +76,21 @@ CANDIDATE_COLUMNS = (
 CLEARED = {"pilot_dn": None, "pilot_id": None, "site": None, "ce": None, "secret_sha256": None}
 CLEARED_TIMES = {"matched_at": None, "started_at": None, "heartbeat_at": None}
 
-_USAGE_COLUMNS = (F.group_name, F.owner_dn, F.used_s, F.used_at, F.reserved_s)
+_USAGE_COLUMNS = (F.group_name, F.owner_dn, F.used_s, F.used_at, F.reserved_s, F.running)
 _NO_USAGE = tuple(null().cast(c.type) for c in _USAGE_COLUMNS[1:])
 
 # The predicate of the partial index ix_tasks_queue, spelt with literals: neither PostgreSQL
 # (generic plans) nor SQLite can use a partial index for a predicate with bound parameters.
 QUEUED = T.state.in_([literal_column(f"'{s}'") for s in QUEUED_STATES])
+# The site limits: a site's active tasks per group (the partial index ix_tasks_active_site).
+SITE_LOAD = (
+    select(T.group_name, func.count())
+    .where(
+        T.state.in_([literal_column(f"'{s}'") for s in ACTIVE_STATES]),
+        T.site == bindparam("b_site"),
+    )
+    .group_by(T.group_name)
+)
 
 # SQLite: queued tasks of one (group, owner) after a keyset, in matching order, that fit the
 # pilot's platform, CPU time and memory (sites and tags are checked in Python).
@@ -135,7 +145,7 @@ CLAIM = (
 RESERVE = (
     update(SHARES)
     .where(F.group_name == bindparam("b_group"), F.owner_dn == bindparam("b_owner"))
-    .values(reserved_s=F.reserved_s + bindparam("b_wall", type_=Integer))
+    .values(reserved_s=F.reserved_s + bindparam("b_wall", type_=Integer), running=F.running + 1)
 )
 
 # PostgreSQL finds, claims and reserves in one statement, given the (group, owner) pairs that
@@ -241,7 +251,7 @@ _CLAIMED = (
 _RESERVED = (
     update(SHARES)
     .where(F.group_name == _CLAIMED.c.group_name, F.owner_dn == _CLAIMED.c.owner_dn)
-    .values(reserved_s=F.reserved_s + _CLAIMED.c.max_wall_s)
+    .values(reserved_s=F.reserved_s + _CLAIMED.c.max_wall_s, running=F.running + 1)
     .cte("reserved")
 )
 _SEEN = select(func.count().label("seen")).select_from(_CANDIDATES).subquery("seen")
@@ -304,7 +314,9 @@ CLAIM_LISTED = (
 # (as `usage.charge` does), so that batches of several processes cannot deadlock on them.
 _RESERVATIONS = (
     func.json_to_recordset(cast_(bindparam("b_reserve", type_=Text), JSON))
-    .table_valued(column("g", String), column("o", String), column("w", Integer))
+    .table_valued(
+        column("g", String), column("o", String), column("w", Integer), column("n", Integer)
+    )
     .render_derived(name="reservations", with_types=True)
 )
 _IN_ORDER = (
@@ -321,5 +333,5 @@ RESERVE_MANY = (
         F.group_name == _RESERVATIONS.c.g,
         F.owner_dn == _RESERVATIONS.c.o,
     )
-    .values(reserved_s=F.reserved_s + _RESERVATIONS.c.w)
+    .values(reserved_s=F.reserved_s + _RESERVATIONS.c.w, running=F.running + _RESERVATIONS.c.n)
 )

@@ -6,10 +6,16 @@ step with `model.next_state`, write the new state, settle the fair-share
 usage of an attempt that ended and its accounting, and append the audit
 event in the same write transaction (`writer.Writer.audit`). Start and
 heartbeat are progress, not decisions: they have no event of their own.
+
+With `max_attempts`, a failed attempt is followed at once, in the same
+transaction, by its retry (`model.retry_outcome`): the task is queued again
+(rescheduled, by proxyd, `queue.retry`) while it has attempts left; the
+failure of its last attempt is final.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,7 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 
 from ...audit import AuditEvent
-from ..base import RULE_PILOT_REPORT, RULE_REQUEST, queue_event
+from ..base import RULE_PILOT_REPORT, RULE_REQUEST, RULE_RETRY, queue_event
 from ..fairshare import FairShare
 from ..model import (
     ACTIVE,
@@ -30,6 +36,7 @@ from ..model import (
     UnknownTask,
     free_text,
     next_state,
+    retry_outcome,
 )
 from .rows import task_of
 from .statements import ACCOUNTING, CLEARED, CLEARED_TIMES, TASKS, T
@@ -40,10 +47,17 @@ from .writer import Writer
 class LifeCycle:
     """Life-cycle events of `SqlTaskQueue` (see the module docstring)."""
 
-    def __init__(self, writer: Writer, fair: FairShare, clock: Callable[[], dt.datetime]) -> None:
+    def __init__(
+        self,
+        writer: Writer,
+        fair: FairShare,
+        clock: Callable[[], dt.datetime],
+        max_attempts: int | None = None,
+    ) -> None:
         self._writer = writer
         self._fair = fair
         self._clock = clock
+        self._max_attempts = max_attempts
 
     def apply(
         self,
@@ -66,14 +80,24 @@ class LifeCycle:
             if pilot is not None and before.pilot != pilot:
                 raise NotAssigned(task_id, pilot, before.pilot)
             state = next_state(before.state, event, task_id)
-            changes: dict[str, Any] = {"state": state.value}
+            retry = retry_outcome(before.attempts, self._max_attempts)
+            if event is not TaskEvent.FAIL or state is not TaskState.FAILED:
+                retry = None
+            if retry is not None and reason is not None:
+                of = f"attempt {before.attempts} of {self._max_attempts}"
+                requeued = retry is TaskState.RESCHEDULED
+                reason = f"{of} failed: {reason}" + (
+                    "; queued again" if requeued else " (no attempts left)"
+                )
+            final = TaskState.RESCHEDULED if retry is TaskState.RESCHEDULED else state
+            changes: dict[str, Any] = {"state": final.value}
             if event is TaskEvent.START:
                 changes.update(started_at=now, heartbeat_at=now)
             elif event is TaskEvent.HEARTBEAT:
                 changes["heartbeat_at"] = now
-            if state in (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED):
+            if final in (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED):
                 changes["finished_at"] = now
-            if state is TaskState.RESCHEDULED:
+            if final is TaskState.RESCHEDULED:
                 changes.update(**CLEARED, **CLEARED_TIMES, finished_at=None)
             if reason is not None:
                 changes["reason"] = free_text(reason[:4000], 4000)
@@ -86,7 +110,10 @@ class LifeCycle:
                 charge(conn, self._fair, [(before, wall(before, accounting, now))], now)
             if accounting is not None and before.pilot is not None:
                 _record_accounting(conn, before, state, accounting, now)
-            own = _transition_event(before, after, event, pilot=pilot, by=by, accounting=accounting)
+            shown = after if final is state else dataclasses.replace(after, state=state)
+            own = _transition_event(before, shown, event, pilot=pilot, by=by, accounting=accounting)
+            if final is not state:
+                own.append(retry_event(after, state))
             self._writer.audit(conn, [*decided, *own])
         return after
 
@@ -121,6 +148,12 @@ def _transition_event(
             )
         ]
     return [queue_event(operation, RULE_REQUEST, by or SYSTEM_ACTOR, task=after, detail=detail)]
+
+
+def retry_event(task: Task, was: TaskState) -> AuditEvent:
+    """proxyd queued `task` again after its attempt ended `was` (stalled or failed)."""
+    detail = f"task {task.id} {was.value} -> {task.state.value}: {task.reason}"
+    return queue_event("task.reschedule", RULE_RETRY, SYSTEM_ACTOR, task=task, detail=detail)
 
 
 def _record_accounting(

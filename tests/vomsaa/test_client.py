@@ -1,0 +1,336 @@
+"""The upstream client and authority against a loopback TLS stand-in for a VOMS server.
+
+The stand-in speaks the answer shapes captured from the real tools
+(PROTOCOLS.md §4) for the cases the real voms-server cannot be made to show
+here (a working REST handler, HTTP/1.0, garbage, silence, a wrong DN, an
+untrusted AC); tests/interop/test_upstream_aa.py runs against the real one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from proxyd.devpki import AA_HOST, DevPKI, host_dn, user_dn
+from proxyd.vomsaa import wire
+from proxyd.vomsaa.client import UpstreamRefusal, VomsAaClient
+from proxyd.vomsaa.upstream import AC_REUSE, UpstreamAuthority
+from proxyd.vomsaa.vomses import UpstreamVoConfig, VomsesEntry
+from voms_ext import (
+    AttributeCertificateBuilder,
+    ProxyType,
+    TrustStore,
+    classify,
+    load_credential_file,
+)
+from voms_ext.names import dn_to_slash
+
+ALICE = user_dn("alice")
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+Handler = Callable[[bytes], bytes | None]  # the request -> the answer; None: close silently
+HANG = b"hang"  # a handler's answer: say nothing and keep the connection open
+
+
+@dataclass
+class StandIn:
+    """A loopback TLS server: one handler per connection, in order; it records what came."""
+
+    pki: DevPKI
+    handlers: list[Handler]
+    requests: list[bytes] = field(default_factory=list)
+    peers: list[x509.Certificate] = field(default_factory=list)
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        cert, key = self.pki.host()
+        ctx.load_cert_chain(str(cert), str(key))
+        ctx.load_verify_locations(capath=str(self.pki.cert_dir))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.verify_flags |= ssl.VERIFY_ALLOW_PROXY_CERTS
+        self.ctx = ctx
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def entry(self, dn: str | None = None) -> VomsesEntry:
+        return VomsesEntry("dteam", "127.0.0.1", self.port, dn or host_dn("localhost"), "dteam")
+
+    def _serve(self) -> None:
+        for handler in self.handlers:
+            raw, _ = self.listener.accept()
+            try:
+                with self.ctx.wrap_socket(raw, server_side=True) as sock:
+                    sock.settimeout(10)
+                    der = sock.getpeercert(binary_form=True)
+                    assert der is not None
+                    self.peers.append(x509.load_der_x509_certificate(der))
+                    data = b""
+                    while not (data[:1] == b"0" and wire.request_complete(data[1:])):
+                        chunk = sock.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                    self.requests.append(data[1:])
+                    answer = handler(data[1:])
+                    if answer == HANG:
+                        self.stop.wait(10)
+                    elif answer is not None:
+                        sock.sendall(answer)
+            except (OSError, AssertionError):
+                pass
+        self.listener.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+@pytest.fixture
+def stand_in(dev_pki: DevPKI) -> Iterator[Callable[..., StandIn]]:
+    made: list[StandIn] = []
+
+    def make(*handlers: Handler) -> StandIn:
+        s = StandIn(dev_pki, list(handlers))
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+@pytest.fixture
+def alice(dev_pki: DevPKI) -> tuple[tuple[x509.Certificate, ...], rsa.RSAPrivateKey]:
+    cert, key = dev_pki.user("alice")
+    cred = load_credential_file(cert)
+    pkey = serialization.load_pem_private_key(Path(key).read_bytes(), None)
+    assert isinstance(pkey, rsa.RSAPrivateKey)
+    return cred.certificates, pkey
+
+
+def make_ac(
+    pki: DevPKI,
+    holder: x509.Certificate,
+    fqans: tuple[str, ...] = ("/dteam",),
+    *,
+    hours: int = 2,
+    signer: str = "aa",
+) -> bytes:
+    """An AC as dteam's AA (the dev PKI's, trusted by its vomsdir) or as someone else."""
+    cert_path, key_path = pki.host(signer)
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    key = serialization.load_pem_private_key(Path(key_path).read_bytes(), None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return (
+        AttributeCertificateBuilder()
+        .vo("dteam")
+        .uri(f"{AA_HOST}:15000")
+        .fqans(fqans)
+        .holder(holder)
+        .validity(NOW - dt.timedelta(minutes=5), NOW + dt.timedelta(hours=hours))
+        .sign(cert, key)
+        .der
+    )
+
+
+def rest_ok(der: bytes) -> Handler:
+    return lambda request: wire.encode_rest_answer(der)
+
+
+def legacy_ok(der: bytes) -> Handler:
+    return lambda request: wire.encode_legacy_answer(der)
+
+
+def silent(request: bytes) -> bytes | None:
+    return None
+
+
+def context_for(pki: DevPKI) -> ssl.SSLContext:
+    """A client context as a user (the client module's own context is tested via obtain)."""
+    from proxyd.vomsaa.client import client_context
+
+    cert, key = pki.user("alice")
+    cred = load_credential_file(cert)
+    pkey = serialization.load_pem_private_key(Path(key).read_bytes(), None)
+    return client_context(pki.cert_dir, cred.certificates, pkey)
+
+
+REQUEST = wire.AcRequest(("/dteam",), 3600)
+
+
+def test_rest_answer_is_used_as_voms_proxy_init_would(
+    dev_pki: DevPKI, stand_in: Callable[..., StandIn], alice: tuple
+) -> None:
+    der = make_ac(dev_pki, alice[0][0])
+    s = stand_in(rest_ok(der))
+    got = VomsAaClient(5).fetch([s.entry()], context_for(dev_pki), REQUEST)
+    assert (got.protocol, got.fallback_reason, got.ac.der) == ("rest", None, der)
+    assert s.requests == [wire.encode_rest_request(REQUEST, "127.0.0.1", s.port)]
+
+
+@pytest.mark.parametrize(
+    ("first", "reason"),
+    [
+        (silent, "closed the connection without answering"),
+        (
+            lambda r: wire.encode_rest_answer(b"AC").replace(b"HTTP/1.1", b"HTTP/1.0"),
+            "HTTP/1.0 200",
+        ),
+        (lambda r: b"HTTP/1.1 404 Not Found\r\n\r\n", "HTTP/1.1 404"),
+    ],
+    ids=["debian-silence", "http-1.0", "not-found"],
+)
+def test_rest_falls_back_to_legacy(
+    dev_pki: DevPKI, stand_in: Callable[..., StandIn], alice: tuple, first: Handler, reason: str
+) -> None:
+    der = make_ac(dev_pki, alice[0][0])
+    s = stand_in(first, legacy_ok(der))
+    got = VomsAaClient(5).fetch([s.entry()], context_for(dev_pki), REQUEST)
+    assert got.protocol == "legacy" and got.ac.der == der
+    assert got.fallback_reason is not None and reason in got.fallback_reason
+    assert s.requests[1] == wire.encode_legacy_request(REQUEST)
+
+
+def test_a_rest_refusal_of_the_user_is_final(
+    dev_pki: DevPKI, stand_in: Callable[..., StandIn]
+) -> None:
+    unknown = wire.AaError(wire.REST_NO_SUCH_USER, "dteam: User unknown to this VO.")
+    s = stand_in(lambda r: wire.encode_rest_answer(unknown))
+    with pytest.raises(UpstreamRefusal) as info:
+        VomsAaClient(5).fetch([s.entry()], context_for(dev_pki), REQUEST)
+    assert info.value.rule == "voms.upstream_unknown_user"
+    assert "User unknown to this VO" in info.value.message
+    assert len(s.requests) == 1  # no legacy retry, as voms-proxy-init
+
+
+def test_failing_servers_are_followed_by_the_next_one(
+    dev_pki: DevPKI, stand_in: Callable[..., StandIn], alice: tuple
+) -> None:
+    closed = socket.create_server(("127.0.0.1", 0))
+    dead = VomsesEntry("dteam", "127.0.0.1", closed.getsockname()[1], host_dn("localhost"), "dteam")
+    closed.close()
+    db_error = wire.AaError(wire.LEGACY_WITH_DB, "dteam: Problems in DB communication.")
+    broken = stand_in(silent, lambda r: wire.encode_legacy_answer(db_error))
+    der = make_ac(dev_pki, alice[0][0])
+    good = stand_in(silent, legacy_ok(der))
+    got = VomsAaClient(5).fetch([dead, broken.entry(), good.entry()], context_for(dev_pki), REQUEST)
+    assert got.server == good.entry() and got.ac.der == der
+
+    with pytest.raises(UpstreamRefusal) as info:
+        VomsAaClient(5).fetch([dead], context_for(dev_pki), REQUEST)
+    assert info.value.rule == "voms.upstream_unreachable"
+    assert f"127.0.0.1:{dead.port}: cannot connect" in info.value.message
+
+
+def test_a_silent_server_times_out_within_the_bound(
+    dev_pki: DevPKI, stand_in: Callable[..., StandIn]
+) -> None:
+    s = stand_in(lambda r: HANG)
+    start = time.monotonic()
+    with pytest.raises(UpstreamRefusal) as info:
+        VomsAaClient(0.5).fetch([s.entry()], context_for(dev_pki), REQUEST)
+    assert time.monotonic() - start < 3
+    assert info.value.rule == "voms.upstream_timeout"
+    assert "no complete answer within 0.5 s" in info.value.message
+
+
+def test_garbage_and_wrong_dn(dev_pki: DevPKI, stand_in: Callable[..., StandIn]) -> None:
+    s = stand_in(silent, lambda r: b"<html>hello</html>")
+    with pytest.raises(UpstreamRefusal) as info:
+        VomsAaClient(5).fetch([s.entry()], context_for(dev_pki), REQUEST)
+    assert info.value.rule == "voms.upstream_error"
+    assert "expected <vomsans>, found <html>" in info.value.message
+
+    other = stand_in(silent)
+    with pytest.raises(UpstreamRefusal) as info:
+        VomsAaClient(5).fetch(
+            [other.entry("/C=XX/O=elsewhere/CN=voms.example.org")], context_for(dev_pki), REQUEST
+        )
+    assert info.value.rule == "voms.upstream_unreachable"
+    assert "not '/C=XX/O=elsewhere/CN=voms.example.org' as vomses says" in info.value.message
+
+
+# --- the authority: authentication proxy, verification, cache -------------------------------------
+
+
+def authority(pki: DevPKI, *servers: StandIn, timeout: float = 5) -> UpstreamAuthority:
+    config = UpstreamVoConfig(
+        "dteam", pki.vomses, tuple(s.entry() for s in servers), dt.timedelta(seconds=timeout)
+    )
+    trust = TrustStore.from_dirs(pki.cert_dir, pki.voms_dir)
+    return UpstreamAuthority(config, lambda: trust)
+
+
+def test_obtain_authenticates_with_a_proxy_of_the_owner_and_caches(
+    dev_pki: DevPKI, stand_in: Callable[..., StandIn], alice: tuple
+) -> None:
+    chain, key = alice
+    der = make_ac(dev_pki, chain[0])
+    s = stand_in(rest_ok(der), rest_ok(make_ac(dev_pki, chain[0], ("/dteam/analysis",))))
+    aa = authority(dev_pki, s)
+    ac = aa.obtain(chain, key, ("/dteam",), dt.timedelta(hours=1), NOW)
+    assert ac.der == der
+    leaf = s.peers[0]
+    assert classify(leaf).type is ProxyType.RFC_IMPERSONATION
+    assert leaf.issuer == chain[0].subject  # signed with the stored key, which stays here
+    assert dn_to_slash(chain[0].subject) == ALICE
+
+    # Warm: the same AC with no round trip, for a proxy it covers.
+    assert aa.obtain(chain, key, ("/dteam",), dt.timedelta(minutes=90), NOW).der == der
+    assert aa.fetches == 1
+    # Other FQANs: a round trip, on the same authentication proxy.
+    aa.obtain(chain, key, ("/dteam/analysis",), dt.timedelta(hours=1), NOW)
+    assert aa.fetches == 2
+    assert s.peers[1].serial_number == leaf.serial_number
+
+
+def test_cache_never_serves_an_ac_too_short_or_too_old(
+    dev_pki: DevPKI, stand_in: Callable[..., StandIn], alice: tuple
+) -> None:
+    chain, key = alice
+    s = stand_in(*(rest_ok(make_ac(dev_pki, chain[0])) for _ in range(3)))
+    aa = authority(dev_pki, s)
+    aa.obtain(chain, key, ("/dteam",), dt.timedelta(hours=1), NOW)
+    aa.obtain(chain, key, ("/dteam",), dt.timedelta(hours=5), NOW)  # longer than the AC
+    assert aa.fetches == 2
+    later = NOW + AC_REUSE + dt.timedelta(seconds=1)
+    aa.obtain(chain, key, ("/dteam",), dt.timedelta(minutes=30), later)
+    assert aa.fetches == 3
+
+
+@pytest.mark.parametrize(
+    ("signer", "holder_of", "match"),
+    [
+        ("wms", "alice", "cannot verify the AC signature"),
+        ("aa", "bob", "granted to a different certificate"),
+    ],
+)
+def test_an_ac_that_does_not_verify_is_never_returned(
+    dev_pki: DevPKI,
+    stand_in: Callable[..., StandIn],
+    alice: tuple,
+    signer: str,
+    holder_of: str,
+    match: str,
+) -> None:
+    chain, key = alice
+    holder = load_credential_file(dev_pki.user(holder_of)[0]).certificate
+    s = stand_in(rest_ok(make_ac(dev_pki, holder, signer=signer)))
+    with pytest.raises(UpstreamRefusal) as info:
+        authority(dev_pki, s).obtain(chain, key, ("/dteam",), dt.timedelta(hours=1), NOW)
+    assert info.value.rule == "voms.upstream_bad_ac"
+    assert match in info.value.message
