@@ -348,7 +348,7 @@ _ALL = (
         "The task is no longer running on this pilot (finished, cancelled or stalled).",
         "I2",
     ),
-    Rule("task.owner", "The owner submits, reads or cancels its own tasks.", None),
+    Rule("task.owner", "The owner submits, reads, cancels or reschedules its own tasks.", None),
     Rule(
         "task.admins",
         "Listed in admins (or, to read tasks, in auditors).",
@@ -356,10 +356,26 @@ _ALL = (
     ),
     Rule(
         "task.not_owner",
-        "Only the owner (and admins, or auditors to read) may submit, read or cancel the task.",
+        "Only the owner (and admins, or auditors to read) may submit, read, cancel or "
+        "reschedule the task.",
         None,
     ),
-    Rule("task.limited", "A limited proxy (such as a payload's) may not cancel tasks.", "I1"),
+    Rule(
+        "task.limited",
+        "A limited proxy (such as a payload's) may not cancel or reschedule tasks.",
+        "I1",
+    ),
+    Rule(
+        "task.priority_not_allowed",
+        "The task's priority is outside the range [taskqueue.limits] priority allows for its "
+        "FQANs.",
+        None,
+    ),
+    Rule(
+        "task.owner_queue_full",
+        "The owner already has [taskqueue.limits] max_queued_per_owner tasks queued.",
+        None,
+    ),
     Rule("task.pilot", "A pilot asks for work.", None),
     Rule("task.not_pilot", "Only pilots ask for work.", None),
     Rule(
@@ -386,6 +402,16 @@ _ALL = (
         None,
     ),
     Rule("queue.pilot_report", "The assigned pilot reported the task's outcome.", None),
+    Rule(
+        "queue.retry",
+        "proxyd queued a stalled or failed task again: it had attempts left (max_attempts).",
+        None,
+    ),
+    Rule(
+        "queue.max_attempts",
+        "A task stalled on its last allowed attempt (max_attempts) and failed for good.",
+        None,
+    ),
     Rule(
         "queue.heartbeat_timeout",
         "The stalled-task sweep found no heartbeat from the task's pilot in time.",
@@ -419,6 +445,31 @@ _ALL = (
     Rule(
         "vo.bad_dn",
         "A member DN is not one /-separated DN of 1 to 1024 printable characters.",
+        None,
+    ),
+    # --- WLCG tokens (proxyd.tokens) --------------------------------------------------------------
+    Rule("token.issuer", "The token's issuer is not one of the configured [[tokens.issuers]].", None),
+    Rule(
+        "token.audience", "The token is not for proxyd (none of the issuer's audiences).", None
+    ),
+    Rule("token.expired", "The token has expired (exp, with at most 5 minutes of leeway).", None),
+    Rule("token.not_yet_valid", "The token's nbf or iat is in the future.", None),
+    Rule("token.scope", "The token's scope lacks what the issuer's entry requires.", None),
+    Rule(
+        "token.profile",
+        "The token does not follow the WLCG common JWT profile (wlcg.ver, sub, exp, groups).",
+        None,
+    ),
+    Rule("token.malformed", "Not a signed JWT of a sane size.", None),
+    Rule(
+        "token.signature",
+        "The signature does not verify with the issuer's published keys, or its algorithm "
+        "is not RS256/ES256.",
+        None,
+    ),
+    Rule(
+        "token.issuer_unreachable",
+        "The issuer's discovery document or key set could not be read over HTTPS.",
         None,
     ),
     # --- expiry reminders and owner contacts (proxyd.core.reminders) ---------------------------
