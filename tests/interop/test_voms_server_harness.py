@@ -7,6 +7,7 @@ voms-proxy-info.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,20 @@ def test_the_server_is_stopped_and_its_database_dropped(dev_pki: DevPKI, tmp_pat
         )
     assert not Path(f"/proc/{pid}").exists()
     assert database not in run_sql("SHOW DATABASES;").split()
+
+
+def test_a_killed_run_s_database_is_dropped_by_the_next(dev_pki: DevPKI, tmp_path: Path) -> None:
+    require_voms_server()
+    dead_pid = _finished_pid()
+    orphan, orphan_user = f"proxyd_voms_dteam_{dead_pid}_deadbeef", f"pv_{dead_pid}_deadbeef"
+    run_sql(f"CREATE DATABASE `{orphan}`; CREATE USER '{orphan_user}'@'localhost';")
+    with running_voms_server(dev_pki, tmp_path):
+        assert orphan not in run_sql("SHOW DATABASES;").split()
+        assert orphan_user not in run_sql("SELECT user FROM mysql.user;").split()
+
+
+def _finished_pid() -> int:
+    """The PID of a process that has ended (and been reaped)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

@@ -372,10 +372,38 @@ def _create_database(database: str, user: str, password: str, vo: str) -> None:
     run_sql(grants)
 
 
-def _drop_database(database: str, user: str) -> None:
+def _drop_orphans() -> None:
+    """Drop the databases and accounts of harness instances whose test process is gone.
+
+    A killed test run cannot drop its database; the next run does. Names carry
+    the creating process's PID (proxyd_voms_<vo>_<pid>_<hex>, pv_<pid>_<hex>).
+    """
+    names = run_sql("SHOW DATABASES LIKE 'proxyd\\_voms\\_%';").split()
+    users = run_sql("SELECT DISTINCT user FROM mysql.user WHERE user LIKE 'pv\\_%';").split()
+    for database in names:
+        match = re.fullmatch(r"proxyd_voms_.+_(\d+)_([0-9a-f]{8})", database)
+        if match is not None and not _alive(int(match[1])):
+            _drop_database(database, f"pv_{match[1]}_{match[2]}")
+    for user in users:
+        match = re.fullmatch(r"pv_(\d+)_[0-9a-f]{8}", user)
+        if match is not None and not _alive(int(match[1])):
+            _drop_database(None, user)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _drop_database(database: str | None, user: str) -> None:
     run_sql(
-        f"DROP DATABASE IF EXISTS `{database}`;"
-        f"DROP USER IF EXISTS '{user}'@'localhost';"
+        (f"DROP DATABASE IF EXISTS `{database}`;" if database else "")
+        + f"DROP USER IF EXISTS '{user}'@'localhost';"
         f"DROP USER IF EXISTS '{user}'@'127.0.0.1';"
     )
 
@@ -458,8 +486,9 @@ def running_voms_server(pki: DevPKI, workdir: Path, vo: str = "dteam") -> Iterat
     conf.write_text(_options(vo, port, database, user, passfile, pki, cert, key, logfile))
     stdout = root / "voms.stdout"
     proc: subprocess.Popen[bytes] | None = None
-    _create_database(database, user, password, vo)
+    _drop_orphans()
     try:
+        _create_database(database, user, password, vo)
         with stdout.open("wb") as out:
             # --debug keeps it in the foreground, so proc.pid is the server's PID.
             proc = subprocess.Popen(
