@@ -84,6 +84,7 @@ SECTIONS: dict[str, type] = {
     "server": config_module.ServerConfig,
     "myproxy": config_module.MyProxyConfig,
     "api": config_module.ApiConfig,
+    "aa": config_module.AaConfig,
     "metrics": config_module.MetricsConfig,
     "policy": config_module.PolicyConfig,
     "sealing": config_module.SealingConfig,

@@ -22,6 +22,7 @@ from voms_ext.fqan import parse_fqan
 from .patterns import PatternError, check_pattern
 from .reminders.settings import RemindersConfig, parse_reminders
 from .tasklimits import LimitsError, TaskLimits, parse_limits
+from .tokens.settings import TokensConfig, parse_tokens
 from .vomsaa.vomses import UpstreamVoConfig, VomsesError, load_vomses
 
 
@@ -188,6 +189,7 @@ class Config:
     # [[voms]] tables with `vomses`: VOs whose ACs come from the VO's own VOMS servers.
     upstream_voms: tuple[UpstreamVoConfig, ...] = ()
     reminders: RemindersConfig = field(default_factory=RemindersConfig)
+    tokens: TokensConfig = field(default_factory=TokensConfig)
 
     def vo(self, name: str) -> VoConfig | None:
         for vo in self.voms:
@@ -581,6 +583,7 @@ def _parse(path: Path, doc: Mapping[str, Any]) -> Config:
         "sealing",
         "taskqueue",
         "reminders",
+        "tokens",
     }
     unknown = sorted(set(doc) - known)
     if unknown:
@@ -656,6 +659,7 @@ def _parse(path: Path, doc: Mapping[str, Any]) -> Config:
         metrics=metrics,
         aa=aa,
         reminders=_reminders(path, doc),
+        tokens=_tokens(path, doc),
     )
 
 
@@ -719,4 +723,11 @@ def _reminders(path: Path, doc: Mapping[str, Any]) -> RemindersConfig:
     smtp = r.table("smtp")
     config = parse_reminders(r, _Section(path, "reminders.smtp", smtp) if smtp else None)
     r.finish()
+    return config
+
+
+def _tokens(path: Path, doc: Mapping[str, Any]) -> TokensConfig:
+    t = _section(path, doc, "tokens")
+    config = parse_tokens(t)
+    t.finish()
     return config

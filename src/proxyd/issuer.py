@@ -122,10 +122,14 @@ class AttributeAuthority:
             return self._members(self.vo, dn)
         return self.config.members.get(dn, ())
 
-    def default_fqans(self, dn: str, requested: Sequence[str] = ()) -> tuple[str, ...]:
-        """What VOMS grants: the requested FQANs first, then every group (no roles) held."""
+    def default_fqans(
+        self, dn: str, requested: Sequence[str] = (), held: Sequence[str] | None = None
+    ) -> tuple[str, ...]:
+        """What VOMS grants: the requested FQANs first, then every group (no roles) held.
+
+        `held`: what `held_fqans(dn)` answered for this request (saves reading it again)."""
         out = list(requested)
-        for fqan in self.held_fqans(dn):
+        for fqan in self.held_fqans(dn) if held is None else held:
             if parse_fqan(fqan).role is None and fqan not in out:
                 out.append(fqan)
         return tuple(out)

@@ -372,9 +372,9 @@ def translate(body: str) -> str:
 def _compiled(body: str, ignore_case: bool) -> re.Pattern[str] | None:
     try:
         expression = translate(body)
-    except PatternError:
+        return re.compile(f"(?:{expression})", re.DOTALL | (re.IGNORECASE if ignore_case else 0))
+    except (PatternError, re.error, RecursionError, OverflowError):
         return None
-    return re.compile(f"(?:{expression})", re.DOTALL | (re.IGNORECASE if ignore_case else 0))
 
 
 def check_pattern(pattern: str, *, fqan: bool = True) -> None:
@@ -393,6 +393,8 @@ def check_pattern(pattern: str, *, fqan: bool = True) -> None:
         offset = len(pattern) - len(body)
         position = None if exc.position is None else exc.position + offset
         raise PatternError(pattern, position, exc.why) from None
+    if _compiled(body, False) is None:  # e.g. nested too deeply for Python's compiler
+        raise PatternError(pattern, None, "too complex to compile")
 
 
 def matches(pattern: str, dn: str, fqans: Iterable[str] = ()) -> bool:

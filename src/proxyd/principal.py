@@ -54,6 +54,9 @@ class Principal:
     not_after: dt.datetime | None = None
     # The certificate an AC issued to this peer would be bound to (its holder).
     end_entity: x509.Certificate | None = field(default=None, compare=False, repr=False)
+    # Authenticated by a bearer token (its mapped owner DN), not by a certificate: policy
+    # lets it do less (proxyd.policy.decide, token.bearer_restricted).
+    bearer: bool = False
 
     @property
     def is_anonymous(self) -> bool:

@@ -24,6 +24,7 @@ from .core.issuance import Issuance
 from .core.members import VoMembership
 from .core.owner import OwnerOperations
 from .core.reminders import ExpiryReminders
+from .core.tokens import TokenIssuance
 from .core.values import (
     DEFAULT_NAME,
     CredentialInfo,
@@ -55,5 +56,13 @@ __all__ = [
 ]
 
 
-class Repository(Delegation, OwnerOperations, Issuance, Administration, VoMembership, ExpiryReminders):
+class Repository(
+    Delegation,
+    OwnerOperations,
+    TokenIssuance,
+    Issuance,
+    Administration,
+    VoMembership,
+    ExpiryReminders,
+):
     """Every operation of the core, as the edges call them (see the modules of proxyd.core)."""

@@ -448,6 +448,7 @@ _ALL = (
         None,
     ),
     # --- WLCG tokens (proxyd.tokens) --------------------------------------------------------------
+    Rule("token.not_issuing", "This server issues no tokens ([tokens] issuer is not set).", None),
     Rule("token.issuer", "The token's issuer is not one of the configured [[tokens.issuers]].", None),
     Rule(
         "token.audience", "The token is not for proxyd (none of the issuer's audiences).", None
@@ -470,6 +471,40 @@ _ALL = (
     Rule(
         "token.issuer_unreachable",
         "The issuer's discovery document or key set could not be read over HTTPS.",
+        None,
+    ),
+    Rule(
+        "token.unmapped",
+        "A valid token whose (issuer, subject) no administrator mapped to an owner DN "
+        "(proxyd admin token-map).",
+        None,
+    ),
+    Rule(
+        "token.exchange",
+        "A token's mapped owner gets a limited proxy of its own stored credential (RFC 8693).",
+        "I1",
+    ),
+    Rule(
+        "token.bearer_restricted",
+        "A bearer token reads the owner's credentials and tasks and submits or cancels tasks; "
+        "nothing else (no certificate was shown).",
+        "I1",
+    ),
+    Rule(
+        "token.passphrase_protected",
+        "A credential stored with a passphrase is not handed out for a token.",
+        None,
+    ),
+    Rule(
+        "token.bad_request",
+        "A token-exchange request that is not RFC 8693 as proxyd takes it (form fields).",
+        None,
+    ),
+    Rule("token_map.exists", "token-map add named an (issuer, subject) mapped already.", None),
+    Rule("token_map.not_found", "token-map remove named an (issuer, subject) not mapped.", None),
+    Rule(
+        "token_map.bad_entry",
+        "A token mapping's issuer is not https://, or its subject or DN is malformed.",
         None,
     ),
     # --- expiry reminders and owner contacts (proxyd.core.reminders) ---------------------------

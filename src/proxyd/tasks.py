@@ -27,6 +27,7 @@ from voms_ext import normalise_fqan
 from . import policy
 from .audit import AuditEvent
 from .core.gate import Gate
+from .core.tokens import IssuedToken
 from .issuer import IssuedProxy
 from .policy import Assignment, Decision, Operation
 from .principal import Principal
@@ -34,6 +35,7 @@ from .repository import BadRequest, Denied, NotFound, Repository, RepositoryErro
 from .taskqueue.base import TaskQueue, load_taskqueue
 from .taskqueue.fairshare import FairShare
 from .taskqueue.model import (
+    QUEUED,
     TRANSITIONS,
     Accounting,
     AccountingTotal,
@@ -101,6 +103,10 @@ class TaskService:
         if spec.vo in self.repo.upstreams:
             held = fqans  # the VO's own server decides when the payload proxy is made
         facts = self.repo.stored_facts(spec.credential_username, spec.credential_name)
+        limits = self.repo.config.taskqueue.limits
+        queued = None
+        if limits.max_queued_per_owner is not None:  # judged by policy, like the priority
+            queued = self.queue.count(TaskFilter(owner=spec.owner, states=QUEUED))
         request = policy.Request(
             Operation.TASK_SUBMIT,
             owner=spec.owner,
@@ -108,6 +114,10 @@ class TaskService:
             username=spec.credential_username,
             fqans=fqans,
             held_fqans=held,
+            priority=spec.priority,
+            priority_range=limits.priority_range(fqans),
+            queued=queued,
+            max_queued=limits.max_queued_per_owner,
         )
         decision = self.gate.decide(principal, request, facts, name=spec.credential_name)
         allow = self.gate.event(
@@ -132,34 +142,43 @@ class TaskService:
         return self.queue.log_tail(task_id)
 
     def cancel(self, principal: Principal, task_id: int) -> Task:
+        return self._request(principal, task_id, TaskEvent.CANCEL, "cancelled by request")
+
+    def reschedule(self, principal: Principal, task_id: int, reason: str = "") -> Task:
+        """Queue the task again (the owner or an admin): its pilot loses it, and the secret
+        of the attempt is dead (payload proxies, reports). Outside `max_attempts`, which
+        limits only what the queue does by itself."""
+        why = f"rescheduled by request: {reason}" if reason else "rescheduled by request"
+        return self._request(principal, task_id, TaskEvent.RESCHEDULE, free_text(why, 1000))
+
+    def _request(self, principal: Principal, task_id: int, event: TaskEvent, reason: str) -> Task:
+        """Cancel or reschedule: policy decides who asks, then the life cycle."""
+        op = Operation.TASK_CANCEL if event is TaskEvent.CANCEL else Operation.TASK_RESCHEDULE
         task = self.queue.get(task_id)
         owner = task.spec.owner if task is not None else None
-        request = policy.Request(Operation.TASK_CANCEL, owner=owner)
-        decision = self.gate.decide(principal, request, None, name=None)
+        decision = self.gate.decide(principal, policy.Request(op, owner=owner), None, name=None)
         if task is None:
             raise self.gate.refuse(
                 principal,
-                Operation.TASK_CANCEL,
+                op,
                 Decision(False, "task.not_found", f"no task {task_id}"),
                 owner=None,
                 name=None,
                 after_decision=True,
             )
-        if TaskEvent.CANCEL not in TRANSITIONS[task.state]:
-            # A finished task: who asks was decided first; the life cycle refuses.
-            conflict = str(TaskStateError(task.state, TaskEvent.CANCEL, task.id))
-            self._refuse(principal, Operation.TASK_CANCEL, task, conflict)
+        if event not in TRANSITIONS[task.state]:
+            # E.g. a finished task: who asks was decided first; the life cycle refuses.
+            conflict = str(TaskStateError(task.state, event, task.id))
+            self._refuse(principal, op, task, conflict)
             raise TaskConflict(conflict, STATE_CONFLICT)
-        allow = self._allowed(principal, Operation.TASK_CANCEL, decision, task)
+        allow = self._allowed(principal, op, decision, task)
+        change = self.queue.cancel if event is TaskEvent.CANCEL else self.queue.reschedule
         return self._act(
             principal,
-            Operation.TASK_CANCEL,
+            op,
             task,
             lambda: self._committed(
-                allow,
-                self.queue.cancel(
-                    task.id, by=principal.identity, reason="cancelled by request", decided=[allow]
-                ),
+                allow, change(task.id, by=principal.identity, reason=reason, decided=[allow])
             ),
         )
 
@@ -339,6 +358,13 @@ class TaskService:
         queue = cast(TaskQueue, _PresentedSecret(self.queue, secret))
         return self.repo.payload_proxy(principal, task_id, csr, queue)
 
+    def payload_token(
+        self, principal: Principal, task_id: int, secret: str | None = None
+    ) -> IssuedToken:
+        """A WLCG token beside the payload proxy, for the pilot instance holding the secret."""
+        queue = cast(TaskQueue, _PresentedSecret(self.queue, secret))
+        return self.repo.payload_token(principal, task_id, queue)
+
     # --- operators ------------------------------------------------------------------------
 
     def mask_site(self, principal: Principal, site: str, masked: bool, reason: str = "") -> str:
@@ -414,4 +440,6 @@ def open_task_service(repo: Repository) -> TaskService | None:
     options: dict[str, object] = {"audit": repo.audit}
     if tq.backend == "sql":
         options["fair_share"] = FairShare(shares=dict(tq.shares), half_life=tq.usage_half_life)
+        options["limits"] = tq.limits
+        options["max_attempts"] = tq.max_attempts
     return TaskService(repo, load_taskqueue(tq.backend, repo.engine, **options))

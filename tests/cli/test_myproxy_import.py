@@ -8,6 +8,7 @@ a file that is not a myproxy-server.config is refused (exit 2) naming the line.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import tomllib
 from pathlib import Path
 
@@ -250,3 +251,20 @@ def test_the_command_refuses_garbage_with_exit_2(
     assert capsys.readouterr().err == (
         f"proxyd admin: {missing}: cannot read: No such file or directory\n"
     )
+
+
+def test_the_option_mapping_in_the_docs_names_every_option() -> None:
+    """docs/myproxy.md's table maps every option the converter knows, and no other."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "myproxy.md").read_text()
+    start = doc.index("| myproxy-server.config | proxyd.toml | notes |")
+    table = doc[start : doc.index("\n\n", start)]
+    first_cells = [row.split(" | ")[0] for row in table.splitlines()[2:]]
+    named = {name for cell in first_cells for name in re.findall(r"`([a-zA-Z_]+)`", cell)}
+    assert named == set(SUPPORTED) | set(UNSUPPORTED)
+
+
+def test_a_pattern_proxyd_cannot_read_as_myproxy_does_is_refused_on_its_line() -> None:
+    with pytest.raises(MyProxyConfigError) as err:
+        convert('authorized_retrievers "*"\ntrusted_retrievers "*/CN=(a"\n', "f")
+    # The reason is the pattern checker's ([policy] keys say the same at load time).
+    assert str(err.value).startswith("f:2: trusted_retrievers: pattern '*/CN=(a'")

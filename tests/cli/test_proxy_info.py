@@ -301,15 +301,82 @@ def test_fqan_verdicts_cover_accept_and_reject(
 def test_bad_ac_fails_every_attribute_output_but_not_the_chain_fields(
     name: str, proxies: dict[str, Path], cli_env: CliEnv
 ) -> None:
-    for options in (["--vo"], ["--all"], ["--json"], ["--identity", "--fqan"]):
+    for options in (["--vo"], ["--all"], ["--json"], ["--identity", "--fqan"], ["--actimeleft"]):
         result = cli_env.run(main, ["--file", proxies[name], *options])
         assert (result.rc, result.out) == (1, ""), (options, result)
     assert ours(cli_env, proxies[name], "--identity") == [ALICE_DN]
 
 
-def test_no_ac_no_fqans(proxies: dict[str, Path], cli_env: CliEnv) -> None:
-    assert ours(cli_env, proxies["fake_without_ac"], "--fqan") == []
-    assert ours(cli_env, proxies["gpi_rfc"], "--vo") == []
+@pytest.mark.parametrize("option", ["--fqan", "--vo", "--actimeleft"])
+@pytest.mark.parametrize("name", ["fake_without_ac", "gpi_rfc"])
+def test_attributes_of_a_proxy_without_an_ac_exit_1_like_voms_proxy_info(
+    name: str, option: str, proxies: dict[str, Path], grid_env: dict[str, str], cli_env: CliEnv
+) -> None:
+    """Issue 18: `--fqan` without an AC exited 0 with no output; voms-proxy-info exits 1."""
+    theirs = run_tool(["voms-proxy-info", "-file", proxies[name], option], env=grid_env)
+    result = cli_env.run(main, ["--file", proxies[name], option])
+    assert (result.rc, result.out) == (theirs.returncode, theirs.stdout) == (1, "")
+    assert result.err == f"proxy-info: {proxies[name]}: the proxy carries no VOMS attributes\n"
+
+
+def test_fields_before_missing_attributes_are_still_printed(
+    proxies: dict[str, Path], grid_env: dict[str, str], cli_env: CliEnv
+) -> None:
+    proxy = proxies["gpi_rfc"]
+    theirs = run_tool(["voms-proxy-info", "-file", proxy, "-subject", "-fqan"], env=grid_env)
+    result = cli_env.run(main, ["--file", proxy, "--subject", "--fqan"])
+    assert (result.rc, result.out) == (theirs.returncode, theirs.stdout)
+    assert result.rc == 1 and len(result.lines) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "vo", "expected"),
+    [
+        ("fake_ac", "dteam", 0),
+        ("fake_ac_limited", "dteam", 0),
+        ("fake_ac", "atlas", 1),
+        ("fake_without_ac", "dteam", 1),
+        ("gpi_rfc", "dteam", 1),
+    ],
+)
+def test_acexists_matches_voms_proxy_info(
+    name: str,
+    vo: str,
+    expected: int,
+    proxies: dict[str, Path],
+    grid_env: dict[str, str],
+    cli_env: CliEnv,
+) -> None:
+    theirs = run_tool(["voms-proxy-info", "-file", proxies[name], "-acexists", vo], env=grid_env)
+    result = cli_env.run(main, ["--file", proxies[name], "--acexists", vo])
+    assert (result.rc, result.out, result.err) == (theirs.returncode, "", "")
+    assert result.rc == expected
+
+
+@pytest.mark.parametrize("name", ["fake_expired_ac", "fake_aa_not_in_vomsdir"])
+def test_acexists_on_an_ac_that_does_not_verify_is_1_with_the_reason(
+    name: str, proxies: dict[str, Path], cli_env: CliEnv
+) -> None:
+    """voms-proxy-info says 0 here; proxyd does not count an AC it cannot verify."""
+    result = cli_env.run(main, ["--file", proxies[name], "--acexists", "dteam"])
+    assert (result.rc, result.out) == (1, "")
+    assert result.err.startswith(f"proxy-info: {proxies[name]}: VOMS AC for VO dteam")
+    assert result.err.count("\n") == 1
+
+
+def test_acexists_without_a_proxy_is_a_silent_1(cli_env: CliEnv, workdir: Path) -> None:
+    result = cli_env.run(main, ["--file", workdir / "nothing", "--acexists", "dteam"])
+    assert (result.rc, result.out, result.err) == (1, "", "")
+
+
+def test_actimeleft_matches_voms_proxy_info(
+    proxies: dict[str, Path], grid_env: dict[str, str], cli_env: CliEnv
+) -> None:
+    proxy = proxies["fake_ac"]
+    theirs = run_tool(["voms-proxy-info", "-file", proxy, "-actimeleft"], env=grid_env)
+    (mine,) = ours(cli_env, proxy, "--actimeleft")
+    assert abs(int(mine) - int(theirs.stdout)) <= 2
+    assert 11 * 3600 < int(mine) <= 12 * 3600
 
 
 def test_fqans_of_a_proxy_made_from_a_voms_proxy(
@@ -400,10 +467,9 @@ def test_json_has_every_field(
 # --- errors -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("which", ["missing", "garbage", "expired", "untrusted"])
+@pytest.mark.parametrize("which", ["missing", "garbage", "untrusted"])
 def test_bad_file_is_one_clean_error_line(
     which: str,
-    expired_proxy: Path,
     proxies: dict[str, Path],
     cli_env: CliEnv,
     workdir: Path,
@@ -416,9 +482,6 @@ def test_bad_file_is_one_clean_error_line(
     elif which == "garbage":
         path.write_text("hello\n")
         expected = "no PEM CERTIFICATE block found"
-    elif which == "expired":
-        path = expired_proxy
-        expected = "expired"
     else:  # a trust dir with some other CA: alice's CA is not trusted
         other = tmp_path_factory.mktemp("other-ca")
         ca_pem = make_aa_certificate(other / "ca", "/C=XX/O=elsewhere/CN=other CA")[0]
@@ -431,6 +494,116 @@ def test_bad_file_is_one_clean_error_line(
         assert (result.rc, result.out) == (1, ""), result
         assert result.err.startswith("proxy-info: ") and result.err.count("\n") == 1, result
         assert expected in result.err, result
+
+
+def test_expired_proxy_is_described_with_no_time_left(
+    expired_proxy: Path, grid_env: dict[str, str], cli_env: CliEnv
+) -> None:
+    """As both grid tools do: scripts read --timeleft to decide to renew."""
+    theirs = run_tool(["voms-proxy-info", "-file", expired_proxy, "-timeleft"], env=grid_env)
+    assert (theirs.returncode, theirs.stdout) == (0, "0\n")
+    assert ours(cli_env, expired_proxy, "--timeleft") == ["0"]
+    assert ours(cli_env, expired_proxy, "--identity", "--type") == [
+        ALICE_DN,
+        "RFC 3820 compliant impersonation proxy",
+    ]
+    assert ours(cli_env, expired_proxy)[-1] == "timeleft : 0:00:00"
+    result = cli_env.run(main, ["--file", expired_proxy, "--exists"])
+    assert (result.rc, result.out, result.err) == (1, "", "")
+    result = cli_env.run(main, ["--file", expired_proxy, "--identity", "--exists"])
+    assert (result.rc, result.lines, result.err) == (1, [ALICE_DN], "")
+
+
+def test_expired_proxy_with_a_broken_chain_is_still_an_error(
+    expired_proxy: Path, cli_env: CliEnv, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    other = tmp_path_factory.mktemp("other-ca-2")
+    ca_pem = make_aa_certificate(other / "ca", "/C=XX/O=elsewhere/CN=other CA")[0]
+    shutil.copy(ca_pem, other / "12345678.0")
+    cli_env.set("X509_CERT_DIR", other)
+    result = cli_env.run(main, ["--file", expired_proxy, "--timeleft"])
+    assert (result.rc, result.out) == (1, "")
+    assert result.err.startswith(f"proxy-info: {expired_proxy}: ") and "expired" in result.err
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--hours", "1"], 1),
+        (["--hours", "0"], 0),
+        (["--bits", "2048"], 0),
+        (["--bits", "4096"], 1),
+        (["--valid", "0:20", "--bits", "1024"], 0),
+        (["--valid", "0:20", "--hours", "1"], 1),
+    ],
+)
+def test_exists_hours_and_bits_match_grid_proxy_info(
+    options: list[str],
+    expected: int,
+    proxies: dict[str, Path],
+    grid_env: dict[str, str],
+    cli_env: CliEnv,
+) -> None:
+    proxy = proxies["gpi_30_minutes"]
+    single_dash = [o.removeprefix("-") if o.startswith("--") else o for o in options]
+    theirs = run_tool(["grid-proxy-info", "-file", proxy, "-exists", *single_dash], env=grid_env)
+    result = cli_env.run(main, ["--file", proxy, "--exists", *options])
+    assert (result.rc, result.out, result.err) == (expected, "", "")
+    assert theirs.returncode == expected
+
+
+def test_exists_with_fields_prints_them_and_answers_by_status(
+    proxies: dict[str, Path], grid_env: dict[str, str], cli_env: CliEnv
+) -> None:
+    proxy = proxies["gpi_30_minutes"]
+    for valid, expected in (("1:00", 1), ("0:10", 0)):
+        argv = ["-file", str(proxy), "-identity", "-exists", "-valid", valid]
+        theirs = run_tool(["grid-proxy-info", *argv], env=grid_env)
+        result = cli_env.run(main, argv)
+        assert (result.rc, result.out) == (theirs.returncode, theirs.stdout)
+        assert (result.rc, result.lines) == (expected, [ALICE_DN])
+
+
+def test_the_grid_tools_single_dash_spellings(proxies: dict[str, Path], cli_env: CliEnv) -> None:
+    proxy = str(proxies["fake_ac"])
+    pairs = [
+        (["-f", proxy, "-s", "-i"], ["--file", proxy, "--subject", "--issuer"]),
+        (
+            ["-file", proxy, "-identity", "-fqan", "-vo"],
+            ["--file", proxy, "--identity", "--fqan", "--vo"],
+        ),
+        (
+            ["-file", proxy, "-e", "-v", "1:00", "-h", "1", "-b", "2048"],
+            ["--file", proxy, "--exists"],
+        ),
+        (
+            ["-file", proxy, "-exists", "-valid", "24:00"],
+            ["--file", proxy, "--exists", "--valid", "24:00"],
+        ),
+        (["-file", proxy, "-acexists", "dteam"], ["--file", proxy, "--acexists", "dteam"]),
+        (
+            ["-file", proxy, "-path", "-strength", "-type"],
+            ["--file", proxy, "--path", "--strength", "--type"],
+        ),
+    ]
+    for single, double in pairs:
+        one, two = cli_env.run(main, single), cli_env.run(main, double)
+        assert one == two, (single, one, two)
+    assert cli_env.run(main, pairs[3][0]).rc == 1 and cli_env.run(main, pairs[2][0]).rc == 0
+
+
+def test_exists_on_an_untrusted_proxy_says_why(
+    proxies: dict[str, Path], cli_env: CliEnv, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """grid-proxy-info -exists says 0 here (it does not validate); proxyd says 1, and why."""
+    other = tmp_path_factory.mktemp("other-ca-3")
+    ca_pem = make_aa_certificate(other / "ca", "/C=XX/O=elsewhere/CN=other CA")[0]
+    shutil.copy(ca_pem, other / "12345678.0")
+    cli_env.set("X509_CERT_DIR", other)
+    result = cli_env.run(main, ["--file", proxies["gpi_rfc"], "--exists"])
+    assert (result.rc, result.out) == (1, "")
+    assert result.err.startswith("proxy-info: ") and "trusted" in result.err
+    assert result.err.count("\n") == 1
 
 
 def test_default_file_is_x509_user_proxy_then_tmp(
@@ -447,7 +620,16 @@ def test_default_file_is_x509_user_proxy_then_tmp(
 
 
 def test_usage_errors(cli_env: CliEnv) -> None:
-    for argv in (["--valid", "1:00"], ["--identity", "--json"], ["--exists", "--valid", "1h"]):
+    for argv in (
+        ["--valid", "1:00"],
+        ["--bits", "2048"],
+        ["-h", "1"],
+        ["-h"],
+        ["--identity", "--json"],
+        ["--exists", "--valid", "1h"],
+        ["--exists", "--hours", "one"],
+        ["--exists", "--bits", "-5"],
+    ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2

@@ -323,6 +323,7 @@ def _admin_read(method: str) -> list[Scenario]:
         "list_bans": "admin.admins",
         "list_members": "admin.admins",
         "list_credentials": "admin.admins",
+        "review_credentials": "admin.admins",
     }[method]
     return [
         Scenario(
@@ -556,6 +557,7 @@ SCENARIOS: list[Scenario] = [
     *_admin_read("list_bans"),
     *_admin_read("list_members"),
     *_admin_read("list_credentials"),
+    *_admin_read("review_credentials"),
     *_admin_read("inventory"),
     Scenario(
         "Repository.authorize-audit-read",

@@ -9,3 +9,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "bed_policy(**fields): PolicyConfig overrides for the pilot test bed's server"
     )
+    config.addinivalue_line(
+        "markers", "bed_tokens(**scopes): the test bed's server issues WLCG tokens ([tokens])"
+    )

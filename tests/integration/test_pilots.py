@@ -22,9 +22,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from proxyd.config import load_config
+from proxyd.config import Config, load_config
+from proxyd.core.tokens import WLCG_ANY_AUDIENCE
 from proxyd.devpki import DevPKI, user_dn
 from proxyd.repository import StoreOptions
+from proxyd.tokens.profile import TrustedIssuer
+from proxyd.tokens.settings import TokensConfig
+from proxyd.tokens.verify import IssuerKeys, verify_token
 from tests.support.grid import Identity, csr_for, delegate, load_identity, spare_key
 from tests.support.https import ApiClient
 from tests.support.server import RunningServer, running_server, write_config
@@ -178,7 +182,17 @@ def bed(request: pytest.FixtureRequest, dev_pki: DevPKI, tmp_path: Path) -> Iter
         **(marker.kwargs if marker else {}),
     )
     state = tmp_path / "state"
-    with running_server(dev_pki, state, policy=policy) as server:
+    tokens = request.node.get_closest_marker("bed_tokens")  # scopes per VO
+
+    def configure(config: Config) -> Config:
+        if tokens is None:
+            return config
+        assert config.api.listen is not None
+        issuer = f"https://localhost:{config.api.listen.port}"
+        scopes = {vo: tuple(s) for vo, s in tokens.kwargs.items()}
+        return dataclasses.replace(config, tokens=TokensConfig(issuer=issuer, scopes=scopes))
+
+    with running_server(dev_pki, state, policy=policy, configure=configure) as server:
         creds: dict[str, Path] = {}
         for who in ("alice", "bob", "carol", "pilot"):
             ident: Identity = load_identity(dev_pki, who)
@@ -497,3 +511,72 @@ def test_cancelling_a_running_task_stops_its_payload(bed: Bed, tmp_path: Path) -
     assert not Path(f"/proc/{payload_pid}").exists(), "the payload survived the cancellation"
     assert "stopped: the task is no longer this pilot's" in log
     assert bed.task("alice", task_id)["state"] == "cancelled"
+
+
+TOKEN_PAYLOAD = r"""
+import json, os, shutil, stat, sys
+token = os.environ["BEARER_TOKEN_FILE"]
+out = os.path.join(sys.argv[1], os.environ["PROXYD_TASK_ID"] + ".token")
+shutil.copy(token, out)
+json.dump({"mode": stat.S_IMODE(os.stat(token).st_mode),
+           "beside_proxy": os.path.dirname(token) == os.path.dirname(os.environ["X509_USER_PROXY"])},
+          open(out + ".json", "w"))
+"""
+
+
+@pytest.mark.bed_tokens(dteam=["storage.read:/dteam", "storage.create:/dteam/alice"])
+def test_each_payload_gets_a_wlcg_token_beside_its_proxy(bed: Bed, tmp_path: Path) -> None:
+    """Issue 19: the pilot writes the payload's token next to its proxy (BEARER_TOKEN_FILE);
+    the token is the owner's, for the task's groups and the VO's scope, verifies against the
+    server's published keys, ends no later than the payload proxy, and is audited by jti.
+    After the task ends, no token for it."""
+    script = tmp_path / "token_payload.py"
+    script.write_text(TOKEN_PAYLOAD)
+    [task_id] = bed.submit("alice", 1, command=[sys.executable, str(script), str(bed.results)])
+    _finish([bed.pilot("SITE-A", "pilot", "--max-tasks", "1")])
+    assert bed.task("alice", task_id)["state"] == "done"
+    token = (bed.results / f"{task_id}.token").read_text().strip()
+    seen = json.loads((bed.results / f"{task_id}.token.json").read_text())
+    assert seen == {"mode": 0o600, "beside_proxy": True}
+
+    repo = bed.server.repo
+    issuer = repo.config.tokens.issuer
+    assert issuer is not None
+    trusted = TrustedIssuer(issuer, (WLCG_ANY_AUDIENCE,))
+    keys = IssuerKeys(ca_path=str(bed.server.pki.cert_dir))  # over HTTPS, from the server
+    _, facts = verify_token(token, [trusted], keys, dt.datetime.now(dt.UTC))
+    assert facts.subject == user_dn("alice")
+    assert facts.groups == ("/dteam",)
+    assert facts.scopes == ("storage.read:/dteam", "storage.create:/dteam/alice")
+    events = [
+        e.event
+        for e in repo.audit.query(owner=user_dn("alice"), limit=100)
+        if e.event.operation in ("payload_proxy", "payload_token") and e.event.decision == "allow"
+    ]
+    token_events = [e for e in events if e.operation == "payload_token"]
+    assert len(token_events) == 1 and token_events[0].rule == "payload.assigned"
+    assert token_events[0].detail == f"task {task_id}: token jti {facts.jti}"
+    assert token not in json.dumps([e.detail for e in events])  # the jti, never the token
+    proxy_event = next(e for e in events if e.operation == "payload_proxy")
+    assert proxy_event.lifetime_s is not None and token_events[0].lifetime_s is not None
+    assert token_events[0].lifetime_s <= proxy_event.lifetime_s + 1
+
+    # The pilot's secret died with it; without it the pilot identity is refused too (the rule
+    # for the pilot instance itself after the end, payload.assignment_ended, is asserted in
+    # tests/tokens/test_payload_tokens.py).
+    after = bed.api("pilot").request("POST", f"/v1/tasks/{task_id}/token", {})
+    assert after.status == 403 and b"payload.wrong_instance" in after.body, after.body
+
+
+def test_without_tokens_configured_the_payload_runs_with_its_proxy_only(
+    bed: Bed, tmp_path: Path
+) -> None:
+    script = tmp_path / "env.py"
+    script.write_text(
+        "import os, sys\n"
+        "open(os.path.join(sys.argv[1], 'env'), 'w').write(os.environ.get('BEARER_TOKEN_FILE', '-'))\n"
+    )
+    [task_id] = bed.submit("alice", 1, command=[sys.executable, str(script), str(bed.results)])
+    _finish([bed.pilot("SITE-A", "pilot", "--max-tasks", "1")])
+    assert bed.task("alice", task_id)["state"] == "done"
+    assert (bed.results / "env").read_text() == "-"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,13 +168,15 @@ def _expired_by_voms_ext(pki: DevPKI, out: Path) -> None:
 def proxies(tmp_path_factory: pytest.TempPathFactory, dev_pki: DevPKI) -> dict[str, Made]:
     base = tmp_path_factory.mktemp("agreement")
     base.chmod(0o700)
-    empty_ca_dir = base / "no-cas"
-    empty_ca_dir.mkdir()
+    other_ca_dir = base / "other-cas"  # trusts some other CA, not alice's
+    other_ca_dir.mkdir()
+    other_ca = make_aa_certificate(base / "other-ca", "/C=XX/O=elsewhere/CN=other CA")[0]
+    shutil.copy(other_ca, other_ca_dir / "12345678.0")
     made: dict[str, Made] = {}
     for name, spec in PROXIES.items():  # sources come first
         out = base / f"{name}.pem"
         env = {
-            "X509_CERT_DIR": str(empty_ca_dir if spec.untrusted else dev_pki.cert_dir),
+            "X509_CERT_DIR": str(other_ca_dir if spec.untrusted else dev_pki.cert_dir),
             "X509_VOMS_DIR": str(dev_pki.voms_dir),
             "X509_USER_PROXY": str(out),
             "RANDFILE": "/dev/null",
@@ -202,7 +205,6 @@ CHECKS: dict[str, Check] = {
     # exit status only, as in `if voms-proxy-info -exists -valid 1:00; then`
     "vpi_exists": Check(VPI, ("-exists",)),
     "gpi_exists": Check(GPI, ("-exists",)),
-    "gpi_e": Check(GPI, ("-e",)),
     "vpi_exists_valid_1h": Check(VPI, ("-exists", "-valid", "1:00")),
     "gpi_exists_valid_1h": Check(GPI, ("-e", "-valid", "1:00")),
     "gpi_exists_v_10m": Check(GPI, ("-e", "-v", "0:10")),
@@ -224,7 +226,6 @@ CHECKS: dict[str, Check] = {
     "vpi_subject_issuer": Check(VPI, ("-subject", "-issuer")),
     "gpi_type": Check(GPI, ("-type",)),
     "gpi_strength_path": Check(GPI, ("-strength", "-path")),
-    "vpi_strength": Check(VPI, ("-strength",)),
     "gpi_exists_with_identity": Check(GPI, ("-identity", "-exists", "-valid", "1:00")),
     # human-readable layouts: the exit status is what scripts use
     "gpi_summary": Check(GPI, (), compare_output=False),

@@ -398,9 +398,7 @@ class MemoryTaskQueue:
             self._log(*decided)
         silence = f"no heartbeat for more than {int(heartbeat_timeout.total_seconds())} s"
         for n, task_id in enumerate(silent):
-            self._apply(
-                task_id, TaskEvent.STALL, reason=silence, decided=decided if n == 0 else ()
-            )
+            self._apply(task_id, TaskEvent.STALL, reason=silence, decided=decided if n == 0 else ())
         return silent
 
     def log_tail(self, task_id: int) -> str | None:

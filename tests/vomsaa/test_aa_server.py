@@ -7,6 +7,7 @@ gets: a precise error answer, the connection closed, the service intact.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import socket
 import ssl
@@ -19,7 +20,7 @@ from cryptography import x509
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxyd.config import AaConfig, ConfigError, parse_config
+from proxyd.config import AaConfig, ConfigError, load_config, parse_config
 from proxyd.devpki import DevPKI
 from proxyd.vomsaa import server as aa_server
 from proxyd.vomsaa import wire
@@ -44,7 +45,7 @@ class Aa:
     def context(self, who: str | None) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert))
         if who is not None:
-            cert, key = self.pki.user(who)
+            cert, key = self.pki.host(who) if who == "wms" else self.pki.user(who)
             ctx.load_cert_chain(cert, key)
         return ctx
 
@@ -176,6 +177,22 @@ def test_all_picks_the_only_vo_the_caller_is_a_member_of(aa: Aa) -> None:
     """dteam and ops are both served; carol is a member of ops only."""
     ac = parse_attribute_certificate(aa.rest(wire.AcRequest(wire.ALL), "carol").ac or b"")
     assert (ac.vo, ac.fqans) == ("ops", ("/ops/Role=NULL/Capability=NULL",))
+    # The WMS host is a member of neither: which VO it means cannot be told.
+    answer = aa.rest(wire.AcRequest(wire.ALL), "wms")
+    assert answer.rule == wire.RULE_BAD_REQUEST
+    assert "serves several VOs (dteam, ops) and the request names none" in answer.message
+
+
+def test_dev_pki_vomses_name_the_dev_aa(dev_pki: DevPKI) -> None:
+    """What `voms-proxy-init --vomses certs-dev/vomses` reads, and the [aa] it points at."""
+    lines = sorted(f.read_text() for f in dev_pki.vomses.iterdir())
+    dn = "/C=XX/O=proxyd dev/OU=Hosts/CN=localhost"
+    assert lines == [
+        f'"dteam" "localhost" "15000" "{dn}" "dteam"\n',
+        f'"ops" "localhost" "15000" "{dn}" "ops"\n',
+    ]
+    enabled = dev_pki.config.read_text().replace("# [aa]\n# listen", "[aa]\nlisten")
+    assert str(parse_config(enabled, dev_pki.config).aa.listen) == "127.0.0.1:15000"
 
 
 # --- malformed and unfinished input --------------------------------------------------------------
@@ -318,3 +335,17 @@ def test_aa_is_off_by_default_and_validated(dev_pki: DevPKI) -> None:
         )
     with pytest.raises(ConfigError, match=r"\[aa\] has unknown key\(s\) port"):
         parse_config(_config(dev_pki, "\n[aa]\nport = 15000\n"), source)
+
+
+def test_a_banned_user_is_suspended(dev_pki: DevPKI, tmp_path: Path) -> None:
+    policy = dataclasses.replace(
+        load_config(dev_pki.config).policy, banned_dns=("/C=XX/O=proxyd dev/OU=Users/CN=bob",)
+    )
+    with running_server(dev_pki, tmp_path / "state", aa=True, policy=policy) as server:
+        client = Aa(server, dev_pki)
+        legacy = client.legacy(wire.AcRequest(("/dteam",)), "bob")
+        rest = client.rest(wire.AcRequest(("/dteam",)), "bob")
+        assert [e.code for e in legacy.errors] == [wire.LEGACY_SUSPENDED]
+        assert (rest.status, rest.errors[0].code) == (403, wire.REST_SUSPENDED_USER)
+        assert "(proxyd policy rule: ban.peer)" in rest.message
+        assert [t[:2] for t in client.trail()] == [("deny", "ban.peer")] * 2

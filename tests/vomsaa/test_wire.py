@@ -326,14 +326,15 @@ def test_rest_request_round_trip(req: AcRequest, host: str, port: int) -> None:
     assert wire.parse_rest_request(data) == req
 
 
-@given(st.binary(min_size=1, max_size=4096), st.lists(messages, max_size=3))
+# b"A" is voms-server's own "no AC" placeholder (`QQ==`), never an AC.
+@given(
+    st.binary(min_size=1, max_size=4096).filter(lambda b: b != b"A"), st.lists(messages, max_size=3)
+)
 def test_ac_answers_round_trip(der: bytes, warnings: list[str]) -> None:
     legacy = wire.parse_legacy_answer(
         wire.encode_legacy_answer(der, warnings=[AaError(2, w) for w in warnings])
     )
     rest = wire.parse_rest_answer(wire.encode_rest_answer(der, warnings=warnings))
-    if der == b"A":  # voms-server's own "no AC" placeholder
-        return
     assert legacy.ac == rest.ac == der
     assert legacy.warnings == rest.warnings == tuple(warnings)
 

@@ -48,6 +48,7 @@ from .models import AC_LIFETIME_S, AcRequest, DelegationChain, DelegationRequest
 from .openapi import BODY_MODELS, ApiRoute, Handler, build_openapi
 from .problems import Problem, from_repository_error, problem_response
 from .tasks import TASK_ROUTES
+from .tokens import TOKEN_ROUTES
 from .ui import UI_ROUTES, setup_ui
 from .util import (
     PRINCIPAL,
@@ -398,6 +399,7 @@ ROUTE_TABLE: list[ApiRoute] = [
     *TASK_ROUTES,
     *MEMBER_ROUTES,
     *CONTACT_ROUTES,
+    *TOKEN_ROUTES,
     *UI_ROUTES,
 ]
 

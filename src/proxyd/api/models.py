@@ -260,6 +260,12 @@ class SiteMask(Body, frozen=True, kw_only=True):
     reason: Annotated[str, Meta(max_length=SITE_REASON_MAX)] | None = None
 
 
+class Reschedule(Body, frozen=True, kw_only=True):
+    """Queue a task again (its owner or an admin); the reason goes to the task and the audit."""
+
+    reason: Annotated[str, Meta(max_length=SITE_REASON_MAX)] | None = None
+
+
 class OwnerBan(Body, frozen=True, kw_only=True):
     """Ban a task owner (a DN pattern) from the queue, or lift the ban."""
 

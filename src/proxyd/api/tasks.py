@@ -36,6 +36,7 @@ from .models import (
     OwnerBan,
     PilotOffer,
     PresentSecret,
+    Reschedule,
     SiteMask,
     TaskCredential,
     TaskProxyRequest,
@@ -211,6 +212,17 @@ async def cancel_task(request: web.Request) -> web.Response:
     return web.json_response(task_json(task))
 
 
+async def reschedule_task(request: web.Request) -> web.Response:
+    body = await read_body(request, Reschedule, optional=True)
+    task = await _call(
+        _service(request).reschedule,
+        principal_of(request),
+        _task_id(request),
+        free_text(_or(body.reason, ""), 1000),
+    )
+    return web.json_response(task_json(task))
+
+
 async def match_task(request: web.Request) -> web.Response:
     body = await read_body(request, PilotOffer)
     principal = principal_of(request)
@@ -383,6 +395,15 @@ TASK_ROUTES: list[ApiRoute] = [
     ApiRoute("GET", "/v1/tasks/{id}", get_task, "One task", response=_TASK),
     ApiRoute("DELETE", "/v1/tasks/{id}", cancel_task, "Cancel a task", response=_TASK),
     ApiRoute("GET", "/v1/tasks/{id}/log", task_log, "The log tail of the latest attempt"),
+    ApiRoute(
+        "POST",
+        "/v1/tasks/{id}/reschedule",
+        reschedule_task,
+        "Queue a task again (its owner or admins)",
+        response=_TASK,
+        body=Reschedule,
+        body_optional=True,
+    ),
     ApiRoute(
         "POST",
         "/v1/pilot/match",

@@ -13,6 +13,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from voms_ext import TrustStoreError
 
@@ -24,6 +25,9 @@ from ..principal import local_operator
 from ..repository import DEFAULT_NAME, Repository, RepositoryError, StoreOptions
 from ..sealing import SealingError
 from . import common, myproxy_import, vo_admin
+
+if TYPE_CHECKING:
+    from ..tasks import TaskService
 
 
 def parse_myproxy_data(text: str) -> dict[str, str]:
@@ -74,7 +78,7 @@ def _bans(args: argparse.Namespace) -> int:
     return 0
 
 
-def _site(args: argparse.Namespace, masked: bool) -> int:
+def _tasks(args: argparse.Namespace) -> TaskService:
     from ..taskqueue.model import TaskQueueError
     from ..tasks import open_task_service
 
@@ -85,8 +89,18 @@ def _site(args: argparse.Namespace, masked: bool) -> int:
         common.fail(f"cannot open the task queue: {exc}")
     if service is None:
         common.fail("this server has no task queue ([taskqueue] backend is not set)")
-    service.mask_site(local_operator(), args.site, masked, args.reason)
+    return service
+
+
+def _site(args: argparse.Namespace, masked: bool) -> int:
+    _tasks(args).mask_site(local_operator(), args.site, masked, args.reason)
     print(f"site {args.site} {'masked' if masked else 'unmasked'}")
+    return 0
+
+
+def _reschedule(args: argparse.Namespace) -> int:
+    task = _tasks(args).reschedule(local_operator(), args.task_id, args.reason)
+    print(f"task {task.id} {task.state.value} (attempts so far: {task.attempts})")
     return 0
 
 
@@ -204,6 +218,16 @@ def _expire(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rotate_token_key(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    if not repo.config.tokens.issuing:
+        print("this server issues no tokens: set [tokens] issuer in the config", file=sys.stderr)
+        return 1
+    kid = repo.rotate_token_key(local_operator())
+    print(f"new token signing key {kid}; the old one stays published until its tokens expire")
+    return 0
+
+
 def _remind(args: argparse.Namespace) -> int:
     repo = _repo(args)
     if not repo.config.reminders.enabled:
@@ -299,6 +323,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("site")
     p.add_argument("--reason", default="")
     p.set_defaults(func=lambda a: _site(a, False))
+    p = cmds.add_parser("reschedule", help="queue a task again (POST /v1/tasks/{id}/reschedule)")
+    p.add_argument("task_id", type=int, metavar="TASK_ID")
+    p.add_argument("--reason", default="")
+    p.set_defaults(func=_reschedule)
     p = cmds.add_parser(
         "rotate-master-key", help="new master key; re-wrap every credential under it"
     )
@@ -333,6 +361,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = cmds.add_parser("expire", help="delete credentials past their end")
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(func=_expire)
+    p = cmds.add_parser(
+        "rotate-token-key",
+        help="a new signing key for WLCG tokens (the old one stays published while needed)",
+    )
+    p.set_defaults(func=_rotate_token_key)
     p = cmds.add_parser(
         "remind", help="send the expiry reminders due now ([reminders]; the server does it hourly)"
     )

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ConfigError, parse_config
+from ..config import ConfigError, check_pattern_list, parse_config
 
 # MyProxy DN-pattern lists -> proxyd [policy] keys (aliases myproxy-server still reads).
 _PATTERN_LISTS = {
@@ -233,6 +233,10 @@ def convert(text: str, source: str = "myproxy-server.config") -> Conversion:
             for value in values:
                 if not value:
                     raise MyProxyConfigError(f'{where}: {directive}: an empty pattern ""')
+                try:  # proxyd reads the pattern as myproxy-server does, or says why not here
+                    check_pattern_list(f"{where}: {directive}", (value,))
+                except ConfigError as exc:
+                    raise MyProxyConfigError(str(exc)) from None
                 patterns.setdefault(key, []).append(value)
             continue
         if len(values) != 1:
@@ -244,7 +248,9 @@ def convert(text: str, source: str = "myproxy-server.config") -> Conversion:
         if directive == "cert_dir":
             server["cert_dir"] = _toml_string(value)
         elif directive in _BOOLEANS:
-            scalars[_BOOLEANS[directive]] = "true" if _boolean(value, f"{where}: {directive}") else "false"
+            scalars[_BOOLEANS[directive]] = (
+                "true" if _boolean(value, f"{where}: {directive}") else "false"
+            )
         else:
             hours = _hours(value, f"{where}: {directive}")
             if hours == 0:

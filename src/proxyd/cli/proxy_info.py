@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from voms_ext import (
     Credential,
+    CredentialFileError,
     TrustStore,
     ValidationResult,
     VomsAttributes,
@@ -479,10 +480,10 @@ def _check(path: Path, args: argparse.Namespace) -> int:
     """
     try:
         info = load_proxy_info(path, check_voms=False)
-    except CliError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+    except (CredentialFileError, OSError):
         return 1
-    except (VomsExtError, OSError):
+    except (CliError, VomsExtError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     if args.exists and not _requirements(args).met_by(info):
         return 1
@@ -492,8 +493,6 @@ def _check(path: Path, args: argparse.Namespace) -> int:
         info = info.with_attributes(load_trust(with_voms=True))
     except VomsExtError as exc:
         print(f"{PROG}: {path}: {exc}", file=sys.stderr)
-        return 1
-    except CliError:
         return 1
     return 0 if args.acexists in {v.vo for v in info.result.voms} else 1
 

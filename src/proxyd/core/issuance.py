@@ -42,20 +42,26 @@ from ..sealing import (
 
 if TYPE_CHECKING:
     from ..taskqueue.base import TaskQueue
-from ..policy import Bans
-from ..store.credentials import bans_of
 from ..vomsaa.upstream import UpstreamAuthority, UpstreamRefusal
-from .base import CoreBase
 from .checks import (
     check_public_key,
 )
 from .errors import BadRequest
-from .values import DEFAULT_NAME, Retrieval, StoredCredential
+from .multiple import CredentialChoice
+from .values import DEFAULT_NAME, Retrieval
 
 AcPlan = list[tuple[AttributeAuthority | UpstreamAuthority, tuple[str, ...], tuple[str, ...]]]
 
 
-class Issuance(CoreBase):
+def _fqans(plan: AcPlan) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The FQANs a plan asks for explicitly, and those the owner holds."""
+    return (
+        tuple(f for _, explicit, _ in plan for f in explicit),
+        tuple(f for _, _, held in plan for f in held),
+    )
+
+
+class Issuance(CredentialChoice):
     """Proxies and attribute certificates issued from stored credentials."""
 
     def retrieve(
@@ -117,7 +123,13 @@ class Issuance(CoreBase):
         chosen: tuple[str, int] | None = None
         if any_name and self.config.policy.check_multiple_credentials:
             chosen = self._usable_name(
-                principal, username, passphrase, lifetime, voms, want_full, renewal_proof
+                principal,
+                username,
+                passphrase,
+                lifetime,
+                want_full,
+                renewal_proof,
+                lambda owner: _fqans(self._plan_acs(owner, voms)),
             )
             if chosen is not None:
                 name = chosen[0]
@@ -129,90 +141,6 @@ class Issuance(CoreBase):
         kind = "limited" if retrieval.decision.limited else "full"
         detail = f"{kind}; check_multiple_credentials took {name!r} of {chosen[1]} tried"
         return dataclasses.replace(retrieval, detail=detail[:500])
-
-    def _usable_name(
-        self,
-        principal: Principal,
-        username: str,
-        passphrase: str | None,
-        lifetime: dt.timedelta | None,
-        voms: Sequence[VomsRequest],
-        want_full: bool,
-        renewal_proof: ValidationResult | None,
-    ) -> tuple[str, int] | None:
-        """The first of `username`'s credentials (the default one, then the others by name,
-        as myproxy-server tries them) that policy allows this GET and whose key opens, and
-        how many were tried; None when none does.
-
-        Trials are not audited and count no failure: the chosen credential is then decided
-        again through the gate (and recorded), and when none is usable the request goes on
-        with the default credential, which yields and records the refusal it always had. A
-        credential or peer locked out after wrong passphrases is skipped, not tried.
-        """
-        with self._reads.cursor() as cursor:
-            found = self._reads.find_all.run(cursor, {"username": username})
-            bans = bans_of(self._reads.bans.run(cursor))
-        rows = sorted(
-            (StoredCredential(*r) for r in found), key=lambda r: (r.name != DEFAULT_NAME, r.name)
-        )
-        token = policy.current_tally.set(None)  # trials are not decisions of this request
-        try:
-            for tried, row in enumerate(rows, start=1):
-                if self._usable(
-                    principal, row, bans, passphrase, lifetime, voms, want_full, renewal_proof
-                ):
-                    return row.name, tried
-        finally:
-            policy.current_tally.reset(token)
-        return None
-
-    def _usable(
-        self,
-        principal: Principal,
-        row: StoredCredential,
-        bans: Bans,
-        passphrase: str | None,
-        lifetime: dt.timedelta | None,
-        voms: Sequence[VomsRequest],
-        want_full: bool,
-        renewal_proof: ValidationResult | None,
-    ) -> bool:
-        """Whether the GET would succeed on `row`: policy allows it and the key opens."""
-        if passphrase and self.limiter.locked(self._lock_keys(principal, row.username, row.name)):
-            return False
-        try:
-            facts, _ = self._facts_in_use(row)
-            plan = self._plan_acs(row.owner_dn, voms)
-            proof = (
-                classify_principal(renewal_proof, self.config.policy, principal.address)
-                if renewal_proof is not None
-                else None
-            )
-        except (BadRequest, IdentityRefused):
-            return False
-        op = Operation.RENEW if proof is not None else Operation.RETRIEVE
-        auth = (
-            AuthMethod.NONE
-            if proof is not None
-            else AuthMethod.PASSPHRASE
-            if passphrase
-            else AuthMethod.CERTIFICATE
-        )
-        request = policy.Request(
-            op,
-            owner=row.owner_dn,
-            name=row.name,
-            auth=auth,
-            lifetime=lifetime,
-            want_full=want_full,
-            fqans=tuple(f for _, explicit, _ in plan for f in explicit),
-            held_fqans=tuple(f for _, _, held in plan for f in held),
-            proof=proof,
-            now=self.clock(),
-        )
-        if not policy.decide(request, principal, facts, self.config.policy, bans).allowed:
-            return False
-        return self._key_opens(row, passphrase if auth is AuthMethod.PASSPHRASE else None)
 
     def _authorize_one(
         self,
@@ -316,10 +244,12 @@ class Issuance(CoreBase):
             holder = end_entity(r.chain)
             fetched = iter(r.upstream_acs)  # the VO's own servers' ACs, in plan order
             acs = [
-                aa.issue(holder, aa.default_fqans(r.owner, explicit), now + decision.lifetime, now)
+                aa.issue(
+                    holder, aa.default_fqans(r.owner, explicit, held), now + decision.lifetime, now
+                )
                 if isinstance(aa, AttributeAuthority)
                 else next(fetched)
-                for aa, explicit, _ in r.ac_plan
+                for aa, explicit, held in r.ac_plan
             ]
             issued = issue_proxy(
                 r.chain,
@@ -426,12 +356,12 @@ class Issuance(CoreBase):
             request = policy.Request(
                 Operation.ISSUE_AC,
                 owner=principal.identity,
-                fqans=explicit or aa.default_fqans(principal.identity),
+                fqans=explicit or aa.default_fqans(principal.identity, held=held),
                 held_fqans=held,
                 lifetime=lifetime,
             )
             decision = self.gate.decide(principal, request, None, name=None)
-            fqans = aa.default_fqans(principal.identity, explicit)
+            fqans = aa.default_fqans(principal.identity, explicit, held)
             ac = aa.issue(holder, fqans, now + min(lifetime, aa.config.max_lifetime), now)
             self.gate.allow(
                 principal,

@@ -107,6 +107,7 @@ class PilotAgent:
         self.clock = clock
         self.started = clock()
         self._proxy_ends = self._task_deadline = dt.datetime.now(dt.UTC)
+        self._token_ends: dt.datetime | None = None
 
     def time_left(self) -> int:
         return max(0, int(self.settings.time_budget_s - (self.clock() - self.started)))
@@ -152,6 +153,8 @@ class PilotAgent:
         try:
             proxy = workdir / "x509up"
             proxy_ends = self._fetch_proxy(task_id, proxy, secret)
+            token = workdir / "bearer_token"
+            self._token_ends = self._fetch_token(task_id, token, secret)
             payload = task["payload"]
             argv = [payload["command"], *payload["args"]]
             launch = self.switch.launch(task["owner"], argv, proxy)
@@ -184,6 +187,9 @@ class PilotAgent:
                 "X509_VOMS_DIR": self.settings.voms_dir,
                 "PROXYD_TASK_ID": str(task_id),
             }
+            if self._token_ends is not None:
+                # WLCG bearer token discovery: the payload's tools read the token from here.
+                env["BEARER_TOKEN_FILE"] = str(token)
             outcome = run_watched(
                 launch.argv,
                 cwd=workdir,
@@ -253,6 +259,13 @@ class PilotAgent:
         left = (self._proxy_ends - now).total_seconds()
         if self._proxy_ends < self._task_deadline and left < self.settings.renew_proxy_before_s:
             self._renew_proxy(task_id, proxy, uid, secret)
+        if self._token_ends is not None:
+            token_left = (self._token_ends - now).total_seconds()
+            if (
+                self._token_ends < self._task_deadline
+                and token_left < self.settings.renew_proxy_before_s
+            ):
+                self._renew_token(task_id, proxy.with_name("bearer_token"), uid, secret)
 
     def _renew_proxy(
         self, task_id: int, proxy: Path, uid: int | None, secret: dict[str, Any]
@@ -275,6 +288,39 @@ class PilotAgent:
             return
         self._proxy_ends = ends
         log.info("task %s: payload proxy renewed, valid until %s", task_id, ends.isoformat())
+
+    def _fetch_token(self, task_id: int, path: Path, secret: dict[str, Any]) -> dt.datetime | None:
+        """Write the task's WLCG token to `path` (0600); when it ends, or None if the server
+        issues no tokens (the payload then runs with its proxy only)."""
+        try:
+            answer = self.api.request("POST", f"/v1/tasks/{task_id}/token", dict(secret))
+        except Exception as exc:
+            if (
+                getattr(exc, "rule", None) == "token.not_issuing"
+                or getattr(exc, "status", 0) == 404
+            ):
+                return None
+            raise
+        fresh = path.with_name(path.name + ".new")
+        fresh.unlink(missing_ok=True)
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(str(answer["access_token"]) + "\n")
+        os.replace(fresh, path)
+        return dt.datetime.fromisoformat(str(answer["expires_at"]).replace("Z", "+00:00"))
+
+    def _renew_token(
+        self, task_id: int, path: Path, uid: int | None, secret: dict[str, Any]
+    ) -> None:
+        """A fresh token beside a renewed proxy; a failure leaves the old one and is logged."""
+        try:
+            ends = self._fetch_token(task_id, path, secret)
+            if uid is not None:
+                os.chown(path, uid, -1, follow_symlinks=False)
+        except Exception as exc:  # a failed renewal must not kill the payload
+            log.warning("task %s: the payload token could not be renewed: %s", task_id, exc)
+            return
+        self._token_ends = ends
 
     def _fetch_proxy(self, task_id: int, path: Path, secret: dict[str, Any]) -> dt.datetime:
         """Write a fresh limited proxy of the task's owner to `path`; return when it ends."""

@@ -28,6 +28,7 @@ from .model import (
     Request,
     current_tally,
 )
+from .tokens import token_exchange
 
 # Operations that hand out, create or change a credential: never for limited peers (I1).
 _DELEGATING = {
@@ -38,14 +39,35 @@ _DELEGATING = {
     Operation.CHANGE_PASSPHRASE,
     Operation.DESTROY,
     Operation.PAYLOAD_PROXY,
+    Operation.PAYLOAD_TOKEN,
     Operation.ISSUE_AC,
     Operation.TASK_SUBMIT,  # a task later gets a proxy of its owner
+    Operation.TOKEN_EXCHANGE,
 }
-_ISSUING = {Operation.RETRIEVE, Operation.RENEW, Operation.PAYLOAD_PROXY}
+_ISSUING = {
+    Operation.RETRIEVE,
+    Operation.RENEW,
+    Operation.PAYLOAD_PROXY,
+    Operation.PAYLOAD_TOKEN,
+    Operation.TOKEN_EXCHANGE,
+}
+# A bearer token's holder showed no certificate: it reads what its owner reads, and submits
+# and manages tasks (whose payloads get limited proxies, no more than an exchange gives);
+# it never stores, retrieves, renews, destroys or administers.
+_BEARER_MAY = {
+    Operation.INFO,
+    Operation.TASK_SUBMIT,
+    Operation.TASK_READ,
+    Operation.TASK_CANCEL,
+    Operation.TASK_RESCHEDULE,
+    Operation.TOKEN_EXCHANGE,
+}
+_PAYLOAD = (Operation.PAYLOAD_PROXY, Operation.PAYLOAD_TOKEN)
 # Storing or managing its own credential gives a pilot nothing new (a VO admin
 # delegates the pilot credential with the pilot certificate); obtaining does.
 _PILOT_MAY = {
     Operation.PAYLOAD_PROXY,
+    Operation.PAYLOAD_TOKEN,
     Operation.TASK_MATCH,
     Operation.TASK_UPDATE,
     Operation.INFO,
@@ -93,6 +115,11 @@ def decide(
         )
     if request.proof is not None and request.proof.limited:
         return _deny("limited.peer", "a limited proxy cannot be used to renew a credential")
+    if principal.bearer and op not in _BEARER_MAY:
+        return _deny(
+            "token.bearer_restricted",
+            f"a bearer token may not {op.value.replace('_', ' ')}: use a certificate",
+        )
 
     # The stored credential itself, on every operation that uses or replaces it: locked by
     # an operator, or no longer valid (revoked, expired, CA untrusted) -- as myproxy-server
@@ -102,8 +129,10 @@ def decide(
         Operation.RENEW,
         Operation.RETRIEVE_KEY,
         Operation.PAYLOAD_PROXY,
+        Operation.PAYLOAD_TOKEN,
         Operation.ISSUE_AC,
         Operation.STORE,
+        Operation.TOKEN_EXCHANGE,
     ):
         if credential.lock_message is not None:
             return _deny("credential.locked", f"credential locked: {credential.lock_message}")
@@ -155,7 +184,7 @@ def _pilot_rules(
         return _deny("pilot.no_renewal", "a pilot identity can never renew a credential")
     # Pilot roles never travel in payloads: a task may not ask for one, and no payload
     # proxy carries one (else a user holding Role=pilot could be matched as a pilot to itself).
-    if op in (Operation.TASK_SUBMIT, Operation.PAYLOAD_PROXY):
+    if op in (Operation.TASK_SUBMIT, *_PAYLOAD):
         pilot_fqans = [f for f in _embedded_fqans(request) if is_pilot_fqan(f, config)]
         if pilot_fqans:
             return _deny(
@@ -282,6 +311,17 @@ def _retrieve(
             return Decision(True, "retrieve.passphrase", "passphrase retrieval", limited=not full)
         return Decision(True, "retrieve.passphrase", "passphrase retrieval", limited=False)
     if request.auth is AuthMethod.CERTIFICATE:
+        # myproxy-server asks the retriever policies of every GET, trusted or not.
+        if not any_matches(config.authorized_retrievers, who, principal.fqans):
+            return _deny(
+                "retrieve.server_acl",
+                f'"{who}" not authorized by server\'s authorized_retrievers policy',
+            )
+        refused = _per_credential(
+            credential.retrievers, config.default_retrievers, who, principal.fqans
+        )
+        if refused is not None:
+            return _deny("retrieve.credential_acl", f'"{who}" {refused} retriever policy')
         if not any_matches(config.trusted_retrievers, who, principal.fqans):
             return _deny(
                 "retrieve.not_trusted",
@@ -384,8 +424,9 @@ def _issue_ac(
 def _wrong_instance(a: Assignment) -> Decision:
     return _deny(
         "payload.wrong_instance",
-        f"task {a.task_id} is assigned to another instance of this pilot: "
-        "the assignment secret of its match is missing or wrong",
+        f"task {a.task_id} (attempt {a.attempt}) is assigned to another instance of this "
+        "pilot: the assignment secret of its match is missing or wrong (or an earlier "
+        "attempt's)",
     )
 
 
@@ -407,7 +448,9 @@ def _payload_proxy(
         return _deny(
             "payload.assignment_ended", f"task {a.task_id} is no longer running on this pilot"
         )
-    return Decision(True, "payload.assigned", f"payload of task {a.task_id}", limited=True)
+    return Decision(
+        True, "payload.assigned", f"payload of task {a.task_id}, attempt {a.attempt}", limited=True
+    )
 
 
 _Handler = Callable[[Request, Principal, CredentialFacts | None, PolicyConfig], Decision]
@@ -445,7 +488,34 @@ def _task_submit(
     if request.fqans and not all(f in request.held_fqans for f in request.fqans):
         missing = [f for f in request.fqans if f not in request.held_fqans]
         return _deny("voms.fqan_not_held", f"the owner does not hold: {', '.join(missing)}")
+    limits = _task_limits(request)
+    if limits is not None:
+        return limits
     return Decision(True, "task.owner", "the owner submits its own task", limited=False)
+
+
+def _task_limits(request: Request) -> Decision | None:
+    """[taskqueue.limits] at submission: the priority range of the task's FQANs, and the
+    owner's queue (the running limits are the matcher's)."""
+    if request.priority is not None and request.priority_range is not None:
+        low, high = request.priority_range
+        if not low <= request.priority <= high:
+            return _deny(
+                "task.priority_not_allowed",
+                f"priority {request.priority} is outside {low}..{high}, the range "
+                "[taskqueue.limits] priority allows for the task's FQANs",
+            )
+    if (
+        request.queued is not None
+        and request.max_queued is not None
+        and request.queued >= request.max_queued
+    ):
+        return _deny(
+            "task.owner_queue_full",
+            f"the owner has {request.queued} tasks queued, the most [taskqueue.limits] "
+            f"max_queued_per_owner allows is {request.max_queued}",
+        )
+    return None
 
 
 def _task_read(
@@ -462,9 +532,10 @@ def _task_cancel(
     request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
 ) -> Decision:
     # Auditors read tasks but must not change them; a limited proxy (a payload
-    # of the owner's) must not cancel the owner's other work.
+    # of the owner's) must not cancel (or reschedule) the owner's other work.
     if principal.limited:
-        return _deny("task.limited", "a limited proxy may not cancel tasks")
+        verb = "reschedule" if request.operation is Operation.TASK_RESCHEDULE else "cancel"
+        return _deny("task.limited", f"a limited proxy may not {verb} tasks")
     if request.owner is not None and request.owner == principal.identity:
         return Decision(True, "task.owner", "the owner cancels its own task", limited=False)
     if any_matches(config.admins, principal.identity, principal.fqans):
@@ -580,6 +651,7 @@ _HANDLERS = {
     Operation.RETRIEVE_KEY: _retrieve_key,
     Operation.ISSUE_AC: _issue_ac,
     Operation.PAYLOAD_PROXY: _payload_proxy,
+    Operation.PAYLOAD_TOKEN: _payload_proxy,  # a token goes where the payload's proxy may
     Operation.AUDIT_READ: _audit_read,
     Operation.METRICS_READ: _metrics_read,
     Operation.ADMIN: _admin,
@@ -588,8 +660,10 @@ _HANDLERS = {
     Operation.TASK_SUBMIT: _task_submit,
     Operation.TASK_READ: _task_read,
     Operation.TASK_CANCEL: _task_cancel,
+    Operation.TASK_RESCHEDULE: _task_cancel,  # who may cancel a task may queue it again
     Operation.TASK_MATCH: _task_match,
     Operation.TASK_UPDATE: _task_update,
+    Operation.TOKEN_EXCHANGE: token_exchange,
 }
 
 
@@ -601,7 +675,7 @@ def _cap_lifetime(
     caps = [credential.max_lifetime, config.max_proxy_lifetime, credential.not_after - request.now]
     if request.lifetime is not None:
         caps.append(request.lifetime)
-    if request.assignment is not None and request.operation is Operation.PAYLOAD_PROXY:
+    if request.assignment is not None and request.operation in _PAYLOAD:
         caps.append(request.assignment.time_left + config.payload_lifetime_margin)
     lifetime = min(caps)
     if lifetime < MIN_LIFETIME:

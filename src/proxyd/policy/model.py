@@ -35,8 +35,11 @@ class Operation(enum.StrEnum):
     TASK_MATCH = "task_match"
     TASK_UPDATE = "task_update"
     TASK_CANCEL = "task_cancel"
+    TASK_RESCHEDULE = "task_reschedule"
+    PAYLOAD_TOKEN = "payload_token"  # noqa: S105 - an operation name (a WLCG token for a payload)
     REMIND = "remind"  # an expiry reminder to a credential's owner
     SET_CONTACT = "set_contact"  # an owner's address for reminders
+    TOKEN_EXCHANGE = "token_exchange"  # noqa: S105 - an operation name (RFC 8693, token -> proxy)
 
 
 class AuthMethod(enum.StrEnum):
@@ -125,6 +128,15 @@ class Request:
     # task_update: why the task's life cycle refuses the reported event right now
     # (e.g. complete before start); None when it allows it.
     state_conflict: str | None = None
+    # task_submit, [taskqueue.limits]: the task's priority and the range its FQANs allow
+    # (None: unlimited), and how many tasks the owner has queued against the most allowed.
+    priority: int | None = None
+    priority_range: tuple[int, int] | None = None
+    queued: int | None = None
+    max_queued: int | None = None
+    # token_exchange: the groups the token names in its issuer's VO (normalised); `fqans`
+    # is what of them the owner holds (the intersection, issue 19), `held_fqans` all it holds.
+    token_groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ __all__ = [
     "SiteMaskRow",
     "TaskAccountingRow",
     "TaskRow",
+    "TokenMapRow",
     "UTCDateTime",
     "VoMemberRow",
     "VoSeedRow",
@@ -426,3 +427,20 @@ class OwnerContactRow(Base):
     owner_dn: Mapped[str] = mapped_column(String(DN_LEN), primary_key=True)
     email: Mapped[str] = mapped_column(String(320))
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+# --- token mappings (proxyd.store.token_map; migration 0010) ----------------------------------
+
+
+class TokenMapRow(Base):
+    """The owner DN a token's (issuer, subject) acts as: token exchange and bearer tokens."""
+
+    __tablename__ = "token_map"
+    __table_args__ = (UniqueConstraint("issuer", "subject"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(DN_LEN))
+    subject: Mapped[str] = mapped_column(String(255))
+    owner_dn: Mapped[str] = mapped_column(String(DN_LEN))
+    added_by: Mapped[str] = mapped_column(String(DN_LEN))
+    added_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

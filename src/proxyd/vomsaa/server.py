@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from voms_ext import FqanError, VomsExtError, parse_fqan
+from voms_ext import AttributeCertificate, FqanError, VomsExtError, parse_fqan
 
 from .. import names
 from ..authfail import AuthFailure, Redactor, for_repository, presented_identity, reason_class
@@ -71,11 +71,14 @@ _OUTCOME_FOR_RULE = {
 class _Refused(Exception):
     """An answer that carries no AC: what the client is told, and the outcome's wire meaning."""
 
-    def __init__(self, outcome: str, message: str, rule: str | None = None) -> None:
+    def __init__(
+        self, outcome: str, message: str, rule: str | None = None, voms_text: str = ""
+    ) -> None:
         super().__init__(message)
         self.outcome = outcome  # one of the wire.RULE_* names above
         self.message = message
         self.rule = rule  # the proxyd rule, when a decision or a check named one
+        self.voms_text = voms_text  # what voms-server says in this case, put first
 
 
 @dataclass
@@ -149,11 +152,11 @@ class AaServer:
         member_of = [vo for vo, aa in local.items() if aa.held_fqans(principal.identity)]
         if len(member_of) == 1:
             return member_of[0]
+        example = sorted(member_of or local)[0]
         raise _Refused(
             _BAD_REQUEST,
             f"this attribute authority serves several VOs ({', '.join(sorted(local))}) and the "
-            "request names none: ask for an FQAN, e.g. --voms "
-            f"{sorted(member_of or local)[0]}:/{sorted(member_of or local)[0]}",
+            f"request names none: ask for an FQAN, e.g. --voms {example}:/{example}",
         )
 
     # --- one request --------------------------------------------------------------------------
@@ -171,23 +174,29 @@ class AaServer:
                 "targeted ACs (-target) are not supported by this attribute authority; "
                 "ask without a target",
             )
-        voms = self.voms_request(request, principal)
         lifetime = dt.timedelta(seconds=request.lifetime) if request.lifetime else DEFAULT_LIFETIME
-        try:
-            acs = await asyncio.to_thread(self.repo.issue_acs, principal, [voms], lifetime)
-        except RepositoryError as exc:
-            outcome = _OUTCOME_FOR_RULE.get(exc.rule or "", _UNKNOWN_USER)
-            if isinstance(exc, BadRequest) and exc.rule not in _OUTCOME_FOR_RULE:
-                outcome = _BAD_REQUEST
-            raise _Refused(outcome, exc.message, exc.rule) from None
-        except IssueError as exc:
-            raise _Refused(
-                _INTERNAL, f"the AC could not be signed: {exc}", "issue.failed"
-            ) from None
+        acs = await asyncio.to_thread(self._issue, request, principal, lifetime)
         if len(acs) != 1:  # one VO asked for, one AC back: anything else is a bug in the core
             raise _Refused(_INTERNAL, f"expected one AC, the core issued {len(acs)}")
         exchange.fqans = tuple(acs[0].fqans)
         return acs[0].der
+
+    def _issue(
+        self, request: wire.AcRequest, principal: Principal, lifetime: dt.timedelta
+    ) -> list[AttributeCertificate]:
+        """In a worker thread: membership may be a database read, signing is RSA."""
+        voms = self.voms_request(request, principal)
+        try:
+            return self.repo.issue_acs(principal, [voms], lifetime)
+        except RepositoryError as exc:
+            outcome = _OUTCOME_FOR_RULE.get(exc.rule or "", _UNKNOWN_USER)
+            if isinstance(exc, BadRequest) and exc.rule not in _OUTCOME_FOR_RULE:
+                outcome = _BAD_REQUEST
+            raise _Refused(outcome, exc.message, exc.rule, _voms_text(outcome, voms)) from None
+        except IssueError as exc:
+            raise _Refused(
+                _INTERNAL, f"the AC could not be signed: {exc}", "issue.failed"
+            ) from None
 
     def _principal(self, ssl_object: ssl.SSLObject | None, address: str) -> Principal:
         chain = verified_chain_der(ssl_object)
@@ -337,6 +346,18 @@ class _Listener(LimitedTLSServer):
             callback()
 
 
+def _voms_text(outcome: str, voms: VomsRequest) -> str:
+    """voms-server's words for a refusal: VOMS clients (voms-proxy-init, proxyd's own upstream
+    client) tell an unknown or suspended user, final, from a role not held by them."""
+    if outcome == _UNKNOWN_USER:
+        return f"{voms.vo}: User unknown to this VO."
+    if outcome == _SUSPENDED:
+        return f"{voms.vo}: User is currently suspended!"
+    if outcome == _ROLE_NOT_HELD:
+        return f"{voms.vo}: Unable to satisfy {','.join(voms.fqans)} request!"
+    return ""
+
+
 def _normalised(fqan: str, where: str) -> str:
     try:
         return str(parse_fqan(fqan))
@@ -385,9 +406,8 @@ async def _send(
         text = names.escape(result.message)
         if result.rule:
             text = f"{text} (proxyd policy rule: {result.rule})"
-        if result.outcome == _ROLE_NOT_HELD and exchange.protocol == "rest":
-            # How voms-server says it, so that a VOMS client tells it from an unknown user.
-            text = f"Unable to satisfy the request: {text}"
+        if result.voms_text:
+            text = f"{result.voms_text} {text}"
         make = wire.rest_error if exchange.protocol == "rest" else wire.legacy_error
         payload = (
             wire.encode_rest_answer(make(result.outcome, text))

@@ -133,7 +133,7 @@ class UpstreamAuthority:
         ask = min(_round_up(limit, AC_ROUNDING) - now, self.config.max_lifetime)
         request = wire.AcRequest(tuple(fqans), max(60, int(ask.total_seconds())))
         servers = select(self.config.servers, vomses_lines)
-        fetched = self.client.fetch(servers, self._context(chain, key, now), request)
+        fetched = self.client.fetch(servers, self._context(chain, key), request)
         with self._lock:
             self.last_fetch = fetched
             self.fetches += 1
@@ -161,10 +161,12 @@ class UpstreamAuthority:
             raise UpstreamRefusal(wire.RULE_BAD_AC, str(exc)) from None
         return ac
 
-    def _context(
-        self, chain: Sequence[x509.Certificate], key: PrivateKeyTypes, now: dt.datetime
-    ) -> ssl.SSLContext:
-        """The TLS context of an authentication proxy of `chain[0]`, made or reused."""
+    def _context(self, chain: Sequence[x509.Certificate], key: PrivateKeyTypes) -> ssl.SSLContext:
+        """The TLS context of an authentication proxy of `chain[0]`, made or reused.
+
+        On the wall clock, not the core's: the proxy is shown in a handshake right now.
+        """
+        now = dt.datetime.now(dt.UTC)
         fingerprint = chain[0].fingerprint(_SHA256)
         auth = self._auth.get(fingerprint)
         if auth is not None and auth.made <= now < auth.made + AUTH_REUSE:

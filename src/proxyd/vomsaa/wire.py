@@ -28,48 +28,8 @@ from typing import Literal
 
 from voms_ext import FqanError, parse_fqan
 
-__all__ = [
-    "ALL",
-    "GSI_NO_DELEGATION",
-    "LEGACY_ATTR_EMPTY",
-    "LEGACY_NOT_MEMBER",
-    "LEGACY_NO_COMMAND",
-    "LEGACY_SUSPENDED",
-    "LEGACY_UNEXPECTED",
-    "LEGACY_WITH_DB",
-    "MAX_ANSWER_BYTES",
-    "MAX_REQUEST_BYTES",
-    "REST_BAD_REQUEST",
-    "REST_INTERNAL_ERROR",
-    "REST_NO_SUCH_USER",
-    "REST_STATUS",
-    "REST_SUSPENDED_USER",
-    "RULE_BAD_AC",
-    "RULE_BAD_REQUEST",
-    "RULE_ERROR",
-    "RULE_ROLE_NOT_HELD",
-    "RULE_SUSPENDED_USER",
-    "RULE_TIMEOUT",
-    "RULE_UNKNOWN_USER",
-    "RULE_UNREACHABLE",
-    "AaAnswer",
-    "AaError",
-    "AcRequest",
-    "WireError",
-    "encode_legacy_answer",
-    "encode_legacy_request",
-    "encode_rest_answer",
-    "encode_rest_request",
-    "is_rest",
-    "legacy_error",
-    "parse_legacy_answer",
-    "parse_legacy_request",
-    "parse_rest_answer",
-    "parse_rest_request",
-    "request_complete",
-    "rest_error",
-    "rule_for",
-]
+from .flatxml import ESCAPE, Element, read_xml
+from .flatxml import WireError as WireError  # raised by every parser here
 
 GSI_NO_DELEGATION = b"0"  # the first TLS record a VOMS client sends, discarded by the server
 MAX_REQUEST_BYTES = 16 * 1024  # a real request is a few hundred bytes
@@ -111,10 +71,6 @@ RULE_BAD_AC = "voms.upstream_bad_ac"
 
 # voms-server reports "role not held" as NOT_MEMBER/BadRequest with this text.
 _UNSATISFIABLE = "Unable to satisfy"
-
-
-class WireError(ValueError):
-    """A request or answer that does not follow the protocol; the message says what, where, why."""
 
 
 # --- values ------------------------------------------------------------------------------------
@@ -263,91 +219,6 @@ def rest_error(rule: str, message: str) -> AaError:
     return AaError(_REST_FOR_RULE.get(rule, REST_INTERNAL_ERROR), message)
 
 
-# --- a strict reader for the flat XML both protocols use ----------------------------------------
-
-_DECL = re.compile(rb"\s*<\?xml[^?>]*\?>\s*")
-_TOKEN = re.compile(rb"<(/?)([A-Za-z][A-Za-z0-9_]*)>|([^<]+)")
-_ENTITIES = {b"&lt;": b"<", b"&gt;": b">", b"&amp;": b"&", b"&quot;": b'"', b"&apos;": b"'"}
-_ENTITY = re.compile(rb"&[^;&<]*;?")
-_ESCAPE = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
-_MAX_DEPTH = 4
-
-
-@dataclass
-class _Element:
-    tag: str
-    text: str = ""
-    children: list[_Element] = field(default_factory=list)
-
-    def all(self, tag: str) -> list[_Element]:
-        return [c for c in self.children if c.tag == tag]
-
-    def one(self, tag: str, where: str) -> _Element | None:
-        found = self.all(tag)
-        if len(found) > 1:
-            raise WireError(f"{where}: <{tag}> appears {len(found)} times, at most once allowed")
-        return found[0] if found else None
-
-
-def _unescape(raw: bytes, where: str) -> str:
-    def sub(m: re.Match[bytes]) -> bytes:
-        try:
-            return _ENTITIES[m.group(0)]
-        except KeyError:
-            raise WireError(f"{where}: unsupported entity {m.group(0)[:16]!r}") from None
-
-    try:
-        return _ENTITY.sub(sub, raw).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise WireError(f"{where}: not UTF-8 at byte {exc.start}") from None
-
-
-def _read_xml(data: bytes, root: str, what: str) -> _Element:
-    decl = _DECL.match(data)
-    pos = decl.end() if decl else 0
-    stack: list[_Element] = []
-    top: _Element | None = None
-    end = len(data.rstrip())
-    while pos < end:
-        m = _TOKEN.match(data, pos)
-        if m is None:
-            snippet = data[pos : pos + 24]
-            raise WireError(f"{what}: unexpected markup {snippet!r} at byte {pos}")
-        closing, tag_b, text = m.group(1), m.group(2), m.group(3)
-        if text is not None:
-            if stack:
-                stack[-1].text += _unescape(text, f"{what}, <{stack[-1].tag}>")
-            elif text.strip():
-                raise WireError(f"{what}: text outside <{root}> at byte {pos}")
-        else:
-            tag = tag_b.decode("ascii")
-            if closing:
-                if not stack or stack[-1].tag != tag:
-                    open_tag = stack[-1].tag if stack else "nothing"
-                    raise WireError(f"{what}: </{tag}> at byte {pos} closes <{open_tag}>")
-                done = stack.pop()
-                if not stack:
-                    top = done
-                    if data[m.end() :].strip():
-                        raise WireError(f"{what}: data after </{root}> at byte {m.end()}")
-                    break
-            else:
-                if top is not None or (not stack and tag != root):
-                    raise WireError(f"{what}: expected <{root}>, found <{tag}> at byte {pos}")
-                if len(stack) >= _MAX_DEPTH:
-                    raise WireError(f"{what}: elements nested deeper than {_MAX_DEPTH}")
-                element = _Element(tag)
-                if stack:
-                    stack[-1].children.append(element)
-                stack.append(element)
-        pos = m.end()
-    if top is None:
-        if stack:
-            raise WireError(f"{what}: truncated, <{stack[-1].tag}> is never closed")
-        raise WireError(f"{what}: no <{root}> element")
-    return top
-
-
 def _b64_lines(der: bytes) -> str:
     """Base64 in 64-character lines, each ending with a newline (voms-proxy-init requires them)."""
     text = base64.b64encode(der).decode("ascii")
@@ -437,7 +308,7 @@ def parse_legacy_request(data: bytes) -> AcRequest:
     """The AcRequest of a legacy XML request (the bytes after the `0` record)."""
     what = "legacy request"
     _bounded(data, MAX_REQUEST_BYTES, what)
-    root = _read_xml(data, "voms", what)
+    root = read_xml(data, "voms", what)
     known = {"command", "order", "targets", "base64", "version", "lifetime"}
     for child in root.children:
         if child.tag not in known:
@@ -482,7 +353,7 @@ def parse_legacy_request(data: bytes) -> AcRequest:
     )
 
 
-def _split(element: _Element | None) -> tuple[str, ...]:
+def _split(element: Element | None) -> tuple[str, ...]:
     if element is None:
         return ()
     return tuple(p.strip() for p in element.text.split(",") if p.strip())
@@ -583,7 +454,7 @@ def _answer_parts(result: bytes | AaError) -> tuple[str | None, AaError | None]:
 
 
 def _esc(text: str) -> str:
-    return text.translate(_ESCAPE)
+    return text.translate(ESCAPE)
 
 
 def encode_legacy_answer(result: bytes | AaError, warnings: Sequence[AaError] = ()) -> bytes:
@@ -611,7 +482,7 @@ def parse_legacy_answer(data: bytes) -> AaAnswer:
     _bounded(data, MAX_ANSWER_BYTES, what)
     if not data.strip():
         raise WireError(f"{what}: the server closed the connection without answering")
-    root = _read_xml(data, "vomsans", what)
+    root = read_xml(data, "vomsans", what)
     errors: list[AaError] = []
     warnings: list[str] = []
     error_el = root.one("error", what)
@@ -632,7 +503,7 @@ def parse_legacy_answer(data: bytes) -> AaAnswer:
     return AaAnswer(ac, tuple(errors), tuple(warnings))
 
 
-def _ac(element: _Element | None, what: str) -> bytes | None:
+def _ac(element: Element | None, what: str) -> bytes | None:
     if element is None:
         return None
     der = _b64_decode(element.text, f"{what}, <ac>")
@@ -684,7 +555,7 @@ def parse_rest_answer(data: bytes) -> AaAnswer:
     start = data.find(b"<?xml")
     if start < 0:
         return AaAnswer(None, status=status, http_version=version)
-    root = _read_xml(data[start:], "voms", what)
+    root = read_xml(data[start:], "voms", what)
     errors: list[AaError] = []
     for error_el in root.all("error"):
         code = error_el.one("code", f"{what}, <error>")
