@@ -150,7 +150,7 @@ def test_list_shows_every_fqan_held(aa: VomsClient) -> None:
 def test_a_non_member_is_refused_with_the_rule(aa: VomsClient) -> None:
     code, out, _ = aa.init("carol", "--voms", "dteam")
     assert code != 0, out
-    assert f'"{CAROL}" is not a member of the requested VO' in out
+    assert f'dteam: User unknown to this VO. "{CAROL}" is not a member of the requested VO' in out
     assert "(proxyd policy rule: voms.not_member)" in out
     trail = issue_ac_trail(aa.server)
     # The client retries a refused REST request with the legacy protocol: both are decided.
@@ -161,6 +161,7 @@ def test_a_non_member_is_refused_with_the_rule(aa: VomsClient) -> None:
 def test_a_role_not_held_is_refused_with_the_rule(aa: VomsClient) -> None:
     code, out, _ = aa.init("bob", "--voms", "dteam:/dteam/Role=production")
     assert code != 0, out
+    assert "dteam: Unable to satisfy /dteam/Role=production request!" in out
     assert "not a holder of: /dteam/Role=production" in out
     assert "(proxyd policy rule: voms.fqan_not_held)" in out
     trail = issue_ac_trail(aa.server)

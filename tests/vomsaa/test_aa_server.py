@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +25,8 @@ from proxyd.config import AaConfig, ConfigError, load_config, parse_config
 from proxyd.devpki import DevPKI
 from proxyd.vomsaa import server as aa_server
 from proxyd.vomsaa import wire
+from proxyd.vomsaa.client import UpstreamRefusal, VomsAaClient, client_context
+from proxyd.vomsaa.vomses import VomsesEntry
 from tests.support.server import RunningServer, running_server
 from voms_ext import parse_attribute_certificate
 
@@ -349,3 +352,27 @@ def test_a_banned_user_is_suspended(dev_pki: DevPKI, tmp_path: Path) -> None:
         assert (rest.status, rest.errors[0].code) == (403, wire.REST_SUSPENDED_USER)
         assert "(proxyd policy rule: ban.peer)" in rest.message
         assert [t[:2] for t in client.trail()] == [("deny", "ban.peer")] * 2
+
+
+def test_proxyds_own_upstream_client_against_the_aa(aa: Aa) -> None:
+    """proxyd's VomsAaClient (the upstream path) and its [aa] edge understand each other."""
+    cert_path, key_path = aa.pki.user("alice")
+    context = client_context(
+        aa.pki.cert_dir,
+        [x509.load_pem_x509_certificate(cert_path.read_bytes())],
+        serialization.load_pem_private_key(key_path.read_bytes(), password=None),
+    )
+    entry = VomsesEntry(
+        "dteam", "localhost", aa.port, "/C=XX/O=proxyd dev/OU=Hosts/CN=localhost", "dteam"
+    )
+    fetched = VomsAaClient(timeout=10).fetch([entry], context, wire.AcRequest(("/dteam",), 3600))
+    assert (fetched.protocol, fetched.fallback_reason) == ("rest", None)
+    assert fetched.ac.fqans == (DTEAM, ANALYSIS)
+    for fqan, rule in [
+        ("/ops", wire.RULE_UNKNOWN_USER),  # served here, but alice is not a member
+        ("/dteam/Role=pilot", wire.RULE_ROLE_NOT_HELD),
+        ("/atlas", wire.RULE_BAD_REQUEST),  # not served here
+    ]:
+        with pytest.raises(UpstreamRefusal) as refused:
+            VomsAaClient(timeout=10).fetch([entry], context, wire.AcRequest((fqan,)))
+        assert refused.value.rule == rule, (fqan, refused.value.message)
