@@ -646,3 +646,14 @@ def test_console_script(proxies: dict[str, Path], grid_env: dict[str, str]) -> N
     assert missing.returncode == 1 and missing.stdout == ""
     assert missing.stderr.startswith("proxy-info: /nonexistent/x: ")
     assert "Traceback" not in missing.stderr
+
+
+def test_valid_and_hours_together_must_both_be_met_as_in_voms_proxy_info(
+    proxies: dict[str, Path], grid_env: dict[str, str], cli_env: CliEnv
+) -> None:
+    """grid-proxy-info takes whichever comes last; voms-proxy-info and proxyd need both."""
+    proxy = proxies["gpi_30_minutes"]
+    for argv in (["-valid", "1:00", "-hours", "0"], ["-hours", "0", "-valid", "1:00"]):
+        theirs = run_tool(["voms-proxy-info", "-file", proxy, "-exists", *argv], env=grid_env)
+        result = cli_env.run(main, ["-file", proxy, "-exists", *argv])
+        assert (result.rc, result.out, result.err) == (theirs.returncode, "", "") == (1, "", "")

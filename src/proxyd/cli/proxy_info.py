@@ -402,17 +402,9 @@ class Requirements:
         )
 
 
-def exists(path: Path, valid_for: dt.timedelta, bits: int = 0) -> bool:
-    """grid-proxy-info -exists: a proxy that validates now and for at least `valid_for`."""
-    try:
-        info = load_proxy_info(path, check_voms=False)
-    except (CliError, VomsExtError, OSError):
-        return False
-    return Requirements(valid_for, bits).met_by(info)
-
-
 def _requirements(args: argparse.Namespace) -> Requirements:
-    # The tools take the largest of -valid and -hours when both are given.
+    # Both must be met, as voms-proxy-info has it (grid-proxy-info takes the last one
+    # given): a script that names two thresholds never gets a yes that one of them denies.
     valid = args.valid or dt.timedelta(0)
     if args.hours is not None:
         valid = max(valid, dt.timedelta(hours=args.hours))
