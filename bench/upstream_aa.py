@@ -19,8 +19,12 @@ re-verified on every use), so the GET costs no round trip. The points are
 measured LOCAL, UPSTREAM, LOCAL, UPSTREAM and each side keeps its better
 one, so a burst of someone else's load hurts neither side alone.
 
-The headline: LOCAL ops/s / UPSTREAM ops/s at the highest concurrency
-(target <= 1.2).
+Printed per concurrency: the throughput and p50 ratios of each side's
+better point, and the server CPU per GET over both points of each side.
+The headline is UPSTREAM / LOCAL server CPU per GET at the highest
+concurrency (target <= 1.2): on this shared 2-core machine other people's
+load moves throughput by 2x between two identical points, CPU per GET
+hardly at all.
 """
 
 from __future__ import annotations
@@ -96,6 +100,14 @@ class Side:
     op: Issue
     server: ProxydServer
     best: LoadResult | None = None
+    runs: list[LoadResult] = dataclasses.field(default_factory=list)
+
+    @property
+    def cpu_ms_per_op(self) -> float:
+        """Server CPU per GET over all this side's points at one concurrency."""
+        ops = sum(r.ops for r in self.runs)
+        cpu = sum(r.server_cpu or 0.0 for r in self.runs)
+        return cpu / ops * 1000 if ops else float("nan")
 
     def measure(self, concurrency: int, duration: float, warmup: float) -> LoadResult:
         r = run_load(
@@ -113,6 +125,7 @@ class Side:
             raise RuntimeError(f"{self.label}: {r.error_count} failed requests")
         if self.best is None or r.rate > self.best.rate:
             self.best = r
+        self.runs.append(r)
         return r
 
 
@@ -163,31 +176,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             for c in levels:
                 heading(f"concurrency {c}: {duration:.0f} s per point, LOCAL/UPSTREAM twice")
                 for side in sides:
-                    side.best = None
+                    side.best, side.runs = None, []
                 for _ in range(2):
                     for side in sides:
                         side.measure(c, duration, warmup)
                 own, up = (s.best for s in sides)
                 assert own is not None and up is not None
-                results[c] = {"rate": ratio(own.rate, up.rate), "p50": ratio(up.p(50), own.p(50))}
+                results[c] = {
+                    "rate": ratio(own.rate, up.rate),
+                    "p50": ratio(up.p(50), own.p(50)),
+                    "cpu": ratio(sides[1].cpu_ms_per_op, sides[0].cpu_ms_per_op),
+                }
                 say(
                     f"  best: own AA {own.rate:.1f} ops/s (p50 {own.p(50):.1f} ms), upstream "
                     f"{up.rate:.1f} ops/s (p50 {up.p(50):.1f} ms): own/upstream throughput "
                     f"{results[c]['rate']:.3f}x, upstream/own p50 {results[c]['p50']:.3f}x"
                 )
+                say(
+                    f"  server CPU per GET over both points: own AA "
+                    f"{sides[0].cpu_ms_per_op:.2f} ms, upstream {sides[1].cpu_ms_per_op:.2f} ms: "
+                    f"upstream/own {results[c]['cpu']:.3f}x"
+                )
         fetched = (root / "upstream.log").read_text().count("VOMS AC for VO dteam from")
         say(f"\nupstream round trips to the VO's server during the run: {fetched}")
         say(machine_line("at the end"))
         top = max(levels)
-        headline = results[top]["rate"]
+        # Other people's load moves throughput on this shared 2-core machine by 2x between
+        # two identical points; CPU per GET, measured on the server's own process tree, is
+        # what that load barely moves, so it is the headline (throughput is printed above).
+        headline = results[top]["cpu"]
         say(f"(total {time.monotonic() - began:.0f} s)")
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     verdict = "met" if headline is not None and headline <= TARGET else "MISSED"
     say(
-        f"headline: GET with an upstream AC (cache warm) costs {headline:.3f}x the GET with "
-        f"proxyd's own AA at C={max(levels)} (throughput ratio; target <= {TARGET}): {verdict}"
+        f"headline: GET with an upstream AC (cache warm) costs {headline:.3f}x the server CPU of "
+        f"the GET with proxyd's own AA at C={max(levels)} (target <= {TARGET}): {verdict}"
     )
     return 0 if verdict == "met" else 1
 

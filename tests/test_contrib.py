@@ -42,6 +42,8 @@ from proxyd.cli import pilot as pilot_cli
 from proxyd.cli import proxy_destroy, proxy_info, proxy_init
 from proxyd.config import parse_config
 from proxyd.policy import Operation
+from proxyd.reminders.settings import RemindersConfig
+from proxyd.tokens.settings import TokensConfig
 from tests.support.tools import REQUIRE_INTEROP, require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +91,8 @@ SECTIONS: dict[str, type] = {
     "policy": config_module.PolicyConfig,
     "sealing": config_module.SealingConfig,
     "taskqueue": config_module.TaskQueueConfig,
+    "reminders": RemindersConfig,
+    "tokens": TokensConfig,
 }
 
 
@@ -100,7 +104,8 @@ def test_production_config_parses_and_sets_every_key() -> None:
     text = (CONTRIB / "proxyd.toml").read_text()
     parse_config(text, CONFIG_PATH)  # the paths need not exist
     doc = tomllib.loads(text)
-    known_sections = {*SECTIONS, "voms"}
+    # upstream_voms holds the [[voms]] tables that name a vomses file instead of an AA key.
+    known_sections = {*SECTIONS, "voms", "upstream_voms"}
     config_fields = {f.name for f in dataclasses.fields(config_module.Config)} - {"source"}
     assert known_sections == config_fields, "a config section is not covered by this test"
     for section, cls in SECTIONS.items():

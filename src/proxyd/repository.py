@@ -20,6 +20,7 @@ from .core.checks import (
 )
 from .core.delegation import Delegation
 from .core.errors import BadPassphrase, BadRequest, Denied, NotFound, RepositoryError
+from .core.exchange import TokenExchange
 from .core.issuance import Issuance
 from .core.members import VoMembership
 from .core.owner import OwnerOperations
@@ -60,6 +61,7 @@ class Repository(
     Delegation,
     OwnerOperations,
     TokenIssuance,
+    TokenExchange,
     Issuance,
     Administration,
     VoMembership,

@@ -77,8 +77,9 @@ def test_query_table_json_csv(populated: Path, capsys: pytest.CaptureFixture[str
 
 def test_verify_then_tamper(populated: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--config", str(populated), "verify"]) == 0
-    # The four events of `populated`, and this command's own read (decided, audited).
-    assert "audit chain OK: 5 events verified" in capsys.readouterr().out
+    # The first start's seed of the VO members, the four events of `populated`, and this
+    # command's own read (decided, audited).
+    assert "audit chain OK: 6 events verified" in capsys.readouterr().out
     db = load_config(populated).server.state_dir / "proxyd.db"
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE audit_events SET rule = 'retrieve.passphrase' WHERE seq = 2")
@@ -114,7 +115,7 @@ def test_anchors_reveal_a_consistent_rewrite(
     anchors = tmp_path / "anchors.jsonl"
     assert main(["--config", str(populated), "anchor", "--append", str(anchors)]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["seq"] == 5 and len(printed["hash"]) == 64  # 4 events and this read
+    assert printed["seq"] == 6 and len(printed["hash"]) == 64  # seed, 4 events, this read
     assert [json.loads(line) for line in anchors.read_text().splitlines()] == [printed]
     assert main(["--config", str(populated), "verify", "--anchors", str(anchors)]) == 0
     assert "anchors: 1 of 1 match" in capsys.readouterr().out
@@ -125,7 +126,7 @@ def test_anchors_reveal_a_consistent_rewrite(
     capsys.readouterr()
     assert main(["--config", str(populated), "verify", "--anchors", str(anchors)]) == 1
     out = capsys.readouterr().out
-    assert f"{anchors}:1: anchor of seq 5" in out and "the hash differs" in out
+    assert f"{anchors}:1: anchor of seq 6" in out and "the hash differs" in out
 
     # Cut the log back, head and all, far enough that the reads of the two commands below
     # (each --config command records its own) do not reach the anchored seq again.
@@ -158,10 +159,11 @@ def test_export_and_stats(
     out = tmp_path / "audit.jsonl"
     assert main(["--config", str(populated), "export", "--output", str(out), "--progress"]) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [e["seq"] for e in lines] == [1, 2, 3, 4, 5]  # 4 events and this export's read
+    # The seed of the VO members, 4 events and this export's read.
+    assert [e["seq"] for e in lines] == [1, 2, 3, 4, 5, 6]
     assert lines[-1]["operation"] == "audit_read" and lines[-1]["rule"] == "admin.local_operator"
     assert all(len(e["hash"]) == 64 for e in lines)
-    assert "5 events exported" in capsys.readouterr().err
+    assert "6 events exported" in capsys.readouterr().err
     assert main(["--config", str(populated), "stats", "--by", "host", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["/C=XX/O=proxyd dev/OU=Hosts/CN=wms.localhost"] == {"issued": 1, "denied": 0}

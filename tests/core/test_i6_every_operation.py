@@ -30,7 +30,9 @@ import functools
 import inspect
 import shutil
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,6 +50,7 @@ from proxyd.devpki import DevPKI, user_dn
 from proxyd.issuer import AttributeAuthority, VomsRequest, load_authorities
 from proxyd.policy import DecisionTally, Operation, current_tally
 from proxyd.principal import Principal, anonymous, local_operator
+from proxyd.reminders.settings import RemindersConfig
 from proxyd.repository import PendingStore, Repository, RepositoryError, StoreOptions
 from proxyd.sealing import MasterKeyring
 from proxyd.store.db import make_engine, migrate
@@ -56,6 +59,7 @@ from proxyd.taskqueue import Accounting, Payload, PilotCapabilities, TaskFilter,
 from proxyd.taskqueue.base import TaskQueue
 from proxyd.taskqueue.sql import SqlTaskQueue
 from proxyd.tasks import TaskService
+from proxyd.tokens.settings import TokensConfig
 from tests.conftest import throwaway_postgres
 from tests.support.grid import (
     Identity,
@@ -311,6 +315,40 @@ def _two_step_abandoned(world: World) -> None:
 def _payload_via_repo(world: World, secret: str | None) -> Any:
     queue = cast(TaskQueue, PresentedSecret(world.queue, secret))
     return world.repo.payload_proxy(world.who("pilot"), world.state["task"], csr(), queue)
+
+
+def _reminders_to(world: World, webhook: str) -> None:
+    """Reminders on, by webhook only; the world's credentials end within 3 days."""
+    config = world.repo.config
+    world.repo.config = dataclasses.replace(config, reminders=RemindersConfig(webhook=webhook))
+
+
+@functools.lru_cache(maxsize=1)
+def _webhook_sink() -> str:
+    """A webhook that accepts every reminder, for the whole test run (a daemon thread)."""
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/reminders"
+
+
+def _issuing_tokens(world: World) -> None:
+    tokens = TokensConfig(issuer="https://proxyd.example.org:8443")
+    world.repo.config = dataclasses.replace(world.repo.config, tokens=tokens)
+
+
+def _token_via_repo(world: World, secret: str | None) -> Any:
+    queue = cast(TaskQueue, PresentedSecret(world.queue, secret))
+    return world.repo.payload_token(world.who("pilot"), world.state["task"], queue)
 
 
 def _admin_read(method: str) -> list[Scenario]:
@@ -800,6 +838,26 @@ SCENARIOS: list[Scenario] = [
         setup=_task(World.finished),
         refused="task.state_conflict",
     ),
+    Scenario(
+        "TaskService.reschedule",
+        T("reschedule"),
+        lambda w: w.service.reschedule(w.who("alice"), w.state["task"], "try again"),
+        setup=_task(World.matched),
+    ),
+    Scenario(
+        "TaskService.reschedule-refused-bob",
+        T("reschedule"),
+        lambda w: w.service.reschedule(w.who("bob"), w.state["task"]),
+        setup=_task(World.matched),
+        refused="task.not_owner",
+    ),
+    Scenario(
+        "TaskService.reschedule-refused-waiting-task",
+        T("reschedule"),
+        lambda w: w.service.reschedule(w.who("alice"), w.state["task"]),
+        setup=_task(World.submit),
+        refused="task.state_conflict",
+    ),
     # --- the task queue: pilots
     Scenario(
         "TaskService.match",
@@ -933,6 +991,85 @@ SCENARIOS: list[Scenario] = [
         lambda w: w.service.accounting(w.who("alice"), "owner"),
         refused="audit_read.auditors",
     ),
+    # --- expiry reminders and contacts (issue 20)
+    Scenario(
+        "Repository.set_contact",
+        R("set_contact"),
+        lambda w: w.repo.set_contact(w.who("alice"), "alice@example.org"),
+    ),
+    Scenario(
+        "Repository.set_contact-refused-bad-address",
+        R("set_contact"),
+        lambda w: w.repo.set_contact(w.who("alice"), "alice@example.org, eve@example.org"),
+        refused="contact.bad_address",
+    ),
+    Scenario(
+        "Repository.remind_expiring",
+        R("remind_expiring"),
+        lambda w: w.repo.remind_expiring(w.who("operator")),
+        setup=lambda w: _reminders_to(w, _webhook_sink()),
+    ),
+    Scenario(
+        "Repository.remind_expiring-undelivered",
+        R("remind_expiring"),
+        lambda w: w.repo.remind_expiring(w.who("operator")),
+        setup=lambda w: _reminders_to(w, "http://127.0.0.1:9/nobody-listens"),
+        refused="remind.undelivered",
+    ),
+    Scenario(
+        "Repository.remind_expiring-refused-alice",
+        R("remind_expiring"),
+        lambda w: w.repo.remind_expiring(w.who("alice")),
+        setup=lambda w: _reminders_to(w, _webhook_sink()),
+        refused="remind.sweep",
+    ),
+    # --- WLCG tokens (issue 19)
+    Scenario(
+        "Repository.payload_token",
+        R("payload_token"),
+        lambda w: _token_via_repo(w, w.state["secret"]),
+        setup=_setup(_issuing_tokens, _task(World.matched)),
+    ),
+    Scenario(
+        "Repository.payload_token-refused-wrong-secret",
+        R("payload_token"),
+        lambda w: _token_via_repo(w, "not the secret"),
+        setup=_setup(_issuing_tokens, _task(World.matched)),
+        refused="payload.wrong_instance",
+    ),
+    Scenario(
+        "Repository.payload_token-refused-not-issuing",
+        R("payload_token"),
+        lambda w: _token_via_repo(w, w.state["secret"]),
+        setup=_task(World.matched),
+        refused="token.not_issuing",
+    ),
+    Scenario(
+        "TaskService.payload_token",
+        T("payload_token"),
+        lambda w: w.service.payload_token(w.who("pilot"), w.state["task"], w.state["secret"]),
+        setup=_setup(_issuing_tokens, _task(World.running)),
+    ),
+    Scenario(
+        "TaskService.payload_token-refused-ended",
+        T("payload_token"),
+        lambda w: w.service.payload_token(w.who("pilot"), w.state["task"], w.state["secret"]),
+        setup=_setup(_issuing_tokens, _task(World.finished)),
+        refused="payload.assignment_ended",
+    ),
+    Scenario(
+        "Repository.rotate_token_key",
+        R("rotate_token_key"),
+        lambda w: w.repo.rotate_token_key(w.who("carol")),
+        setup=_issuing_tokens,
+    ),
+    Scenario(
+        "Repository.rotate_token_key-refused-alice",
+        R("rotate_token_key"),
+        lambda w: w.repo.rotate_token_key(w.who("alice")),
+        setup=_issuing_tokens,
+        refused="admin.admins",
+    ),
 ]
 
 # Public methods that are not a decision of their own, each with why.
@@ -944,6 +1081,8 @@ EXEMPT: dict[str, str] = {
     "Repository.save_pending": "the second half of begin_store, whose decision is recorded there",
     "Repository.take_pending": "the second half of begin_store, whose decision is recorded there",
     "Repository.record_failure": "records a refusal an edge decided (no decision of the core)",
+    "Repository.openid_configuration": "public discovery document (open route), no decision",
+    "Repository.jwks": "the public keys tokens are verified with (open route), no decision",
 }
 
 

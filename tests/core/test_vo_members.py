@@ -166,7 +166,7 @@ def test_the_configured_members_are_seeded_once_with_one_audited_event(repo: Rep
             )
         ).all()
     assert len(seeds) == 1
-    assert seeds[0].rule == "admin.local_operator" and seeds[0].operation == "admin"
+    assert seeds[0].rule == "admin.local_operator" and seeds[0].operation == "vo_members"
     assert "dteam (3 member(s))" in seeds[0].detail
     # A later start seeds nothing, even when the TOML table has changed: the database wins.
     changed = dataclasses.replace(
@@ -190,7 +190,7 @@ def test_add_member_is_decided_audited_and_read_by_the_next_issuance(
     assert held == ("/dteam", "/dteam/ops")
     event = _last(repo)
     assert (event["operation"], event["decision"], event["rule"]) == (
-        "admin",
+        "vo_members",
         "allow",
         "admin.admins",
     )
@@ -300,3 +300,16 @@ def test_listing_is_an_audited_read(repo: Repository) -> None:
     assert (event["decision"], event["detail"]) == ("allow", "list members of VO ops")
     with repo.engine.connect() as conn:
         assert conn.execute(select(VoMemberRow.dn).where(VoMemberRow.vo == "ops")).scalars().all()
+
+
+def test_a_banned_member_can_still_be_removed(repo: Repository) -> None:
+    """The member is not the owner of anything: a ban of the DN does not block managing it."""
+    repo.ban(OP, "user", BOB, "compromised")
+    assert repo.remove_member(OP, "dteam", BOB) == ("/dteam",)
+    assert repo.authorities["dteam"].held_fqans(BOB) == ()
+    event = _last(repo)
+    assert (event["operation"], event["decision"], event["owner_dn"]) == (
+        "vo_members",
+        "allow",
+        BOB,
+    )

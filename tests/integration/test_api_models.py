@@ -282,7 +282,10 @@ def test_unknown_fields_are_ignored_and_null_means_the_default(
         f"/v1/tasks/{task['id']}/fail",
         {"assignment_secret": secret, "reason": None, "exit_code": None, "wall_s": 2},
     )
-    assert failed.status == 200 and failed.json["reason"] == "failed", failed.body
+    assert failed.status == 200, failed.body
+    # The default reason, "failed"; the task has attempts left (max_attempts 3): queued again.
+    assert failed.json["reason"] == "attempt 1 of 3 failed: failed; queued again"
+    assert failed.json["state"] == "rescheduled"
 
 
 def test_a_body_in_the_charset_its_content_type_names_is_read(

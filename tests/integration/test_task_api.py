@@ -102,7 +102,8 @@ def api(
         admins=(BOB,),
         auditors=(CAROL,),
     )
-    taskqueue = TaskQueueConfig(pilot_sites={PILOT2: ("site-b",)})
+    # One attempt: a failed task stays failed here (the retries: test_reschedule_*).
+    taskqueue = TaskQueueConfig(pilot_sites={PILOT2: ("site-b",)}, max_attempts=1)
     with (
         _database(request.param) as database,
         running_server(
@@ -433,3 +434,32 @@ def _reporting(api: Api, *, started: bool) -> tuple[int, str]:
         api.call("pilot", "POST", f"/v1/tasks/{task_id}/start", secret)
     api.reporters[started] = (task_id, secret[SECRET])
     return api.reporters[started]
+
+
+# --- issue 20: rescheduling by request -------------------------------------------------------------
+
+
+def test_reschedule_by_the_owner_or_an_admin_kills_the_earlier_secret(api: Api) -> None:
+    task_id, secret = api.matched()
+    path = f"/v1/tasks/{task_id}/reschedule"
+    refused = api.call("carol", "POST", path)  # an auditor reads, never changes
+    assert (refused.status, refused.json["rule"]) == (403, "task.not_owner")
+    again = api.call("alice", "POST", path, {"reason": "new input"})
+    assert again.status == 200, again.body
+    assert again.json["state"] == "rescheduled" and again.json["pilot"] is None
+    assert again.json["reason"] == "rescheduled by request: new input"
+    conflict = api.call("alice", "POST", path)  # queued already: nothing to reschedule
+    assert (conflict.status, conflict.json["rule"]) == (409, "task.state_conflict")
+    assert "'rescheduled'" in conflict.json["detail"]
+    site = again.json["requirements"]["sites_allowed"][0]
+    rematch = api.call("pilot", "POST", "/v1/pilot/match", {"site": site, "cpu_time_left": 3600})
+    assert rematch.status == 200 and rematch.json["attempts"] == 2
+    old = api.call("pilot", "POST", f"/v1/tasks/{task_id}/proxy", {"csr": _csr(), **secret})
+    assert (old.status, old.json["rule"]) == (403, "payload.wrong_instance")
+    assert "attempt 2" in old.json["detail"]
+    by_admin = api.call("bob", "POST", path)  # no body at all
+    assert by_admin.status == 200 and by_admin.json["reason"] == "rescheduled by request"
+    allows = api.events(operation="task_reschedule", decision="allow")
+    assert {e.rule for e in allows} >= {"task.owner", "task.admins"}
+    done = api.events(operation="task.reschedule")
+    assert {e.actor_dn for e in done} >= {ALICE, BOB}

@@ -114,7 +114,7 @@ def test_members_changed_by_proxyd_admin_apply_without_a_restart(
         assert "Traceback" not in again.stderr
 
         # Every change is in the log, under the member's DN, committed with it (I6).
-        changes = server.repo.audit.query(owner=CAROL, operation="admin", newest_first=False)
+        changes = server.repo.audit.query(owner=CAROL, operation="vo_members", newest_first=False)
         assert [(e.event.decision, e.event.rule, e.event.fqans) for e in changes] == [
             ("allow", "admin.local_operator", ("/dteam", "/dteam/Role=production")),
             ("allow", "admin.local_operator", ()),

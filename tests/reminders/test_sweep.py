@@ -79,6 +79,14 @@ class Hook(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest) -> str | None:
+    """Both stores: the claim that makes a reminder go out once is dialect SQL."""
+    if request.param == "sqlite":
+        return None
+    return str(request.getfixturevalue("postgres_url"))
+
+
 @pytest.fixture
 def webhook() -> Iterator[tuple[type[Hook], str]]:
     handler = type("H", (Hook,), {"received": [], "status": 204})
@@ -100,13 +108,33 @@ class Clock:
         return dt.datetime.now(dt.UTC) + self.offset
 
 
-def _repo(dev_pki: DevPKI, tmp_path: Path, reminders: RemindersConfig, clock: Clock) -> Repository:
+def _repo(
+    dev_pki: DevPKI,
+    tmp_path: Path,
+    reminders: RemindersConfig,
+    clock: Clock,
+    database: str | None = None,
+) -> Repository:
     policy = dataclasses.replace(
         load_config(dev_pki.config).policy, max_stored_lifetime=dt.timedelta(days=40)
     )
-    repo = make_repository(dev_pki, tmp_path / "state", policy=policy, clock=clock)
+    repo = make_repository(
+        dev_pki, tmp_path / "state", policy=policy, clock=clock, database=database
+    )
     repo.config = dataclasses.replace(repo.config, reminders=reminders)
+    _OPEN.append(repo)
     return repo
+
+
+_OPEN: list[Repository] = []
+
+
+@pytest.fixture(autouse=True)
+def _dispose_engines() -> Iterator[None]:
+    """Close every repository's connections at the end of its test (PostgreSQL warns else)."""
+    yield
+    while _OPEN:
+        _OPEN.pop().engine.dispose()
 
 
 def _mail(dev_pki: DevPKI, port: int) -> SmtpConfig:
@@ -124,11 +152,11 @@ def _reminds(repo: Repository) -> list[tuple[str, str, str | None]]:
 
 
 def test_fourteen_days_before_expiry_one_15_day_reminder_across_two_sweeps(
-    dev_pki: DevPKI, tmp_path: Path, smtp: tuple[Sink, int]
+    dev_pki: DevPKI, tmp_path: Path, smtp: tuple[Sink, int], database: str | None
 ) -> None:
     sink, port = smtp
     clock = Clock()
-    repo = _repo(dev_pki, tmp_path, RemindersConfig(smtp=_mail(dev_pki, port)), clock)
+    repo = _repo(dev_pki, tmp_path, RemindersConfig(smtp=_mail(dev_pki, port)), clock, database)
     alice = load_identity(dev_pki, "alice")
     delegate(repo, alice, StoreOptions("alice"), lifetime_h=14 * 24)
     assert repo.set_contact(principal(repo, alice), " alice@example.org ") == "alice@example.org"
@@ -249,10 +277,11 @@ def test_a_sweep_that_loses_the_race_sends_nothing(
     tmp_path: Path,
     webhook: tuple[type[Hook], str],
     monkeypatch: pytest.MonkeyPatch,
+    database: str | None,
 ) -> None:
     """Two workers sweep at once: both read "not sent", one claims; the other sends nothing."""
     hook, url = webhook
-    repo = _repo(dev_pki, tmp_path, RemindersConfig(webhook=url), Clock())
+    repo = _repo(dev_pki, tmp_path, RemindersConfig(webhook=url), Clock(), database)
     delegate(repo, load_identity(dev_pki, "alice"), StoreOptions("alice"), lifetime_h=24)
     assert len(repo.remind_expiring(local_operator())) == 1
     # The loser read the table before the winner's claim committed.

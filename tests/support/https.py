@@ -32,8 +32,15 @@ class ApiClient:
         self.port = port
 
     def request(
-        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Reply:
+        """`headers`: added to (and overriding) the JSON content type, e.g. a form's."""
         conn = http.client.HTTPSConnection("localhost", self.port, context=self.ctx, timeout=30)
         try:
             data = (
@@ -41,8 +48,9 @@ class ApiClient:
                 if raw is not None
                 else (json.dumps(body).encode() if body is not None else None)
             )
-            headers = {"Content-Type": "application/json"} if data is not None else {}
-            conn.request(method, path, body=data, headers=headers)
+            sent = {"Content-Type": "application/json"} if data is not None else {}
+            sent.update(headers or {})
+            conn.request(method, path, body=data, headers=sent)
             resp = conn.getresponse()
             return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
         finally:

@@ -10,25 +10,30 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
-import ssl
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-from proxyd.devpki import AA_HOST, DevPKI, host_dn, user_dn
+from proxyd.devpki import DevPKI, host_dn
 from proxyd.vomsaa import wire
 from proxyd.vomsaa.client import UpstreamRefusal, VomsAaClient
 from proxyd.vomsaa.upstream import AC_REUSE, UpstreamAuthority
 from proxyd.vomsaa.vomses import UpstreamVoConfig, VomsesEntry
+from tests.vomsaa.standin import (
+    ALICE,
+    HANG,
+    NOW,
+    Alice,
+    Handler,
+    StandIn,
+    context_for,
+    legacy_ok,
+    make_ac,
+    rest_ok,
+    silent,
+)
 from voms_ext import (
-    AttributeCertificateBuilder,
     ProxyType,
     TrustStore,
     classify,
@@ -36,144 +41,11 @@ from voms_ext import (
 )
 from voms_ext.names import dn_to_slash
 
-ALICE = user_dn("alice")
-NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
-Handler = Callable[[bytes], bytes | None]  # the request -> the answer; None: close silently
-HANG = b"hang"  # a handler's answer: say nothing and keep the connection open
-
-
-@dataclass
-class StandIn:
-    """A loopback TLS server: one handler per connection, in order; it records what came."""
-
-    pki: DevPKI
-    handlers: list[Handler]
-    requests: list[bytes] = field(default_factory=list)
-    peers: list[x509.Certificate] = field(default_factory=list)
-    port: int = 0
-
-    def __post_init__(self) -> None:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        cert, key = self.pki.host()
-        ctx.load_cert_chain(str(cert), str(key))
-        ctx.load_verify_locations(capath=str(self.pki.cert_dir))
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.verify_flags |= ssl.VERIFY_ALLOW_PROXY_CERTS
-        self.ctx = ctx
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def entry(self, dn: str | None = None) -> VomsesEntry:
-        return VomsesEntry("dteam", "127.0.0.1", self.port, dn or host_dn("localhost"), "dteam")
-
-    def _serve(self) -> None:
-        for handler in self.handlers:
-            raw, _ = self.listener.accept()
-            try:
-                with self.ctx.wrap_socket(raw, server_side=True) as sock:
-                    sock.settimeout(10)
-                    der = sock.getpeercert(binary_form=True)
-                    assert der is not None
-                    self.peers.append(x509.load_der_x509_certificate(der))
-                    data = b""
-                    while not (data[:1] == b"0" and wire.request_complete(data[1:])):
-                        chunk = sock.recv(4096)
-                        if not chunk:
-                            break
-                        data += chunk
-                    self.requests.append(data[1:])
-                    answer = handler(data[1:])
-                    if answer == HANG:
-                        self.stop.wait(10)
-                    elif answer is not None:
-                        sock.sendall(answer)
-            except (OSError, AssertionError):
-                pass
-        self.listener.close()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.listener.close()
-
-
-@pytest.fixture
-def stand_in(dev_pki: DevPKI) -> Iterator[Callable[..., StandIn]]:
-    made: list[StandIn] = []
-
-    def make(*handlers: Handler) -> StandIn:
-        s = StandIn(dev_pki, list(handlers))
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
-
-
-@pytest.fixture
-def alice(dev_pki: DevPKI) -> tuple[tuple[x509.Certificate, ...], rsa.RSAPrivateKey]:
-    cert, key = dev_pki.user("alice")
-    cred = load_credential_file(cert)
-    pkey = serialization.load_pem_private_key(Path(key).read_bytes(), None)
-    assert isinstance(pkey, rsa.RSAPrivateKey)
-    return cred.certificates, pkey
-
-
-def make_ac(
-    pki: DevPKI,
-    holder: x509.Certificate,
-    fqans: tuple[str, ...] = ("/dteam",),
-    *,
-    hours: int = 2,
-    signer: str = "aa",
-) -> bytes:
-    """An AC as dteam's AA (the dev PKI's, trusted by its vomsdir) or as someone else."""
-    cert_path, key_path = pki.host(signer)
-    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
-    key = serialization.load_pem_private_key(Path(key_path).read_bytes(), None)
-    assert isinstance(key, rsa.RSAPrivateKey)
-    return (
-        AttributeCertificateBuilder()
-        .vo("dteam")
-        .uri(f"{AA_HOST}:15000")
-        .fqans(fqans)
-        .holder(holder)
-        .validity(NOW - dt.timedelta(minutes=5), NOW + dt.timedelta(hours=hours))
-        .sign(cert, key)
-        .der
-    )
-
-
-def rest_ok(der: bytes) -> Handler:
-    return lambda request: wire.encode_rest_answer(der)
-
-
-def legacy_ok(der: bytes) -> Handler:
-    return lambda request: wire.encode_legacy_answer(der)
-
-
-def silent(request: bytes) -> bytes | None:
-    return None
-
-
-def context_for(pki: DevPKI) -> ssl.SSLContext:
-    """A client context as a user (the client module's own context is tested via obtain)."""
-    from proxyd.vomsaa.client import client_context
-
-    cert, key = pki.user("alice")
-    cred = load_credential_file(cert)
-    pkey = serialization.load_pem_private_key(Path(key).read_bytes(), None)
-    return client_context(pki.cert_dir, cred.certificates, pkey)
-
-
 REQUEST = wire.AcRequest(("/dteam",), 3600)
 
 
 def test_rest_answer_is_used_as_voms_proxy_init_would(
-    dev_pki: DevPKI, stand_in: Callable[..., StandIn], alice: tuple
+    dev_pki: DevPKI, stand_in: Callable[..., StandIn], alice: Alice
 ) -> None:
     der = make_ac(dev_pki, alice[0][0])
     s = stand_in(rest_ok(der))
@@ -195,7 +67,7 @@ def test_rest_answer_is_used_as_voms_proxy_init_would(
     ids=["debian-silence", "http-1.0", "not-found"],
 )
 def test_rest_falls_back_to_legacy(
-    dev_pki: DevPKI, stand_in: Callable[..., StandIn], alice: tuple, first: Handler, reason: str
+    dev_pki: DevPKI, stand_in: Callable[..., StandIn], alice: Alice, first: Handler, reason: str
 ) -> None:
     der = make_ac(dev_pki, alice[0][0])
     s = stand_in(first, legacy_ok(der))
@@ -218,7 +90,7 @@ def test_a_rest_refusal_of_the_user_is_final(
 
 
 def test_failing_servers_are_followed_by_the_next_one(
-    dev_pki: DevPKI, stand_in: Callable[..., StandIn], alice: tuple
+    dev_pki: DevPKI, stand_in: Callable[..., StandIn], alice: Alice
 ) -> None:
     closed = socket.create_server(("127.0.0.1", 0))
     dead = VomsesEntry("dteam", "127.0.0.1", closed.getsockname()[1], host_dn("localhost"), "dteam")
@@ -276,7 +148,7 @@ def authority(pki: DevPKI, *servers: StandIn, timeout: float = 5) -> UpstreamAut
 
 
 def test_obtain_authenticates_with_a_proxy_of_the_owner_and_caches(
-    dev_pki: DevPKI, stand_in: Callable[..., StandIn], alice: tuple
+    dev_pki: DevPKI, stand_in: Callable[..., StandIn], alice: Alice
 ) -> None:
     chain, key = alice
     der = make_ac(dev_pki, chain[0])
@@ -284,6 +156,12 @@ def test_obtain_authenticates_with_a_proxy_of_the_owner_and_caches(
     aa = authority(dev_pki, s)
     ac = aa.obtain(chain, key, ("/dteam",), dt.timedelta(hours=1), NOW)
     assert ac.der == der
+    # Asked to end a minute before the hour after the proxy: shared by the proxies of that hour.
+    asked = wire.parse_rest_request(s.requests[0]).lifetime
+    assert asked is not None
+    end = NOW + dt.timedelta(seconds=asked)
+    assert (end.minute, end.second) == (59, 0)
+    assert NOW + dt.timedelta(hours=1, minutes=1) <= end <= NOW + dt.timedelta(hours=2)
     leaf = s.peers[0]
     assert classify(leaf).type is ProxyType.RFC_IMPERSONATION
     assert leaf.issuer == chain[0].subject  # signed with the stored key, which stays here
@@ -299,7 +177,7 @@ def test_obtain_authenticates_with_a_proxy_of_the_owner_and_caches(
 
 
 def test_cache_never_serves_an_ac_too_short_or_too_old(
-    dev_pki: DevPKI, stand_in: Callable[..., StandIn], alice: tuple
+    dev_pki: DevPKI, stand_in: Callable[..., StandIn], alice: Alice
 ) -> None:
     chain, key = alice
     s = stand_in(*(rest_ok(make_ac(dev_pki, chain[0])) for _ in range(3)))
@@ -322,7 +200,7 @@ def test_cache_never_serves_an_ac_too_short_or_too_old(
 def test_an_ac_that_does_not_verify_is_never_returned(
     dev_pki: DevPKI,
     stand_in: Callable[..., StandIn],
-    alice: tuple,
+    alice: Alice,
     signer: str,
     holder_of: str,
     match: str,

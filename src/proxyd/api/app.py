@@ -43,6 +43,7 @@ from ..repository import (
 )
 from ..tlspeer import verified_chain_der
 from .contact import CONTACT_ROUTES
+from .exchange import EXCHANGE_ROUTES, bearer_token, token_identity
 from .members import MEMBER_ROUTES
 from .models import AC_LIFETIME_S, AcRequest, DelegationChain, DelegationRequest, ProxyRequest
 from .openapi import BODY_MODELS, ApiRoute, Handler, build_openapi
@@ -400,6 +401,7 @@ ROUTE_TABLE: list[ApiRoute] = [
     *MEMBER_ROUTES,
     *CONTACT_ROUTES,
     *TOKEN_ROUTES,
+    *EXCHANGE_ROUTES,
     *UI_ROUTES,
 ]
 
@@ -477,6 +479,11 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
                     401, f"the client certificate chain is not acceptable: {exc}", rule
                 ) from None
         request[PRINCIPAL] = principal
+    elif (bearer := _bearer(request)) is not None:
+        # No certificate: a token of a trusted issuer authenticates its mapped owner, marked
+        # `bearer` (policy lets it read and submit, not obtain: token.bearer_restricted).
+        where = f"{request.method} {request.path[:200]}"
+        request[PRINCIPAL] = (await token_identity(request, bearer, where)).principal
     else:
         request[PRINCIPAL] = anonymous(request.remote)
     tally = DecisionTally()
@@ -490,6 +497,15 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         log.error("route %s answered without a policy decision; refused", request.path)
         raise Problem(500, "internal error: the route made no policy decision")
     return response
+
+
+def _bearer(request: web.Request) -> str | None:
+    """A bearer token to authenticate with: not on open routes (they need nobody), nor on
+    the exchange (its token is in the form)."""
+    handler = request.match_info.handler
+    if handler in request.app[OPEN] or request.path == "/v1/token-exchange":
+        return None
+    return bearer_token(request)
 
 
 async def _audit_failed_authentication(

@@ -24,7 +24,7 @@ from ..names import escape
 from ..principal import local_operator
 from ..repository import DEFAULT_NAME, Repository, RepositoryError, StoreOptions
 from ..sealing import SealingError
-from . import common, myproxy_import, vo_admin
+from . import common, myproxy_import, token_map, vo_admin
 
 if TYPE_CHECKING:
     from ..tasks import TaskService
@@ -378,6 +378,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=_import)
     myproxy_import.add_parser(cmds)
     vo_admin.add_parser(cmds, _repo)
+    token_map.add_parser(cmds, _repo)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -64,10 +64,11 @@ UNSUPPORTED: dict[str, str] = {
     "proxy_extfile": "issued proxies carry a fixed set of extensions; no extension files",
     "proxy_extapp": f"issued proxies carry a fixed set of extensions; {_CALLOUT}",
     "voms_userconf": (
-        "proxyd signs VOMS ACs itself; describe each VO in a [[voms]] table (docs/myproxy.md)"
+        "not converted: add a [[voms]] table per VO, with vomses = the servers this file "
+        "lists (proxyd then fetches ACs from them as myproxy-server did), see docs/myproxy.md"
     ),
     "allow_voms_attribute_requests": (
-        "proxyd answers VONAME requests from its [[voms]] tables; add one per VO to serve"
+        "not needed: proxyd answers VONAME= for every VO that has a [[voms]] table"
     ),
     "slave_servers": (
         "no replication: run several instances on one PostgreSQL ([server] database)"

@@ -3,10 +3,12 @@
 Members live in the database (`proxyd.store.members`) and the attribute
 authorities read them on every issuance, so a change applies to the next
 request in every worker and instance, without a restart. Each change is
-decided as an administrative operation (`admin.admins`, or the local
-operator) and commits with its audit event (I6); the event's owner is the
-member's DN and its FQANs what the member holds after the change, so an
-auditor finds a member's history by owner. Lists are audited reads.
+decided as an administrative operation of its own, `vo_members` (rule
+`admin.admins`, or `admin.local_operator`), and commits with its audit event
+(I6); the event's owner is the member's DN and its FQANs what the member
+holds after the change, so an auditor finds a member's history by owner.
+The policy request names no owner: a banned DN can still be removed. Lists
+are audited reads.
 
 The `[voms.members]` TOML tables are seed data: the first start that finds a
 VO not yet seeded copies its table in (one audited event); from then
@@ -95,9 +97,9 @@ class VoMembership(CoreBase):
     ) -> tuple[str, ...]:
         """Make `dn` a member of `vo` holding `fqans` (none given: the root group `/vo`)."""
         decision = self.gate.decide(
-            principal, policy.Request(Operation.ADMIN, owner=dn), None, name=None
+            principal, policy.Request(Operation.VO_MEMBERS), None, name=None
         )
-        with self.gate.act(principal, Operation.ADMIN, decision, owner=dn, name=None) as act:
+        with self.gate.act(principal, Operation.VO_MEMBERS, decision, owner=dn, name=None) as act:
             act.detail = f"vo {vo[:100]} add-member"
             held = self._fqans_of(self._vo_of(vo), fqans or (f"/{vo}",))
             _check_dn(dn)
@@ -113,9 +115,9 @@ class VoMembership(CoreBase):
     def remove_member(self, principal: Principal, vo: str, dn: str) -> tuple[str, ...]:
         """Remove `dn` from `vo`; the FQANs it held. NotFound (`vo.not_member`) if none."""
         decision = self.gate.decide(
-            principal, policy.Request(Operation.ADMIN, owner=dn), None, name=None
+            principal, policy.Request(Operation.VO_MEMBERS), None, name=None
         )
-        with self.gate.act(principal, Operation.ADMIN, decision, owner=dn, name=None) as act:
+        with self.gate.act(principal, Operation.VO_MEMBERS, decision, owner=dn, name=None) as act:
             act.detail = f"vo {vo[:100]} remove-member"
             self._vo_of(vo)
             held = remove_member(act.conn, vo, dn)
@@ -137,9 +139,9 @@ class VoMembership(CoreBase):
     ) -> tuple[str, ...]:
         verb = "grant" if grant else "revoke"
         decision = self.gate.decide(
-            principal, policy.Request(Operation.ADMIN, owner=dn), None, name=None
+            principal, policy.Request(Operation.VO_MEMBERS), None, name=None
         )
-        with self.gate.act(principal, Operation.ADMIN, decision, owner=dn, name=None) as act:
+        with self.gate.act(principal, Operation.VO_MEMBERS, decision, owner=dn, name=None) as act:
             act.detail = f"vo {vo[:100]} {verb} {names.shown(fqan)}"
             self._vo_of(vo)
             wanted = self._fqans_of(vo, [fqan])[-1]
@@ -161,7 +163,7 @@ class VoMembership(CoreBase):
     def list_members(self, principal: Principal, vo: str | None = None) -> list[Member]:
         """The members (of `vo`, or of every VO served), by VO and DN."""
         detail = f"list members of VO {vo[:100]}" if vo else "list VO members"
-        self.gate.read(principal, policy.Request(Operation.ADMIN), detail=detail)
+        self.gate.read(principal, policy.Request(Operation.VO_MEMBERS), detail=detail)
         if vo is not None:
             self._vo_of(vo)
         with self.engine.connect() as conn:
@@ -180,9 +182,9 @@ def seed_configured_members(gate: Gate, vos: Sequence[VoConfig], clock: Clock) -
     if not pending:
         return {}
     operator = local_operator()
-    decision = gate.decide(operator, policy.Request(Operation.ADMIN), None, name=None)
+    decision = gate.decide(operator, policy.Request(Operation.VO_MEMBERS), None, name=None)
     done: dict[str, int] = {}
-    with gate.act(operator, Operation.ADMIN, decision, owner=None, name=None) as act:
+    with gate.act(operator, Operation.VO_MEMBERS, decision, owner=None, name=None) as act:
         for vo in pending:
             members = {dn: normalise_fqans(vo.vo, f) for dn, f in vo.members.items()}
             added = seed_vo(act.conn, vo.vo, members, operator.identity, clock())

@@ -24,13 +24,17 @@ from ..store.token_map import (
 from .base import CoreBase
 from .errors import BadRequest, NotFound
 
-__all__ = ["TokenMaps", "TokenMapping"]
+__all__ = ["TokenMapping", "TokenMaps"]
 
 MAX_SUBJECT = 255  # what the WLCG profile check accepts (tokens.profile)
 
 
 def _checked(issuer: str, subject: str, dn: str | None) -> None:
-    if not issuer.startswith("https://") or len(issuer) > 1024 or names.first_unsafe(issuer) is not None:
+    if (
+        not issuer.startswith("https://")
+        or len(issuer) > 1024
+        or names.first_unsafe(issuer) is not None
+    ):
         raise BadRequest(
             f"issuer {names.shown(issuer)} refused: an issuer is its https:// URL, as the "
             "tokens' iss claim and [[tokens.issuers]] url say it",

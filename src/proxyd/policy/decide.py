@@ -533,14 +533,16 @@ def _task_cancel(
 ) -> Decision:
     # Auditors read tasks but must not change them; a limited proxy (a payload
     # of the owner's) must not cancel (or reschedule) the owner's other work.
+    verb = "reschedule" if request.operation is Operation.TASK_RESCHEDULE else "cancel"
     if principal.limited:
-        verb = "reschedule" if request.operation is Operation.TASK_RESCHEDULE else "cancel"
         return _deny("task.limited", f"a limited proxy may not {verb} tasks")
     if request.owner is not None and request.owner == principal.identity:
-        return Decision(True, "task.owner", "the owner cancels its own task", limited=False)
+        return Decision(True, "task.owner", f"the owner may {verb} its own task", limited=False)
+    if principal.kind is PrincipalKind.OPERATOR:  # `proxyd admin reschedule` on the server
+        return _LOCAL_OPERATOR
     if any_matches(config.admins, principal.identity, principal.fqans):
         return Decision(True, "task.admins", "listed in admins", limited=False)
-    return _deny("task.not_owner", "only the owner and admins may cancel a task")
+    return _deny("task.not_owner", f"only the owner and admins may {verb} a task")
 
 
 def _task_match(
@@ -655,6 +657,7 @@ _HANDLERS = {
     Operation.AUDIT_READ: _audit_read,
     Operation.METRICS_READ: _metrics_read,
     Operation.ADMIN: _admin,
+    Operation.VO_MEMBERS: _admin,  # administration, recorded apart: a VO's membership history
     Operation.REMIND: _remind,
     Operation.SET_CONTACT: _set_contact,
     Operation.TASK_SUBMIT: _task_submit,

@@ -40,6 +40,7 @@ class Operation(enum.StrEnum):
     REMIND = "remind"  # an expiry reminder to a credential's owner
     SET_CONTACT = "set_contact"  # an owner's address for reminders
     TOKEN_EXCHANGE = "token_exchange"  # noqa: S105 - an operation name (RFC 8693, token -> proxy)
+    VO_MEMBERS = "vo_members"  # the members of a VO of proxyd's own AA (proxyd admin vo)
 
 
 class AuthMethod(enum.StrEnum):

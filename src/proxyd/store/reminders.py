@@ -79,10 +79,11 @@ def claim(
         "channels": channels,
     }
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    result = conn.execute(
-        insert(ReminderRow).values(**values).on_conflict_do_nothing(),
-    )
-    return bool(result.rowcount == 1)
+    # RETURNING, not rowcount: the driver does not report a row count for this statement.
+    claimed = conn.execute(
+        insert(ReminderRow).values(**values).on_conflict_do_nothing().returning(ReminderRow.id)
+    ).scalar_one_or_none()
+    return claimed is not None
 
 
 def unclaim(

@@ -13,7 +13,9 @@ generation, and neither can hand out anything wrong:
 * the authentication proxy and its TLS context, per stored chain, reused
   for AUTH_REUSE of its AUTH_LIFETIME;
 * the ACs, per (holder certificate, FQANs), reused only while the AC covers
-  the new proxy and outlasts it by at most the rounding, for at most
+  the new proxy and outlasts it by at most about an hour (ACs are asked to
+  end just before the hour after the proxy, so proxies of one hour share
+  one), for at most
   AC_REUSE after it was fetched, and verified again against the current
   trust store on every reuse. A suspension or role removal at the VO thus
   reaches new proxies within AC_REUSE; ACs already issued keep their own
@@ -57,6 +59,10 @@ _SHA256 = hashes.SHA256()
 AUTH_LIFETIME = dt.timedelta(minutes=15)
 AUTH_REUSE = dt.timedelta(minutes=5)
 AC_REUSE = dt.timedelta(minutes=10)
+# ACs are asked to end a minute before the hour after the proxy: a server that grants
+# exactly what is asked (VOMS) and one that rounds up to the hour (proxyd's [aa]) both give
+# an AC that covers the proxy and that later proxies of the hour can share.
+_SLACK = dt.timedelta(minutes=1)
 
 __all__ = ["AC_REUSE", "UpstreamAuthority", "UpstreamRefusal", "load_upstreams"]
 
@@ -124,13 +130,14 @@ class UpstreamAuthority:
         if (
             cached is not None
             and now - cached.fetched <= AC_REUSE
-            and limit <= cached.ac.not_after <= limit + AC_ROUNDING
+            and limit <= cached.ac.not_after <= limit + AC_ROUNDING + 2 * _SLACK
         ):
             try:
                 return self._verified(cached.ac, holder, now)
             except UpstreamRefusal:
                 pass  # the trust store changed: ask the server again
-        ask = min(_round_up(limit, AC_ROUNDING) - now, self.config.max_lifetime)
+        end = _round_up(limit + 2 * _SLACK, AC_ROUNDING) - _SLACK
+        ask = min(end - now, self.config.max_lifetime)
         request = wire.AcRequest(tuple(fqans), max(60, int(ask.total_seconds())))
         servers = select(self.config.servers, vomses_lines)
         fetched = self.client.fetch(servers, self._context(chain, key), request)
