@@ -59,6 +59,8 @@ from collections.abc import Iterable
 from voms_ext import VomsExtError
 from voms_ext.fqan import parse_fqan
 
+from .ere import MAX_REPEAT, Atom, Cat, EreError, Matcher, Node, Rep, parse, to_python
+
 __all__ = [
     "FQAN_PREFIX",
     "MAX_REPEAT",
@@ -81,24 +83,6 @@ __all__ = [
 
 FQAN_PREFIX = "FQAN:"
 SUBJECT_PREFIX = "SUBJECT:"
-MAX_REPEAT = 255  # POSIX allows 32767; nothing in a DN needs more, and big counts are slow
-
-# POSIX classes as the C locale defines them.
-_CLASSES = {
-    "alpha": "A-Za-z",
-    "digit": "0-9",
-    "alnum": "0-9A-Za-z",
-    "upper": "A-Z",
-    "lower": "a-z",
-    "space": " \\t\\n\\r\\f\\v",
-    "blank": " \\t",
-    "punct": "!-/:-@\\[-`{-~",
-    "print": " -~",
-    "graph": "!-~",
-    "cntrl": "\\x00-\\x1f\\x7f",
-    "xdigit": "0-9A-Fa-f",
-}
-_QUANTIFIERS = "*+?"
 
 
 class PatternError(ValueError):
@@ -151,229 +135,33 @@ def to_ere(pattern: str) -> str:
     return "^(" + "".join(ch for ch, _ in _convert(pattern)) + ")$"
 
 
-def _class_char(ch: str) -> str:
-    return "\\" + ch if ch.isascii() and not ch.isalnum() else ch
-
-
-class _Translator:
-    """One ERE body (the part between MyProxy's `^(` and `)$`) into a Python expression."""
-
-    def __init__(self, pattern: str, chars: list[tuple[str, int]]) -> None:
-        self.pattern = pattern
-        self.chars = chars
-        self.i = 0
-
-    def fail(self, why: str, at: int | None = None) -> PatternError:
-        index = self.i if at is None else at
-        if index < len(self.chars):
-            position: int | None = self.chars[index][1]
-        else:
-            position = len(self.pattern) - 1 if self.pattern else None
-        return PatternError(self.pattern, position, why)
-
-    def peek(self, ahead: int = 0) -> str | None:
-        j = self.i + ahead
-        return self.chars[j][0] if j < len(self.chars) else None
-
-    def run(self) -> str:
-        stack: list[list[str]] = []
-        opened: list[int] = []
-        seq: list[str] = []
-        last = "none"  # none (start, after `(` or `|`), anchor, atom, quantified
-        while self.i < len(self.chars):
-            ch = self.chars[self.i][0]
-            start = self.i
-            self.i += 1
-            if ch in _QUANTIFIERS or ch == "{":
-                if last in ("none", "anchor"):
-                    raise self.fail(f"{ch!r} has nothing to repeat", start)
-                quantifier = ch if ch != "{" else self.interval(start)
-                if last == "quantified":  # POSIX allows `a**`; Python reads `a*+` otherwise
-                    seq[-1] = f"(?:{seq[-1]})"
-                seq[-1] += quantifier
-                last = "quantified"
-            elif ch == "(":
-                stack.append(seq)
-                opened.append(start)
-                seq, last = [], "none"
-            elif ch == ")":
-                if not stack:
-                    raise self.fail(
-                        "this ')' has no '(' and would close the '^(' that MyProxy wraps "
-                        "every pattern in, so the pattern would match DNs that merely start "
-                        "or end with part of it; write '\\)' for a literal parenthesis",
-                        start,
-                    )
-                inner = "".join(seq)
-                seq = stack.pop()
-                opened.pop()
-                seq.append(f"(?:{inner})")
-                last = "atom"
-            elif ch == "|":
-                seq.append("|")
-                last = "none"
-            elif ch == "^":
-                seq.append("^")
-                last = "anchor"
-            elif ch == "$":
-                seq.append("\\Z")
-                last = "anchor"
-            elif ch == ".":
-                seq.append(".")
-                last = "atom"
-            elif ch == "[":
-                seq.append(self.bracket(start))
-                last = "atom"
-            elif ch == "\\":
-                seq.append(self.escape(start))
-                last = "atom"
-            else:
-                seq.append(re.escape(ch))
-                last = "atom"
-        if stack:
-            raise self.fail(
-                "this '(' is never closed; for a literal parenthesis write '\\('", opened[-1]
-            )
-        return "".join(seq)
-
-    def escape(self, start: int) -> str:
-        nxt = self.peek()
-        if nxt is None:
-            raise self.fail(
-                "an escaped backslash at the end escapes MyProxy's closing ')', and "
-                "myproxy-server cannot compile the result (it matches no one)",
-                start,
-            )
-        self.i += 1
-        if nxt.isascii() and nxt.isalnum():
-            what = (
-                "a back-reference"
-                if nxt.isdigit()
-                else "a GNU or Perl escape (POSIX gives it no meaning)"
-            )
-            raise self.fail(f"'\\{nxt}' is {what}; proxyd refuses it rather than guess", start)
-        if nxt in "<>`'":
-            raise self.fail(f"'\\{nxt}' is a GNU word or buffer anchor, not POSIX", start)
-        return re.escape(nxt)
-
-    def interval(self, start: int) -> str:
-        text = ""
-        while (ch := self.peek()) is not None and ch != "}":
-            text += ch
-            self.i += 1
-        if self.peek() != "}":
-            raise self.fail(
-                "'{' starts an interval such as {2} or {1,3}; for a literal brace write '\\{'",
-                start,
-            )
-        self.i += 1
-        match = re.fullmatch(r"([0-9]*)(,?)([0-9]*)", text)
-        if match is None or not (match.group(1) or match.group(2)):
-            raise self.fail(f"'{{{text}}}' is not an interval such as {{2}} or {{1,3}}", start)
-        low_text, comma, high_text = match.groups()
-        low = int(low_text) if low_text else 0
-        high = int(high_text) if high_text else None
-        if max(low, high or 0) > MAX_REPEAT:
-            raise self.fail(f"an interval over {MAX_REPEAT} repetitions", start)
-        if high is not None and high < low:
-            raise self.fail(f"the interval '{{{text}}}' runs backwards", start)
-        if not comma:
-            return f"{{{low}}}"
-        return f"{{{low},{'' if high is None else high}}}"
-
-    def bracket(self, start: int) -> str:
-        members: list[str] = []
-        negate = self.peek() == "^"
-        if negate:
-            self.i += 1
-        first = True
-        raw = ""  # the text of the expression, for the `[:alpha:]` trap
-        while True:
-            ch = self.peek()
-            if ch is None:
-                raise self.fail("this '[' is never closed", start)
-            if ch == "]" and not first:
-                self.i += 1
-                break
-            first = False
-            if ch == "[" and self.peek(1) in (":", ".", "="):
-                kind = self.peek(1)
-                item = self.bracket_item(start)
-                if kind == ":":
-                    members.append(item)
-                    raw += "\0"
-                    if self.peek() == "-" and self.peek(1) not in ("]", None):
-                        raise self.fail("a class cannot start a range", self.i)
-                    continue
-                low = item
-            else:
-                self.i += 1
-                raw += ch
-                low = ch
-            if self.peek() == "-" and self.peek(1) not in ("]", None):
-                self.i += 1
-                if self.peek() == "[" and self.peek(1) in (":", ".", "="):
-                    if self.peek(1) == ":":
-                        raise self.fail("a class cannot end a range", self.i)
-                    high = self.bracket_item(start)
-                else:
-                    high = self.peek() or ""
-                    self.i += 1
-                if ord(high) < ord(low):
-                    raise self.fail(f"the range '{low}-{high}' runs backwards", start)
-                members.append(f"{_class_char(low)}-{_class_char(high)}")
-                raw += "-" + high
-            else:
-                members.append(_class_char(low))
-        if not negate and len(raw) > 2 and raw[0] == ":" and raw[-1] == ":":
-            raise self.fail(
-                f"'[{raw}]' is the set of the characters {raw!r}, not the class it looks "
-                f"like; write '[[{raw}]]' for the class",
-                start,
-            )
-        return "[" + ("^" if negate else "") + "".join(members) + "]"
-
-    def bracket_item(self, start: int) -> str:
-        """`[:name:]` (a class, as Python class text) or `[.c.]` / `[=c=]` (the one character)."""
-        kind = self.peek(1) or ""
-        self.i += 2
-        text = ""
-        while not (self.peek() == kind and self.peek(1) == "]"):
-            ch = self.peek()
-            if ch is None:
-                raise self.fail(f"'[{kind}' is never closed by '{kind}]'", start)
-            text += ch
-            self.i += 1
-        self.i += 2
-        if kind == ":":
-            if text not in _CLASSES:
-                raise self.fail(
-                    f"'[:{text}:]' is no POSIX class (known: {', '.join(sorted(_CLASSES))})",
-                    start,
-                )
-            return _CLASSES[text]
-        if len(text) != 1:
-            raise self.fail(
-                f"'[{kind}{text}{kind}]': only one-character collating elements and "
-                "equivalence classes are supported",
-                start,
-            )
-        return text
-
-
 @functools.lru_cache(maxsize=2048)
+def _tree(body: str) -> Node:
+    """The ERE tree of a pattern without its prefix; PatternError naming the pattern's own
+    character (not the ERE's) where it is refused."""
+    chars = _convert(body)
+    try:
+        return parse("".join(ch for ch, _ in chars))
+    except EreError as exc:
+        if exc.index < len(chars):
+            position: int | None = chars[exc.index][1]
+        else:
+            position = len(body) - 1 if body else None
+        raise PatternError(body, position, exc.why) from None
+
+
 def translate(body: str) -> str:
-    """The Python expression equivalent to MyProxy's reading of `body` (a pattern without its
-    `FQAN:`/`SUBJECT:` prefix), to be used with `fullmatch`. Raises PatternError."""
-    return _Translator(body, _convert(body)).run()
+    """A Python expression with the meaning MyProxy gives `body` (a pattern without its
+    `FQAN:`/`SUBJECT:` prefix), for `re.fullmatch` with re.DOTALL; PatternError if refused.
+    For people and tests: proxyd matches with `ere.Matcher`, which never backtracks."""
+    return to_python(_tree(body))
 
 
 @functools.lru_cache(maxsize=4096)
-def _compiled(body: str, ignore_case: bool) -> re.Pattern[str] | None:
+def _compiled(body: str, ignore_case: bool) -> Matcher | None:
     try:
-        expression = translate(body)
-        return re.compile(f"(?:{expression})", re.DOTALL | (re.IGNORECASE if ignore_case else 0))
-    except (PatternError, re.error, RecursionError, OverflowError):
+        return Matcher(_tree(body), ignore_case=ignore_case)
+    except PatternError:
         return None
 
 
@@ -388,13 +176,11 @@ def check_pattern(pattern: str, *, fqan: bool = True) -> None:
     if kind == "fqan" and not fqan:
         raise PatternError(pattern, 0, "this list matches DNs only; 'FQAN:' is not allowed here")
     try:
-        translate(body)
+        _tree(body)
     except PatternError as exc:
         offset = len(pattern) - len(body)
         position = None if exc.position is None else exc.position + offset
         raise PatternError(pattern, position, exc.why) from None
-    if _compiled(body, False) is None:  # e.g. nested too deeply for Python's compiler
-        raise PatternError(pattern, None, "too complex to compile")
 
 
 def matches(pattern: str, dn: str, fqans: Iterable[str] = ()) -> bool:
@@ -406,8 +192,8 @@ def matches(pattern: str, dn: str, fqans: Iterable[str] = ()) -> bool:
     if regex is None:
         return False
     if kind == "fqan":
-        return any(regex.fullmatch(_long_fqan(f)) is not None for f in fqans)
-    return regex.fullmatch(dn) is not None
+        return any(regex.fullmatch(_long_fqan(f)) for f in fqans)
+    return regex.fullmatch(dn)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -438,22 +224,20 @@ def any_dn_matches(patterns: Iterable[str], dn: str) -> bool:
 
 
 @functools.lru_cache(maxsize=1024)
-def _glob(pattern: str) -> re.Pattern[str]:
-    parts = []
+def _glob(pattern: str) -> Matcher:
+    items: list[Node] = []
     for ch in pattern:
         if ch == "*":
-            parts.append(".*")
-        elif ch == "?":
-            parts.append(".")
+            items.append(Rep(Atom("."), 0, None))
         else:
-            parts.append(re.escape(ch))
-    return re.compile("".join(parts), re.DOTALL)
+            items.append(Atom("." if ch == "?" else re.escape(ch)))
+    return Matcher(Cat(tuple(items)))
 
 
 def glob_matches(pattern: str, text: str) -> bool:
     """`*` any run of characters, `?` one, everything else literal; the whole text. For
     proxyd's own lists that never were MyProxy's (site names, pilot site bindings)."""
-    return _glob(pattern).fullmatch(text) is not None
+    return _glob(pattern).fullmatch(text)
 
 
 def any_glob_matches(patterns: Iterable[str], text: str) -> bool:
@@ -524,7 +308,7 @@ def dn_denied(pattern: str, dn: str) -> bool:
         return False  # deny lists see DNs only (check_pattern(fqan=False) refuses these)
     targets = dn_spellings(dn)
     folded = dn_spellings(body)
-    if any(_glob(p).fullmatch(t) is not None for p in folded for t in targets):
+    if any(_glob(p).fullmatch(t) for p in folded for t in targets):
         return True
     for candidate in (body, *folded):
         regex = _compiled(candidate, True)

@@ -437,6 +437,11 @@ _ALL = (
     ),
     Rule("admin.not_banned", "An unban named an owner, user or host that is not banned.", None),
     Rule("admin.already_banned", "A ban named a user or host that is banned already.", None),
+    Rule(
+        "vo_members.admins",
+        "Changing or listing the members of a VO needs a DN listed in admins.",
+        None,
+    ),
     Rule("vo.already_member", "add-member named a DN that is a member of the VO already.", None),
     Rule("vo.not_member", "A membership change named a DN that is not a member of the VO.", None),
     Rule("vo.fqan_held", "A grant named an FQAN the member holds already.", None),

@@ -49,7 +49,8 @@ from proxyd.config import Config
 from proxyd.devpki import DevPKI, user_dn
 from proxyd.issuer import AttributeAuthority, VomsRequest, load_authorities
 from proxyd.policy import DecisionTally, Operation, current_tally
-from proxyd.principal import Principal, anonymous, local_operator
+from proxyd.core.exchange import TokenIdentity
+from proxyd.principal import Principal, PrincipalKind, anonymous, local_operator
 from proxyd.reminders.settings import RemindersConfig
 from proxyd.repository import PendingStore, Repository, RepositoryError, StoreOptions
 from proxyd.sealing import MasterKeyring
@@ -59,6 +60,7 @@ from proxyd.taskqueue import Accounting, Payload, PilotCapabilities, TaskFilter,
 from proxyd.taskqueue.base import TaskQueue
 from proxyd.taskqueue.sql import SqlTaskQueue
 from proxyd.tasks import TaskService
+from proxyd.tokens.profile import TokenFacts, TrustedIssuer
 from proxyd.tokens.settings import TokensConfig
 from tests.conftest import throwaway_postgres
 from tests.support.grid import (
@@ -351,6 +353,23 @@ def _token_via_repo(world: World, secret: str | None) -> Any:
     return world.repo.payload_token(world.who("pilot"), world.state["task"], queue)
 
 
+TOKEN_ISS = "https://iam.example.org"
+
+
+def _eve_mapped(world: World) -> None:
+    world.repo.add_token_mapping(world.who("carol"), TOKEN_ISS, "eve", EVE)
+
+
+def _alice_token(groups: tuple[str, ...]) -> TokenIdentity:
+    """What token_identity gives for a verified token of alice's (verified over HTTPS in
+    tests/tokens): the exchange's decision and effect are what I6 is about here."""
+    issuer = TrustedIssuer(TOKEN_ISS, ("proxyd",), "proxyd.retrieve", "dteam")
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    facts = TokenFacts(TOKEN_ISS, "alice", "jti-1", ("proxyd",), (), groups, expires, None)
+    who = Principal(ALICE, PrincipalKind.USER, address="127.0.0.1", bearer=True)
+    return TokenIdentity(who, issuer, facts)
+
+
 def _admin_read(method: str) -> list[Scenario]:
     """An operation that is a read of admins or auditors (carol), refused to alice."""
     rule = {
@@ -359,7 +378,8 @@ def _admin_read(method: str) -> list[Scenario]:
         "inventory": "audit_read.auditors",
         "authorize_metrics": "metrics_read.readers",
         "list_bans": "admin.admins",
-        "list_members": "admin.admins",
+        "list_members": "vo_members.admins",
+        "list_token_mappings": "admin.admins",
         "list_credentials": "admin.admins",
         "review_credentials": "admin.admins",
     }[method]
@@ -594,6 +614,7 @@ SCENARIOS: list[Scenario] = [
     *_admin_read("authorize_metrics"),
     *_admin_read("list_bans"),
     *_admin_read("list_members"),
+    *_admin_read("list_token_mappings"),
     *_admin_read("list_credentials"),
     *_admin_read("review_credentials"),
     *_admin_read("inventory"),
@@ -703,7 +724,7 @@ SCENARIOS: list[Scenario] = [
         "Repository.add_member-refused-alice",
         R("add_member"),
         lambda w: w.repo.add_member(w.who("alice"), "dteam", EVE, ["/dteam"]),
-        refused="admin.admins",
+        refused="vo_members.admins",
     ),
     Scenario(
         "Repository.add_member-refused-already-member",
@@ -735,7 +756,7 @@ SCENARIOS: list[Scenario] = [
         R("grant"),
         lambda w: w.repo.grant(w.who("alice"), "dteam", EVE, "/dteam/Role=production"),
         setup=_eve_in_dteam,
-        refused="admin.admins",
+        refused="vo_members.admins",
     ),
     Scenario(
         "Repository.revoke",
@@ -749,6 +770,55 @@ SCENARIOS: list[Scenario] = [
         lambda w: w.repo.revoke(w.who("carol"), "dteam", EVE, "/dteam/Role=production"),
         setup=_eve_in_dteam,
         refused="vo.fqan_not_held",
+    ),
+    # --- tokens in: mappings (proxyd admin token-map) and the exchange (RFC 8693)
+    Scenario(
+        "Repository.add_token_mapping",
+        R("add_token_mapping"),
+        lambda w: w.repo.add_token_mapping(w.who("carol"), TOKEN_ISS, "eve", EVE),
+    ),
+    Scenario(
+        "Repository.add_token_mapping-refused-alice",
+        R("add_token_mapping"),
+        lambda w: w.repo.add_token_mapping(w.who("alice"), TOKEN_ISS, "eve", EVE),
+        refused="admin.admins",
+    ),
+    Scenario(
+        "Repository.add_token_mapping-refused-exists",
+        R("add_token_mapping"),
+        lambda w: w.repo.add_token_mapping(w.who("carol"), TOKEN_ISS, "eve", ALICE),
+        setup=_eve_mapped,
+        refused="token_map.exists",
+    ),
+    Scenario(
+        "Repository.remove_token_mapping",
+        R("remove_token_mapping"),
+        lambda w: w.repo.remove_token_mapping(w.who("carol"), TOKEN_ISS, "eve"),
+        setup=_eve_mapped,
+    ),
+    Scenario(
+        "Repository.remove_token_mapping-refused-not-mapped",
+        R("remove_token_mapping"),
+        lambda w: w.repo.remove_token_mapping(w.who("carol"), TOKEN_ISS, "eve"),
+        refused="token_map.not_found",
+    ),
+    Scenario(
+        "Repository.exchange_token",
+        R("exchange_token"),
+        lambda w: w.repo.exchange_token(_alice_token(("/dteam",)), csr()),
+    ),
+    Scenario(
+        "Repository.exchange_token-refused-not-held",
+        R("exchange_token"),
+        lambda w: w.repo.exchange_token(_alice_token(("/dteam/nothere",)), csr()),
+        refused="voms.fqan_not_held",
+    ),
+    Scenario(
+        "Repository.exchange_token-refused-banned",
+        R("exchange_token"),
+        lambda w: w.repo.exchange_token(_alice_token(()), csr()),
+        setup=_ban_alice,
+        refused="ban.peer",
     ),
     Scenario(
         "Repository.rotate_master_key",
@@ -1083,6 +1153,9 @@ EXEMPT: dict[str, str] = {
     "Repository.record_failure": "records a refusal an edge decided (no decision of the core)",
     "Repository.openid_configuration": "public discovery document (open route), no decision",
     "Repository.jwks": "the public keys tokens are verified with (open route), no decision",
+    "Repository.token_identity": "authentication by a bearer token, no decision; its refusals "
+    "are audited by the edge's bounded failed-authentication log, as certificates' are",
+    "Repository.token_owner": "the mapping read token_identity authenticates with, no decision",
 }
 
 

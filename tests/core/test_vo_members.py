@@ -192,7 +192,7 @@ def test_add_member_is_decided_audited_and_read_by_the_next_issuance(
     assert (event["operation"], event["decision"], event["rule"]) == (
         "vo_members",
         "allow",
-        "admin.admins",
+        "vo_members.admins",
     )
     assert event["owner_dn"] == CAROL and event["fqans"] == ["/dteam", "/dteam/ops"]
     assert aa.held_fqans(CAROL) == ("/dteam", "/dteam/ops")
@@ -262,11 +262,11 @@ def test_only_admins_change_or_list_members(repo: Repository, ids: dict[str, Ide
     ):
         with pytest.raises(Denied) as refused:
             call()
-        assert refused.value.rule == "admin.admins"
+        assert refused.value.rule == "vo_members.admins"
         event = _last(repo)
         assert (event["decision"], event["rule"], event["actor_dn"]) == (
             "deny",
-            "admin.admins",
+            "vo_members.admins",
             ALICE,
         )
     assert repo.authorities["dteam"].held_fqans(DAVE) == ()

@@ -135,8 +135,8 @@ def test_the_admin_api_changes_members_for_admins_only(
         path = "/v1/vos/dteam/members"
 
         denied = carol.request("POST", path, {"dn": CAROL, "fqans": ["/dteam"]})
-        assert (denied.status, denied.json["rule"]) == (403, "admin.admins")
-        assert carol.request("GET", path).json["rule"] == "admin.admins"
+        assert (denied.status, denied.json["rule"]) == (403, "vo_members.admins")
+        assert carol.request("GET", path).json["rule"] == "vo_members.admins"
 
         added = bob.request("POST", path, {"dn": CAROL})
         assert (added.status, added.json) == (

@@ -46,10 +46,17 @@ class Storage:
     def proxy(self, who: str, vo: str | None, *, full: bool = False) -> tuple[Path, str]:
         """A proxy of `who`'s stored credential as the WMS host retrieves it (I3), with the
         ACs of `vo`: (its file, the policy language of its proxyCertInfo)."""
-        wms = principal(self.repo, load_identity(self.pki, "wms"))
-        key = spare_key(6)
-        voms = [VomsRequest.parse(vo)] if vo else []
-        issued = self.repo.retrieve(wms, who, csr_for(key), voms=voms, want_full=full)
+        base = self.repo.config
+        if full:  # the WMS named in full_delegation_hosts: the control beside I3's proxies
+            policy = dataclasses.replace(base.policy, full_delegation_hosts=(host_dn(WMS_HOST),))
+            self.repo.config = dataclasses.replace(base, policy=policy)
+        try:
+            wms = principal(self.repo, load_identity(self.pki, "wms"))
+            key = spare_key(6)
+            voms = [VomsRequest.parse(vo)] if vo else []
+            issued = self.repo.retrieve(wms, who, csr_for(key), voms=voms)
+        finally:
+            self.repo.config = base
         path = self.work / f"x509up-{who}-{vo}-{'full' if full else 'limited'}"
         write_credential_file(path, Credential(issued.certificates, key))
         return path, _policy_language(issued.certificates[0])
@@ -73,10 +80,6 @@ def _policy_language(cert: x509.Certificate) -> str:
 def storage(dev_pki: DevPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Storage]:
     require_xrootd(gsi=True)
     repo = make_repository(dev_pki, tmp_path_factory.mktemp("proxyd") / "state")
-    # The WMS is also named in full_delegation_hosts, so that it may ask for a full proxy
-    # when a test wants one: the control beside the limited proxies of I3.
-    policy = dataclasses.replace(repo.config.policy, full_delegation_hosts=(host_dn(WMS_HOST),))
-    repo.config = dataclasses.replace(repo.config, policy=policy)
     for who in ("alice", "carol"):  # dteam and ops members in the dev config
         delegate(repo, load_identity(dev_pki, who), StoreOptions(who))
     try:

@@ -117,7 +117,7 @@ def site(dev_pki: DevPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         pilot = principal(repo, load_identity(dev_pki, "pilot"))
         issuer = server.config.tokens.issuer
         assert issuer is not None
-        with running_xrootd(dev_pki, issuer=issuer, base_path="/dteam") as xrootd:
+        with running_xrootd(dev_pki, issuer=issuer, base_path="/dteam", gsi=True) as xrootd:
             work = tmp_path_factory.mktemp("payload")
             yield Site(server, xrootd, queue, pilot, work)
 
@@ -136,7 +136,7 @@ def test_xrootd_lets_a_payload_token_write_under_its_base_path(site: Site) -> No
     # Validated with the keys fetched from proxyd, for alice, with the VO's scopes.
     assert f"subject={user_dn('alice')}, issuer={site.server.config.tokens.issuer}" in log
     assert "groups=/dteam, authorizations=/dteam:read,dir,stat,excl_create" in log
-    assert f"operation=excl_create, path=/dteam/task-{task_id}.out" in log
+    print(log); assert f"operation=excl_create, path=/dteam/task-{task_id}.out" in log
 
     # Outside the base path the token grants nothing.
     rc, stderr, _ = site.write(token, f"/other/task-{task_id}.out", "x")

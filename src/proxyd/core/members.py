@@ -4,7 +4,7 @@ Members live in the database (`proxyd.store.members`) and the attribute
 authorities read them on every issuance, so a change applies to the next
 request in every worker and instance, without a restart. Each change is
 decided as an administrative operation of its own, `vo_members` (rule
-`admin.admins`, or `admin.local_operator`), and commits with its audit event
+`vo_members.admins`, or `admin.local_operator`), and commits with its audit event
 (I6); the event's owner is the member's DN and its FQANs what the member
 holds after the change, so an auditor finds a member's history by owner.
 The policy request names no owner: a banned DN can still be removed. Lists

@@ -12,11 +12,11 @@ The package, by what a grid operator would look for:
 | --- | --- |
 | `queue` | `SqlTaskQueue`: submission, owner bans, the reads; puts the rest together |
 | `matcher` | matching, alone or in batches (`store.batching.LeaderBatcher`) |
-| `situation` | what both matchers share: usage, bans and masks, the scan in fair-share order |
+| `situation` | what both matchers share: usage, bans, masks, limits, the scan in fair-share order |
 | `postgres` | the PostgreSQL matcher (one statement; FOR UPDATE SKIP LOCKED) |
 | `sqlite` | the SQLite matcher (pages per owner; BEGIN IMMEDIATE) |
-| `transitions` | the life cycle: pilot reports, reschedule, cancel |
-| `stalled` | the sweep of tasks whose pilot went silent |
+| `transitions` | the life cycle: pilot reports, reschedule, cancel; retries of failed attempts |
+| `stalled` | the sweep of tasks whose pilot went silent (retried up to `max_attempts`) |
 | `sites` | the site mask |
 | `usage` | the `fair_share` table: reservations and used wall time |
 | `writer` | write transactions and their audit events (I6) |
