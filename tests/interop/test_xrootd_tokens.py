@@ -4,7 +4,9 @@ Debian 12's XRootD 5.5.3 with the SciTokens plugin trusts proxyd as a token
 issuer for /dteam and fetches its keys from proxyd's discovery document over
 HTTPS (tests/support/xrootd.py); scitokens-cpp's `scitokens-verify` judges
 the tokens on its own. The tokens are obtained as the matched pilot obtains
-them (TaskService.payload_token with the match's assignment secret).
+them (TaskService.payload_token with the match's assignment secret). The
+server takes GSI clients too (VOMS proxies, judged by its authdb), as a site's
+storage element does.
 
 Scope paths are relative to the storage's `base_path` (WLCG profile): with
 `base_path = /dteam`, `storage.create:/` lets the token create files under
@@ -18,6 +20,7 @@ import dataclasses
 import datetime as dt
 import itertools
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +40,7 @@ from proxyd.taskqueue import Accounting, Payload, PilotCapabilities, TaskSpec
 from proxyd.taskqueue.sql import SqlTaskQueue
 from proxyd.tasks import TaskService
 from proxyd.tokens.settings import TokensConfig
-from tests.support.grid import delegate, load_identity, principal
+from tests.support.grid import csr_for, delegate, load_identity, principal, spare_key
 from tests.support.server import RunningServer, running_server
 from tests.support.xrootd import (
     XrootdServer,
@@ -46,6 +49,9 @@ from tests.support.xrootd import (
     running_xrootd,
     scitokens_verify,
 )
+from voms_ext import Credential, write_credential_file
+
+pytestmark = [pytest.mark.interop, pytest.mark.usefixtures("no_ambient_grid_identity")]
 
 SCOPES = {
     "dteam": ("storage.read:/", "storage.create:/"),  # relative to the storage's base path
@@ -89,13 +95,16 @@ class Site:
         self.queue.start(task_id, self.pilot.identity)
         self.queue.complete(task_id, self.pilot.identity, Accounting(cpu_s=1, wall_s=2))
 
-    def write(self, token: str, path: str, content: str) -> tuple[int, str, str]:
-        """xrdcp a new file to `path` with `token`: (exit code, its stderr, the server's log)."""
+    def write(
+        self, token: str, path: str, content: str, *, force: bool = False
+    ) -> tuple[int, str, str]:
+        """xrdcp a file to `path` with `token` (`force`: overwrite it): (exit code, its stderr,
+        the server's log)."""
         source = self.work / "payload-output.txt"
         source.write_text(content)
         seen = len(self.xrootd.log())
         env = self.xrootd.client_env(self.work, token=token)
-        done = self.xrootd.xrdcp(source, self.xrootd.url(path), env)
+        done = self.xrootd.xrdcp(source, self.xrootd.url(path), env, force=force)
         return done.returncode, done.stderr, self.xrootd.log()[seen:]
 
 
@@ -117,6 +126,7 @@ def site(dev_pki: DevPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         pilot = principal(repo, load_identity(dev_pki, "pilot"))
         issuer = server.config.tokens.issuer
         assert issuer is not None
+        # Tokens and GSI on one server, as a site runs it (and issue 21's grid in a box).
         with running_xrootd(dev_pki, issuer=issuer, base_path="/dteam", gsi=True) as xrootd:
             work = tmp_path_factory.mktemp("payload")
             yield Site(server, xrootd, queue, pilot, work)
@@ -136,11 +146,40 @@ def test_xrootd_lets_a_payload_token_write_under_its_base_path(site: Site) -> No
     # Validated with the keys fetched from proxyd, for alice, with the VO's scopes.
     assert f"subject={user_dn('alice')}, issuer={site.server.config.tokens.issuer}" in log
     assert "groups=/dteam, authorizations=/dteam:read,dir,stat,excl_create" in log
-    print(log); assert f"operation=excl_create, path=/dteam/task-{task_id}.out" in log
+    assert f"operation=excl_create, path=/dteam/task-{task_id}.out" in log
+
+    # storage.create creates, it does not overwrite (that is storage.modify); nor does the
+    # server's authdb for GSI clients lend the token's wlcg.groups its write rights.
+    rc, stderr, log = site.write(token, f"/dteam/task-{task_id}.out", "overwritten\n", force=True)
+    assert rc != 0, _explain(site, stderr)
+    assert written.read_text() == "events: 1000\n"
+    assert f"deny  *@? create /dteam/task-{task_id}.out" in log, log
 
     # Outside the base path the token grants nothing.
     rc, stderr, _ = site.write(token, f"/other/task-{task_id}.out", "x")
     assert rc != 0 and "is disallowed" in stderr, _explain(site, stderr)
+
+
+def test_the_payload_proxy_beside_the_token_writes_too(site: Site) -> None:
+    """The same server takes GSI: the payload's limited VOMS proxy (I2) of the same task is
+    accepted, decided by the VO in its AC (tests/interop/test_xrootd_gsi.py)."""
+    task_id, secret = site.assign("alice", "dteam")
+    key = spare_key(4)
+    service = TaskService(site.server.repo, site.queue)
+    issued = service.payload_proxy(site.pilot, task_id, csr_for(key), secret)
+    proxy = site.work / f"x509up-task-{task_id}"
+    write_credential_file(proxy, Credential(issued.certificates, key))
+    source = site.work / "proxy-output.txt"
+    source.write_text("by proxy\n")
+    seen = len(site.xrootd.log())
+    env = site.xrootd.client_env(site.work, proxy=proxy)
+    done = site.xrootd.xrdcp(source, site.xrootd.url(f"/dteam/proxy-{task_id}.out"), env)
+    assert done.returncode == 0, _explain(site, done.stderr)
+    assert (site.xrootd.data / "dteam" / f"proxy-{task_id}.out").read_text() == "by proxy\n"
+    log = site.xrootd.log()[seen:]
+    assert "XrdVomsFun: found VO: dteam" in log
+    grant = rf"acc_Audit: \S+ grant gsi \S+ create /dteam/proxy-{task_id}\.out\n"
+    assert re.search(grant, log), log
 
 
 def test_after_the_task_ends_no_token_and_an_expired_one_is_refused(site: Site) -> None:

@@ -188,11 +188,11 @@ class XrootdServer:
         return env
 
     def xrdcp(
-        self, source: Path | str, dest: Path | str, env: Mapping[str, str]
+        self, source: Path | str, dest: Path | str, env: Mapping[str, str], *, force: bool = False
     ) -> subprocess.CompletedProcess[str]:
-        """One `xrdcp` (no retries, no progress bar); never hangs the run."""
+        """One `xrdcp` (`force`: overwrite the target); never hangs the run."""
         return subprocess.run(
-            ["xrdcp", "--nopbar", str(source), str(dest)],
+            ["xrdcp", "--nopbar", *(["--force"] if force else []), str(source), str(dest)],
             env=dict(env),
             capture_output=True,
             text=True,
@@ -227,9 +227,12 @@ def scitokens_config(
     )
 
 
-# XRootD's own authorization database, for GSI clients: the VOMS group /dteam (from
-# the proxy's AC, via libXrdVoms) may do anything under /dteam; everybody may read.
-AUTHDB = "g /dteam /dteam a\nu * /dteam rl\n"
+# XRootD's own authorization database, for GSI clients: members of the VO dteam (the
+# `vorg` libXrdVoms takes from the proxy's AC) may do anything under /dteam; everybody may
+# read. Not `g /dteam`: the SciTokens plugin copies a token's wlcg.groups into the same
+# entity groups, so with "++" a group rule would lend token holders the group's rights
+# beyond their scopes (an excl_create token then gets create, i.e. overwrite).
+AUTHDB = "o dteam /dteam a\nu * /dteam rl\n"
 
 
 def xrootd_config(root: Path, port: int, *, export: str, tokens: bool, gsi: bool) -> str:
