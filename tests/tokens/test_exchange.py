@@ -301,6 +301,10 @@ def test_a_json_body_or_a_repeated_field_is_a_400(setup: Setup) -> None:
     raw = f"grant_type={GRANT}&grant_type={GRANT}".encode()
     reply = setup.client.request("POST", "/v1/token-exchange", raw=raw, headers=FORM)
     assert reply.status == 400 and "more than once" in reply.json["detail"]
+    for charset, data in (("nonesuch", b"grant_type=x"), ("utf-8", b"grant_type=\xff\xfe")):
+        form = {"Content-Type": f"application/x-www-form-urlencoded; charset={charset}"}
+        reply = setup.client.request("POST", "/v1/token-exchange", raw=data, headers=form)
+        assert reply.status == 400 and reply.json["error"] == "invalid_request", reply.body
 
 
 _FIELD = st.sampled_from(

@@ -110,18 +110,24 @@ def test_a_token_signed_by_a_trusted_issuer_verifies_over_https(
     assert issuer.fetches == ["/.well-known/openid-configuration", "/jwks"]  # cached after
 
 
-def test_a_rotated_issuer_key_is_fetched_once_then_cached(
-    issuer: LocalIssuer, dev_pki: DevPKI
+def test_a_rotation_needs_no_refetch_and_unknown_kids_are_rate_limited(
+    issuer: LocalIssuer, dev_pki: DevPKI, tmp_path: Path
 ) -> None:
     keys = IssuerKeys(ca_path=str(dev_pki.cert_dir))
     verify_token(issuer.mint(**_claims(iss=issuer.url)), [_trusted(issuer)], keys, NOW)
+    # The issuer's next key was published with the first: after a rotation, tokens it signs
+    # verify from the cached key set (relying parties cache key sets for minutes).
     issuer.keyring.rotate(dt.datetime.now(dt.UTC))
     time.sleep(1.1)  # the keyring notices a rotation by its index file, once a second
-    # A forced refetch is rate-limited: within a minute of the last fetch, the new kid is
-    # unknown. That bounds the load a stream of made-up kids puts on the issuer.
-    with pytest.raises(TokenRefused) as exc:
-        verify_token(issuer.mint(**_claims(iss=issuer.url)), [_trusted(issuer)], keys, NOW)
-    assert exc.value.rule == "token.signature"
+    verify_token(issuer.mint(**_claims(iss=issuer.url)), [_trusted(issuer)], keys, NOW)
+    assert issuer.fetches.count("/jwks") == 1
+    # A kid the issuer never published makes one refetch at most a minute: a stream of
+    # made-up kids cannot turn proxyd into a load on the issuer.
+    stranger = TokenKeyring.load_or_create(tmp_path / "stranger")
+    for _ in range(3):
+        with pytest.raises(TokenRefused) as exc:
+            verify_token(stranger.sign(_claims(iss=issuer.url)), [_trusted(issuer)], keys, NOW)
+        assert exc.value.rule == "token.signature"
     assert issuer.fetches.count("/jwks") == 1
 
 
@@ -170,26 +176,31 @@ def test_an_unreachable_issuer_is_its_own_rule(dev_pki: DevPKI, tmp_path: Path) 
     assert exc.value.rule == "token.issuer_unreachable"
 
 
-def test_proxyds_keyring_rotates_and_publishes_old_keys_while_needed(tmp_path: Path) -> None:
+def test_proxyds_keyring_publishes_the_next_key_and_old_keys_while_needed(
+    tmp_path: Path,
+) -> None:
     t0 = dt.datetime(2026, 12, 7, tzinfo=dt.UTC)
     ring = TokenKeyring.load_or_create(tmp_path / "keys", t0)
     first = ring.current_kid
     assert stat.S_IMODE((tmp_path / "keys" / f"{first}.pem").stat().st_mode) == 0o600
+    window = dt.timedelta(hours=12)
+    [current, upcoming] = [k["kid"] for k in ring.jwks(t0, window)["keys"]]
+    assert current == first and upcoming != first  # the next key is out before it signs
     token = ring.sign({"sub": "x"})
     second = ring.rotate(t0 + dt.timedelta(hours=1))
-    assert second != first and ring.current_kid == second
-    window = dt.timedelta(hours=12)
-    published = ring.jwks(t0 + dt.timedelta(hours=2), window)
-    assert [k["kid"] for k in published["keys"]] == [second, first]
+    assert second == upcoming and ring.current_kid == second
+    published = [k["kid"] for k in ring.jwks(t0 + dt.timedelta(hours=2), window)["keys"]]
+    assert published[0] == second and published[2] == first and len(published) == 3
+    third = published[1]  # the new next key
     # The old token still verifies with the published old key.
-    old = jwt.PyJWK(published["keys"][1])
+    old = jwt.PyJWK(ring.jwks(t0 + dt.timedelta(hours=2), window)["keys"][2])
     assert jwt.decode(token, old, algorithms=["ES256"])["sub"] == "x"
     later = t0 + dt.timedelta(hours=14)
-    assert [k["kid"] for k in ring.jwks(later, window)["keys"]] == [second]
+    assert [k["kid"] for k in ring.jwks(later, window)["keys"]] == [second, third]
     assert ring.prune(later, window) == [first]
     assert not (tmp_path / "keys" / f"{first}.pem").exists()
     # Another process's keyring sees the rotation without a restart.
     other = TokenKeyring.load_or_create(tmp_path / "keys")
-    third = ring.rotate(later)
+    assert ring.rotate(later) == third
     time.sleep(1.1)
     assert other.current_kid == third

@@ -1,10 +1,14 @@
 """proxyd's signing keys as a token issuer: ES256 keys in a directory, rotated, published.
 
 The directory holds one `<kid>.pem` (0600) per key and `keys.json`, which
-says which key is current and when each older one was retired. A retired
-key stays in the published key set for `publish_for` after its retirement
-(the longest a token it signed can live), so relying parties can verify
-every token still valid. Workers notice a rotation by the change of
+says which key is current, which is next, and when each older one was
+retired. The *next* key is published before it signs anything: relying
+parties cache key sets (scitokens-cpp for 10 minutes, without refetching on
+an unknown `kid`), so a rotation makes current the key they have had since
+the previous rotation, and a new next key starts its time in their caches.
+A retired key stays in the published key set for `publish_for` after its
+retirement (the longest a token it signed can live), so relying parties can
+verify every token still valid. Workers notice a rotation by the change of
 `keys.json` (checked at most once a second), without a restart.
 """
 
@@ -58,6 +62,7 @@ class TokenKeyring:
         self._lock = threading.Lock()
         self._keys: dict[str, _Key] = {}
         self._current = ""
+        self._next: str | None = None
         self._stamp: tuple[float, int] | None = None
         self._checked = 0.0
 
@@ -106,13 +111,16 @@ class TokenKeyring:
                 dt.datetime.fromisoformat(retired) if retired else None,
             )
         current = doc.get("current")
+        upcoming = doc.get("next")
+        if upcoming is not None and upcoming not in keys:
+            raise TokenKeyError(f"{path}: the next key {upcoming!r} is not in the directory")
         if current not in keys:
             raise TokenKeyError(f"{path}: the current key {current!r} is not in the directory")
         st = path.stat()
         self._keys, self._current, self._stamp = keys, current, (st.st_mtime, st.st_ino)
+        self._next = upcoming
 
-    def _write_new_key(self, now: dt.datetime, *, retire: bool) -> str:
-        doc = self._index()
+    def _make_key(self, doc: dict[str, Any], now: dt.datetime) -> str:
         kid = _new_kid()
         key = ec.generate_private_key(ec.SECP256R1())
         pem = key.private_bytes(
@@ -121,12 +129,19 @@ class TokenKeyring:
             serialization.NoEncryption(),
         )
         write_atomic(self.directory / f"{kid}.pem", pem, 0o600)
+        doc["keys"][kid] = {"created": now.isoformat(), "retired": None}
+        return kid
+
+    def _write_new_key(self, now: dt.datetime, *, retire: bool) -> str:
+        """Make the next key current (a new one if there is none) and a new next key."""
+        doc = self._index()
         if retire and doc.get("current") in doc["keys"]:
             doc["keys"][doc["current"]]["retired"] = now.isoformat()
-        doc["keys"][kid] = {"created": now.isoformat(), "retired": None}
-        doc["current"] = kid
+        upcoming = doc.get("next")
+        doc["current"] = upcoming if upcoming in doc["keys"] else self._make_key(doc, now)
+        doc["next"] = self._make_key(doc, now)
         _write_index(self.directory, doc)
-        return kid
+        return str(doc["current"])
 
     def _refresh(self) -> None:
         """Reload if another process rotated the keys (at most one stat a second)."""
@@ -184,12 +199,15 @@ class TokenKeyring:
         )
 
     def jwks(self, now: dt.datetime, publish_for: dt.timedelta) -> dict[str, Any]:
-        """The published key set: the current key and those retired within `publish_for`."""
+        """The published key set: the current key, the next one, and those retired within
+        `publish_for`."""
         with self._lock:
             self._refresh()
             keys = list(self._keys.values())
+            current, upcoming = self._current, self._next
+        rank = {current: 0, upcoming: 1}
         out = []
-        for k in sorted(keys, key=lambda k: k.created, reverse=True):
+        for k in sorted(keys, key=lambda k: (rank.get(k.kid, 2), -k.created.timestamp())):
             if k.retired is not None and k.retired + publish_for < now:
                 continue
             jwk: dict[str, Any] = json.loads(ECAlgorithm.to_jwk(k.private.public_key()))

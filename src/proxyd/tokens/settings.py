@@ -5,7 +5,7 @@ issuer = "https://proxyd.example.org:8443"   # iss of the tokens proxyd signs; o
 max_lifetime = "12h"                         # no token outlives this (nor its proxy)
 leeway = "60s"                               # clock skew allowed on inbound tokens (<= 5m)
 [tokens.scopes]                              # per VO: the scope of payload tokens
-dteam = ["storage.read:/dteam", "storage.create:/dteam"]
+dteam = ["storage.read:/", "storage.create:/"]  # relative to the storage's base_path for dteam
 [[tokens.issuers]]                           # inbound: whose tokens are accepted
 url = "https://iam.example.org/"
 audiences = ["https://proxyd.example.org"]
