@@ -47,7 +47,15 @@ test-latest:
 pki: setup
 	$(BIN)/proxyd dev-pki --out $(PKI)
 
+# Before serving, how to open the dashboard: the auditor's PKCS#12 (passphrase proxyd-dev)
+# in the browser, the dev CA trusted for websites (docs/tutorial.md, step by step).
 run: pki
+	@echo ""
+	@echo "Dashboard: https://localhost:8443/ui/ (as the auditor, once the browser has:)"
+	@echo "  - your certificate: import $(PKI)/users/auditor/usercred.p12, passphrase proxyd-dev"
+	@echo "  - an authority:     import $(PKI)/ca/ca.pem, trusted to identify websites"
+	@echo "  (docs/tutorial.md: the walk-through, with the steps for Firefox and Chromium)"
+	@echo ""
 	$(BIN)/proxyd serve --config $(PKI)/proxyd.toml
 
 test: setup

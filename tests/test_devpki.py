@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, pkcs12
 
 from proxyd.config import load_config
-from proxyd.devpki import DevPKI, generate
+from proxyd.devpki import PKCS12_PASSPHRASE, DevPKI, generate, user_dn
+from tests.support.https import ApiClient
+from tests.support.server import running_server
+from voms_ext import Credential, write_credential_file
 from voms_ext.names import dn_to_slash, subject_hash
 
 EXPECTED_FILES = [
@@ -32,6 +36,12 @@ EXPECTED_FILES = [
     "users/carol/userkey.pem",
     "pilot/usercert.pem",
     "pilot/userkey.pem",
+    "users/auditor/usercert.pem",
+    "users/auditor/userkey.pem",
+    "users/auditor/usercred.p12",
+    "users/admin/usercert.pem",
+    "users/admin/userkey.pem",
+    "users/admin/usercred.p12",
     "proxyd.toml",
 ]
 
@@ -54,7 +64,7 @@ def test_private_keys_are_0600_and_certs_readable(dev_pki: DevPKI) -> None:
         if not path.is_file():
             continue
         mode = stat.S_IMODE(path.stat().st_mode)
-        if "key" in path.name:
+        if "key" in path.name or path.suffix == ".p12":
             assert mode == 0o600, f"{path} is {oct(mode)}"
         else:
             assert mode & 0o077 in (0o044, 0o000) or mode == 0o644, f"{path} is {oct(mode)}"
@@ -132,11 +142,85 @@ def test_generate_is_idempotent_and_force_replaces(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["pki"], "scratch directories left behind"
 
 
-def test_cli_dev_pki(tmp_path: Path) -> None:
+def test_cli_dev_pki(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from proxyd.cli.main import main
 
     assert main(["dev-pki", "--out", str(tmp_path / "c")]) == 0
     assert (tmp_path / "c" / "proxyd.toml").is_file()
+    out = capsys.readouterr().out
+    pki = DevPKI(tmp_path / "c")
+    assert f"auditor:       {pki.pkcs12('auditor')}" in out
+    assert f"PKCS#12 passphrase: {PKCS12_PASSPHRASE}" in out
+    assert f"CA to trust:   {pki.ca_cert}" in out
+
+
+def test_make_run_tells_how_to_open_the_dashboard() -> None:
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    run = makefile[makefile.index("\nrun: pki") :].split("\n\n")[0]
+    assert "https://localhost:8443/ui/" in run
+    assert "$(PKI)/users/auditor/usercred.p12" in run
+    assert f"passphrase {PKCS12_PASSPHRASE}" in run
+    assert "$(PKI)/ca/ca.pem" in run
+
+
+@pytest.mark.parametrize("name", ["auditor", "admin"])
+def test_pkcs12_holds_the_certificate_key_and_ca(dev_pki: DevPKI, name: str) -> None:
+    data = dev_pki.pkcs12(name).read_bytes()
+    with pytest.raises(ValueError):
+        pkcs12.load_pkcs12(data, b"wrong")
+    loaded = pkcs12.load_pkcs12(data, PKCS12_PASSPHRASE.encode())
+    assert loaded.cert is not None and loaded.key is not None
+    cert = _cert(dev_pki.user(name)[0])
+    assert loaded.cert.certificate == cert
+    assert dn_to_slash(cert.subject) == user_dn(name)
+    assert loaded.key.public_key() == cert.public_key()
+    assert [c.certificate for c in loaded.additional_certs] == [_cert(dev_pki.ca_cert)]
+    # OpenSSL, which browsers' importers and curl resemble, reads it with the same passphrase.
+    subject = subprocess.run(
+        [
+            *("openssl", "pkcs12", "-in", str(dev_pki.pkcs12(name)), "-nokeys", "-clcerts"),
+            *("-passin", f"pass:{PKCS12_PASSPHRASE}"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"CN = {name}" in subject or f"CN={name}" in subject
+
+
+def test_config_names_the_auditor_and_the_admin(dev_pki: DevPKI) -> None:
+    policy = load_config(dev_pki.config).policy
+    assert policy.auditors == (user_dn("auditor"),)
+    assert policy.admins == (user_dn("admin"),)
+
+
+def test_the_auditor_opens_the_dashboard_and_others_do_not(dev_pki: DevPKI, tmp_path: Path) -> None:
+    """The dev config as written (no policy override): the auditor's PKCS#12, unpacked into
+    the PEM our TLS client takes, reads /ui/ over real mutual TLS; alice and the admin get
+    the 403 page that names the rule."""
+    loaded = pkcs12.load_pkcs12(dev_pki.pkcs12("auditor").read_bytes(), PKCS12_PASSPHRASE.encode())
+    assert loaded.cert is not None and loaded.key is not None
+    creds = {"auditor": tmp_path / "auditor.pem"}
+    write_credential_file(creds["auditor"], Credential((loaded.cert.certificate,), loaded.key))
+    for who in ("alice", "admin"):
+        cert, key = dev_pki.user(who)
+        creds[who] = tmp_path / f"{who}.pem"
+        write_credential_file(
+            creds[who], Credential((_cert(cert),), load_pem_private_key(key.read_bytes(), None))
+        )
+    with running_server(dev_pki, tmp_path / "state") as server:
+
+        def get(who: str) -> tuple[int, str]:
+            client = ApiClient(server.api_port, dev_pki.cert_dir, creds[who])
+            reply = client.request("GET", "/ui/")
+            return reply.status, reply.body.decode()
+
+        status, page = get("auditor")
+        assert status == 200 and "<title>Overview · proxyd audit</title>" in page
+        assert "CN=auditor" in page
+        for who in ("alice", "admin"):
+            status, page = get(who)
+            assert status == 403 and "audit_read.auditors" in page, who
 
 
 @pytest.mark.parametrize("name", ["alice", "bob", "carol", "pilot"])

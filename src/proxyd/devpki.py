@@ -1,8 +1,12 @@
-"""A development PKI for proxyd: a CA, hosts, users, a pilot and a VOMS AA.
+"""A development PKI for proxyd: a CA, hosts, users, a pilot, a VOMS AA, an auditor and an admin.
 
 `proxyd dev-pki` writes it; the test suite builds one per session. Everything
 is generated with `cryptography` in a scratch directory and moved into place
 in one rename, so an interrupted run leaves either nothing or a complete PKI.
+
+The auditor and the admin also get a PKCS#12 file (`usercred.p12`, the Globus
+name) for a browser to import: the dev config names the auditor in
+`[policy] auditors`, so the dashboard at /ui/ opens with it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from voms_ext.files import private_key_to_pem, write_atomic
@@ -27,6 +32,13 @@ from voms_ext.names import dn_to_slash, slash_to_name, subject_hash
 BASE_DN = "/C=XX/O=proxyd dev"
 CA_DN = f"{BASE_DN}/CN=proxyd dev CA"
 USERS = ("alice", "bob", "carol")
+# The people who look after the service: the auditor reads the dashboard and the audit log,
+# the admin uses the admin API. Separate identities, as the policy keeps the roles apart.
+STAFF = ("auditor", "admin")
+# The PKCS#12 passphrase. It protects nothing the PEM key beside it (0600, unencrypted) does
+# not already give away; it is not empty because some key stores (macOS Keychain, for
+# one) refuse to import a PKCS#12 without one. Fixed, so the docs and `make run` can name it.
+PKCS12_PASSPHRASE = "proxyd-dev"  # noqa: S105 - a published dev value, see above
 PILOT_DN = f"{BASE_DN}/OU=Pilots/CN=pilot"
 SERVICE_HOST = "localhost"
 WMS_HOST = "wms.localhost"
@@ -93,9 +105,14 @@ class DevPKI:
         return self.root / kind / "hostcert.pem", self.root / kind / "hostkey.pem"
 
     def user(self, name: str) -> tuple[Path, Path]:
-        """(cert, key) of a user (alice, bob, carol) or of `pilot`."""
+        """(cert, key) of a user (alice, bob, carol, auditor, admin) or of `pilot`."""
         base = self.root / "pilot" if name == "pilot" else self.root / "users" / name
         return base / "usercert.pem", base / "userkey.pem"
+
+    def pkcs12(self, name: str) -> Path:
+        """The PKCS#12 file (certificate, key and the dev CA) of `auditor` or `admin`,
+        encrypted with PKCS12_PASSPHRASE."""
+        return self.root / "users" / name / "usercred.p12"
 
 
 class _Issuer:
@@ -184,6 +201,17 @@ def _write_pair(
     write_atomic(directory / key_name, private_key_to_pem(key), 0o600)
 
 
+def _pkcs12(name: str, cert: x509.Certificate, key: rsa.RSAPrivateKey, ca: _Issuer) -> bytes:
+    # The CA goes in too, so a browser that imports the file shows a complete chain.
+    return pkcs12.serialize_key_and_certificates(
+        f"proxyd dev {name}".encode(),
+        key,
+        cert,
+        [ca.cert],
+        serialization.BestAvailableEncryption(PKCS12_PASSPHRASE.encode()),
+    )
+
+
 def _signing_policy(ca_dn: str) -> str:
     return (
         f"# Globus signing policy for the proxyd development CA\n"
@@ -245,6 +273,10 @@ def _config_text() -> str:
         f"pilot_dns = {_toml_list([PILOT_DN])}",
         'pilot_fqans = ["/*/Role=pilot"]',
         "banned_dns = []",
+        "# The dashboard (/ui/) and the audit API are for auditors; users/auditor/usercred.p12",
+        "# is that identity for a browser. The admin API (bans, VO members, sites) is for admins.",
+        f"auditors = {_toml_list([user_dn('auditor')])}",
+        f"admins = {_toml_list([user_dn('admin')])}",
     ]
     for vo, port in VO_PORTS.items():
         lines += [
@@ -300,6 +332,10 @@ def _build(root: Path) -> None:
     for name in USERS:
         cert, key = ca.issue(user_dn(name))
         _write_pair(root / "users" / name, "usercert.pem", "userkey.pem", cert, key)
+    for name in STAFF:
+        cert, key = ca.issue(user_dn(name))
+        _write_pair(root / "users" / name, "usercert.pem", "userkey.pem", cert, key)
+        write_atomic(root / "users" / name / "usercred.p12", _pkcs12(name, cert, key, ca), 0o600)
     cert, key = ca.issue(PILOT_DN)
     _write_pair(root / "pilot", "usercert.pem", "userkey.pem", cert, key)
 

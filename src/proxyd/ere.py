@@ -32,7 +32,7 @@ __all__ = [
 MAX_REPEAT = 255  # POSIX allows 32767; nothing in a DN needs more
 MAX_STATES = 20000  # automaton size: intervals multiply it
 MAX_DEPTH = 16  # nested groups, or repeats of a repeat: the tree is walked recursively
-_CACHE_LIMIT = 8192  # cached steps per pattern, then the cache starts over
+_CACHE_LIMIT = 4096  # state sets kept per pattern, then the cache starts over
 
 # POSIX classes as the C locale defines them.
 _CLASSES = {
@@ -373,9 +373,9 @@ class Matcher:
         self._atom_index: dict[str, int] = {}
         match = self._state(_MATCH)
         self._start = self._build(tree, match)
-        # Steps taken so far: (state set, character) -> next state set (a lazy DFA).
-        self._steps: dict[tuple[frozenset[int], str], frozenset[int]] = {}
+        # The lazy DFA: state sets met so far, numbered, and the steps taken from each.
         self._first = self._closure((self._start,), at_start=True, at_end=False)
+        self._reset()
 
     def _state(self, kind: int, out: int = -1, alt: int = -1, atom: int = -1) -> int:
         self._kind.append(kind)
@@ -448,27 +448,36 @@ class Matcher:
                 found.add(state)
         return frozenset(found)
 
-    def _step(self, current: frozenset[int], char: str) -> frozenset[int]:
-        key = (current, char)
-        nxt = self._steps.get(key)
-        if nxt is None:
-            seeds = [
-                self._out[s]
-                for s in current
-                if self._kind[s] == _CHAR and self._atoms[self._atom_of[s]].fullmatch(char)
-            ]
-            nxt = self._closure(seeds, at_start=False, at_end=False)
-            if len(self._steps) >= _CACHE_LIMIT:
-                self._steps.clear()
-            self._steps[key] = nxt
-        return nxt
+    def _reset(self) -> None:
+        self._numbers: dict[frozenset[int], int] = {self._first: 0}
+        self._sets: list[frozenset[int]] = [self._first]
+        self._steps: list[dict[str, int]] = [{}]
+
+    def _step(self, current: int, char: str) -> int:
+        seeds = [
+            self._out[s]
+            for s in self._sets[current]
+            if self._kind[s] == _CHAR and self._atoms[self._atom_of[s]].fullmatch(char)
+        ]
+        states = self._closure(seeds, at_start=False, at_end=False)
+        number = self._numbers.get(states)
+        if number is None:
+            number = len(self._sets)
+            self._numbers[states] = number
+            self._sets.append(states)
+            self._steps.append({})
+        self._steps[current][char] = number
+        return number
 
     def fullmatch(self, text: str) -> bool:
-        states = self._first
+        if len(self._sets) > _CACHE_LIMIT:  # between matches, so no number in use goes stale
+            self._reset()
+        current = 0
+        steps = self._steps
         for char in text:
-            if not states:
-                return False
-            states = self._step(states, char)
+            nxt = steps[current].get(char)
+            current = self._step(current, char) if nxt is None else nxt
+        states = self._sets[current]
         ends = [s for s in states if self._kind[s] in (_EOL, _MATCH)]
         final = self._closure(ends, at_start=not text, at_end=True)
         return any(self._kind[s] == _MATCH for s in final)

@@ -188,12 +188,16 @@ def matches(pattern: str, dn: str, fqans: Iterable[str] = ()) -> bool:
     `fqans`, in their long form), exactly as under myproxy-server? A pattern that cannot be
     read matches no one."""
     kind, body = _split_prefix(pattern)
-    regex = _compiled(body, False)
-    if regex is None:
-        return False
     if kind == "fqan":
-        return any(regex.fullmatch(_long_fqan(f)) for f in fqans)
-    return regex.fullmatch(dn)
+        return any(_fullmatch(body, False, _long_fqan(f)) for f in fqans)
+    return _fullmatch(body, False, dn)
+
+
+@functools.lru_cache(maxsize=16384)
+def _fullmatch(body: str, ignore_case: bool, text: str) -> bool:
+    """The decisions repeat (one WMS, thousands of retrievals): remembered."""
+    matcher = _compiled(body, ignore_case)
+    return matcher is not None and matcher.fullmatch(text)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -237,6 +241,11 @@ def _glob(pattern: str) -> Matcher:
 def glob_matches(pattern: str, text: str) -> bool:
     """`*` any run of characters, `?` one, everything else literal; the whole text. For
     proxyd's own lists that never were MyProxy's (site names, pilot site bindings)."""
+    return _glob_fullmatch(pattern, text)
+
+
+@functools.lru_cache(maxsize=16384)
+def _glob_fullmatch(pattern: str, text: str) -> bool:
     return _glob(pattern).fullmatch(text)
 
 
@@ -308,11 +317,10 @@ def dn_denied(pattern: str, dn: str) -> bool:
         return False  # deny lists see DNs only (check_pattern(fqan=False) refuses these)
     targets = dn_spellings(dn)
     folded = dn_spellings(body)
-    if any(_glob(p).fullmatch(t) for p in folded for t in targets):
+    if any(_glob_fullmatch(p, t) for p in folded for t in targets):
         return True
     for candidate in (body, *folded):
-        regex = _compiled(candidate, True)
-        if regex is not None and any(regex.fullmatch(t) for t in (dn, *targets)):
+        if any(_fullmatch(candidate, True, t) for t in (dn, *targets)):
             return True
     return False
 

@@ -442,6 +442,11 @@ _ALL = (
         "Changing or listing the members of a VO needs a DN listed in admins.",
         None,
     ),
+    Rule(
+        "vo.seed",
+        "The first start with a VO copied its [voms.members] table into the database.",
+        None,
+    ),
     Rule("vo.already_member", "add-member named a DN that is a member of the VO already.", None),
     Rule("vo.not_member", "A membership change named a DN that is not a member of the VO.", None),
     Rule("vo.fqan_held", "A grant named an FQAN the member holds already.", None),
@@ -454,10 +459,10 @@ _ALL = (
     ),
     # --- WLCG tokens (proxyd.tokens) --------------------------------------------------------------
     Rule("token.not_issuing", "This server issues no tokens ([tokens] issuer is not set).", None),
-    Rule("token.issuer", "The token's issuer is not one of the configured [[tokens.issuers]].", None),
     Rule(
-        "token.audience", "The token is not for proxyd (none of the issuer's audiences).", None
+        "token.issuer", "The token's issuer is not one of the configured [[tokens.issuers]].", None
     ),
+    Rule("token.audience", "The token is not for proxyd (none of the issuer's audiences).", None),
     Rule("token.expired", "The token has expired (exp, with at most 5 minutes of leeway).", None),
     Rule("token.not_yet_valid", "The token's nbf or iat is in the future.", None),
     Rule("token.scope", "The token's scope lacks what the issuer's entry requires.", None),
@@ -552,7 +557,10 @@ _ALL = (
         "request.bad_description", "The description is too long or holds unsafe characters.", None
     ),
     Rule(
-        "request.bad_pattern", "A DN pattern is empty, too long or holds unsafe characters.", None
+        "request.bad_pattern",
+        "A DN pattern is empty, too long, holds unsafe characters, or cannot be read as "
+        "myproxy-server reads it (docs/myproxy.md, Patterns).",
+        None,
     ),
     Rule(
         "request.bad_dn",

@@ -46,10 +46,10 @@ from sqlalchemy import inspect as sa_inspect
 from proxyd import policy
 from proxyd.audit import AuditWriteError
 from proxyd.config import Config
+from proxyd.core.exchange import TokenIdentity
 from proxyd.devpki import DevPKI, user_dn
 from proxyd.issuer import AttributeAuthority, VomsRequest, load_authorities
 from proxyd.policy import DecisionTally, Operation, current_tally
-from proxyd.core.exchange import TokenIdentity
 from proxyd.principal import Principal, PrincipalKind, anonymous, local_operator
 from proxyd.reminders.settings import RemindersConfig
 from proxyd.repository import PendingStore, Repository, RepositoryError, StoreOptions

@@ -166,7 +166,7 @@ def test_the_configured_members_are_seeded_once_with_one_audited_event(repo: Rep
             )
         ).all()
     assert len(seeds) == 1
-    assert seeds[0].rule == "admin.local_operator" and seeds[0].operation == "vo_members"
+    assert seeds[0].rule == "vo.seed" and seeds[0].operation == "vo_members"
     assert "dteam (3 member(s))" in seeds[0].detail
     # A later start seeds nothing, even when the TOML table has changed: the database wins.
     changed = dataclasses.replace(
@@ -174,6 +174,15 @@ def test_the_configured_members_are_seeded_once_with_one_audited_event(repo: Rep
     )
     assert seed_configured_members(repo.gate, (changed,), repo.clock) == {}
     assert repo.authorities["dteam"].held_fqans(DAVE) == ()
+    # A VO configured later is seeded when it first appears, with its own event.
+    later = dataclasses.replace(changed, vo="later", members={DAVE: ("/later/Role=NULL",)})
+    assert seed_configured_members(repo.gate, (changed, later), repo.clock) == {"later": 1}
+    with repo.engine.connect() as conn:
+        assert list_members(conn, "later")[0].fqans == ("/later",)
+        details = conn.execute(
+            select(AuditRow.detail).where(AuditRow.rule == "vo.seed").order_by(AuditRow.seq)
+        ).scalars()
+        assert list(details)[1:] == ["vo seed from [voms.members]: later (1 member(s))"]
 
 
 def test_add_member_is_decided_audited_and_read_by_the_next_issuance(

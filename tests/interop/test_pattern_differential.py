@@ -105,6 +105,7 @@ SETUPS = {
                 True,
             ),
             Credential("cn", ("-Z", "wms.localhost"), False),  # no -x: myproxy-init adds */CN=
+            Credential("comma", ("-x", "-r", "*/OU=Users/CN=user7{1,2}"), True),  # one regex
         ),
     ),
     "renewal": Setup(
@@ -171,6 +172,9 @@ CASES = [
     ("per-credential", "cls", "passphrase", "crabdev", True),
     ("per-credential", "cls", "passphrase", "wms", False),
     ("per-credential", "cls", "passphrase", "evil", False),
+    ("per-credential", "comma", "passphrase", "user7", True),
+    ("per-credential", "comma", "passphrase", "user77", True),
+    ("per-credential", "comma", "passphrase", "bob", False),
     # authorized_renewers, and per-credential renewers (-x -R)
     ("renewal", "plain", "renew", "bob", True),
     ("renewal", "plain", "renew", "carol", True),

@@ -212,3 +212,16 @@ def test_an_ac_that_does_not_verify_is_never_returned(
         authority(dev_pki, s).obtain(chain, key, ("/dteam",), dt.timedelta(hours=1), NOW)
     assert info.value.rule == "voms.upstream_bad_ac"
     assert match in info.value.message
+
+
+def test_client_vomses_lines_choose_the_server(
+    dev_pki: DevPKI, stand_in: Callable[..., StandIn], alice: Alice
+) -> None:
+    chain, key = alice
+    first = stand_in(rest_ok(make_ac(dev_pki, chain[0])))
+    second = stand_in(rest_ok(make_ac(dev_pki, chain[0])))
+    aa = authority(dev_pki, first, second)
+    line = f'"dteam" "127.0.0.1" "{second.port}" "/CN=whatever" "dteam"'
+    aa.obtain(chain, key, ("/dteam",), dt.timedelta(hours=1), NOW, [line])
+    assert (len(first.requests), len(second.requests)) == (0, 1)
+    assert aa.last_fetch is not None and aa.last_fetch.server == second.entry()

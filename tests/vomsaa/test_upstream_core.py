@@ -12,10 +12,14 @@ import pytest
 from proxyd.core.errors import Denied
 from proxyd.core.values import StoreOptions
 from proxyd.devpki import DevPKI
+from proxyd.devpki import user_dn as _user_dn
 from proxyd.issuer import VomsRequest
 from proxyd.repository import Repository
 from proxyd.sealing import MasterKeyring
 from proxyd.store.db import make_engine, migrate
+from proxyd.taskqueue import Payload, PilotCapabilities, TaskSpec
+from proxyd.taskqueue.sql import SqlTaskQueue
+from proxyd.tasks import TaskService
 from proxyd.vomsaa import wire
 from proxyd.vomsaa.vomses import UpstreamVoConfig
 from tests.support.grid import (
@@ -100,3 +104,34 @@ def test_a_refusal_of_the_vo_server_is_an_audited_refusal(
         repo.issue_acs(principal(repo, alice), [VomsRequest.parse("dteam")], dt.timedelta(hours=1))
     assert refused.value.rule == "voms.unknown_vo"
     assert "VO dteam's ACs come from its own VOMS server" in refused.value.message
+
+
+def test_a_payload_proxy_carries_the_vo_servers_ac(
+    dev_pki: DevPKI, tmp_path: Path, stand_in: Callable[..., StandIn]
+) -> None:
+    alice = load_identity(dev_pki, "alice")
+    der = make_ac(dev_pki, alice.cert, ("/dteam/Role=production", "/dteam"))
+    server = stand_in(rest_ok(der))
+    repo = upstream_repo(dev_pki, tmp_path / "state", server)
+    alice_stored(repo, dev_pki)
+    queue = SqlTaskQueue(repo.engine, audit=repo.audit)
+    spec = TaskSpec(
+        owner=_user_dn("alice"),
+        vo="dteam",
+        group="/dteam",
+        fqans=("/dteam/Role=production",),
+        credential_username="alice",
+        payload=Payload("/usr/bin/analysis", ()),
+        max_wall_s=3600,
+    )
+    task = queue.submit(spec)
+    pilot = principal(repo, load_identity(dev_pki, "pilot"))
+    matched = queue.match(PilotCapabilities(pilot.identity, "p-1", "SITE-A", cpu_time_left=10**5))
+    assert matched is not None and matched.id == task.id
+    issued = TaskService(repo, queue).payload_proxy(
+        pilot, task.id, csr_for(spare_key(3)), matched.assignment_secret
+    )
+    assert [ac.der for ac in issued.acs] == [der]
+    result = validate_chain(issued.certificates, repo.trust)
+    assert result.is_limited and result.fqans[0] == "/dteam/Role=production/Capability=NULL"
+    assert wire.parse_rest_request(server.requests[0]).fqans == ("/dteam/Role=production",)

@@ -32,16 +32,6 @@ from .util import checked, load_csr, pem_chain
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
 X509_PROXY = "urn:proxyd:params:token-type:x509-proxy"
-FIELDS = (
-    "grant_type",
-    "subject_token",
-    "subject_token_type",
-    "requested_token_type",
-    "csr",
-    "credential",
-    "username",
-    "lifetime",
-)
 # Answered as the rule of the refusal says: an invalid or unknown token is 401, a valid
 # token that maps to no owner 403 (it authenticated someone proxyd has no account for).
 _TOKEN_STATUS = {"token.unmapped": 403}
@@ -157,7 +147,7 @@ async def _form(request: web.Request) -> MultiDictProxy[Any]:
         )
     try:
         return await request.post()
-    except (ValueError, UnicodeError) as exc:
+    except (ValueError, LookupError) as exc:  # bad encoding, or an unknown charset
         raise _BadExchange("invalid_request", f"the form cannot be read: {exc}"[:300]) from None
 
 

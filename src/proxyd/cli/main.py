@@ -13,7 +13,7 @@ from . import admin
 
 
 def _dev_pki(args: argparse.Namespace) -> int:
-    from ..devpki import DevPKI, generate
+    from ..devpki import PKCS12_PASSPHRASE, DevPKI, generate
 
     existed = (
         DevPKI(args.out.absolute()).config.exists() if hasattr(args.out, "absolute") else False
@@ -27,6 +27,14 @@ def _dev_pki(args: argparse.Namespace) -> int:
     print(f"  X509_CERT_DIR: {pki.cert_dir}")
     print(f"  X509_VOMS_DIR: {pki.voms_dir}")
     print(f"  vomses:        {pki.vomses} (voms-proxy-init --vomses, once [aa] is enabled)")
+    if not pki.pkcs12("auditor").exists():
+        # A PKI written before the dev identities had PKCS#12 files; generate() keeps it.
+        print("  (no auditor or admin identity: `proxyd dev-pki --force` adds them, new state)")
+        return 0
+    print(f"  auditor:       {pki.pkcs12('auditor')} (import in a browser for /ui/)")
+    print(f"  admin:         {pki.pkcs12('admin')} (the admin API)")
+    print(f"  PKCS#12 passphrase: {PKCS12_PASSPHRASE} (a fixed dev value; see docs/tutorial.md)")
+    print(f"  CA to trust:   {pki.ca_cert}")
     return 0
 
 

@@ -23,8 +23,9 @@ from voms_ext import FqanError, parse_fqan
 
 from .. import names, policy
 from ..config import VoConfig
-from ..policy import Operation
+from ..policy import Decision, Operation
 from ..principal import Principal, local_operator
+from ..store.db import write_transaction
 from ..store.members import (
     Member,
     add_member,
@@ -173,8 +174,9 @@ class VoMembership(CoreBase):
 def seed_configured_members(gate: Gate, vos: Sequence[VoConfig], clock: Clock) -> dict[str, int]:
     """Copy the `[voms.members]` table of each VO not seeded before into the database.
 
-    Done as the local operator, decided and audited as an administrative change (one
-    event for all the VOs seeded); a VO seeded before is left alone, whatever its TOML
+    The server applying its own configuration at start, as the local operator, not a
+    request: no policy question, but a change, recorded with it as `vo.seed` (one event
+    for all the VOs seeded; I6). A VO seeded before is left alone, whatever its TOML
     table says now. The VOs seeded now and how many members each got.
     """
     with gate.engine.connect() as conn:
@@ -182,14 +184,23 @@ def seed_configured_members(gate: Gate, vos: Sequence[VoConfig], clock: Clock) -
     if not pending:
         return {}
     operator = local_operator()
-    decision = gate.decide(operator, policy.Request(Operation.VO_MEMBERS), None, name=None)
+    decision = Decision(True, "vo.seed", "the configuration's [voms.members]", limited=False)
     done: dict[str, int] = {}
-    with gate.act(operator, Operation.VO_MEMBERS, decision, owner=None, name=None) as act:
+    with write_transaction(gate.engine) as conn:
         for vo in pending:
             members = {dn: normalise_fqans(vo.vo, f) for dn, f in vo.members.items()}
-            added = seed_vo(act.conn, vo.vo, members, operator.identity, clock())
-            if added is not None:  # None: another instance seeded it meanwhile
+            added = seed_vo(conn, vo.vo, members, operator.identity, clock())
+            if added is not None:  # None: another instance or worker seeded it meanwhile
                 done[vo.vo] = added
-        seeded = ", ".join(f"{vo} ({n} member(s))" for vo, n in done.items()) or "nothing new"
-        act.detail = f"vo seed from [voms.members]: {seeded}"[:2000]
+        if done:  # its event commits with the rows, or neither does (I6)
+            seeded = ", ".join(f"{vo} ({n} member(s))" for vo, n in done.items())
+            gate.record(
+                operator,
+                Operation.VO_MEMBERS,
+                decision,
+                owner=None,
+                name=None,
+                detail=f"vo seed from [voms.members]: {seeded}"[:2000],
+                conn=conn,
+            )
     return done
