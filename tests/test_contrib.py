@@ -51,7 +51,14 @@ CONTRIB = ROOT / "contrib"
 DOCS = ROOT / "docs"
 SYSTEMD = CONTRIB / "systemd"
 CONFIG_PATH = "/etc/proxyd/proxyd.toml"  # where contrib/proxyd.toml is installed
-NEW_DOCS = ("quickstart", "operator", "auditor", "architecture", "pilot-security-review")
+NEW_DOCS = (
+    "quickstart",
+    "operator",
+    "auditor",
+    "architecture",
+    "pilot-security-review",
+    "tutorial",
+)
 
 PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "proxyd": proxyd_cli.build_parser,

@@ -113,6 +113,8 @@ def e2e_config(
     upstream = f'[[voms]]\nvo = "dteam"\nvomses = {json.dumps(str(vomses))}\ntimeout = "20s"\n\n'
     text, found = dteam.subn(upstream, text)
     assert found == 1, f"no dteam [[voms]] table in {pki.config}"
+    # A payload that fails is not run again: each outcome below is its first attempt's.
+    text += "\n[taskqueue]\nmax_attempts = 1\n"
     text += f'\n[tokens]\nissuer = "https://localhost:{api_port}"\n[tokens.scopes]\n'
     text += "".join(f"{vo} = {_toml_list(s)}\n" for vo, s in scopes.items())
     path.write_text(text)
@@ -136,8 +138,10 @@ class ProxydProcess:
     def start(self) -> None:
         with self.log.open("ab") as out:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
-                [str(BIN / "proxyd"), "serve", "--config", str(self.config)]
-                + ["--workers", str(WORKERS), "--log-format", "json"],
+                [
+                    *(str(BIN / "proxyd"), "serve", "--config", str(self.config)),
+                    *("--workers", str(WORKERS), "--log-format", "json"),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -185,8 +189,10 @@ def start_pilot(
         "PROXYD_URL": server.url,
     }
     return subprocess.Popen(
-        [str(BIN / "proxyd-pilot"), "--site", site, "--workdir", str(workroot)]
-        + ["--heartbeat", "1", "--time", "600", "--pilot-id", f"{site}-pilot"],
+        [
+            *(str(BIN / "proxyd-pilot"), "--site", site, "--workdir", str(workroot)),
+            *("--heartbeat", "1", "--time", "600", "--pilot-id", f"{site}-pilot"),
+        ],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

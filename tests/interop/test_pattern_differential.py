@@ -7,7 +7,9 @@ Server-wide lists (authorized_retrievers, trusted_retrievers,
 authorized_renewers) and per-credential policies (`myproxy-init -x -r / -Z /
 -R '<regex>'`, and without -x, where myproxy-init itself prefixes `*/CN=`)
 are covered: alternation, POSIX classes, `?`, escapes, case, and anchoring
-attacks (`wms.localhost.evil`, `wmsXlocalhost` against `.`).
+attacks (`wms.localhost.evil`, `wmsXlocalhost` against `.`). `FQAN:`
+patterns are judged with VOMS proxies that the real voms-proxy-init gets
+from proxyd's [aa] endpoint (the dev VOs).
 """
 
 from __future__ import annotations
@@ -108,6 +110,18 @@ SETUPS = {
             Credential("comma", ("-x", "-r", "*/OU=Users/CN=user7{1,2}"), True),  # one regex
         ),
     ),
+    "fqan": Setup(
+        {
+            "accepted_credentials": ["*"],
+            "authorized_retrievers": ["FQAN:/dteam/Role=NULL/Capability=NULL", "fqan:/ops/*"],
+        },
+        (
+            Credential("pp", (), True),
+            Credential("ops", ("-x", "-r", "FQAN:/ops/Role=NULL/Capability=NULL"), True),
+            Credential("short", ("-x", "-r", "FQAN:/dteam"), True),  # not what the AC holds
+            Credential("role", ("-x", "-r", "FQAN:*/Role=production/*"), True),
+        ),
+    ),
     "renewal": Setup(
         {
             "accepted_credentials": ["*"],
@@ -175,6 +189,18 @@ CASES = [
     ("per-credential", "comma", "passphrase", "user7", True),
     ("per-credential", "comma", "passphrase", "user77", True),
     ("per-credential", "comma", "passphrase", "bob", False),
+    # FQAN: patterns, server-wide and per credential (VOMS proxies: bob-dteam, carol-ops,
+    # alice-prod with the production role; bob and carol: no AC at all)
+    ("fqan", "pp", "passphrase", "bob-dteam", True),
+    ("fqan", "pp", "passphrase", "carol-ops", True),
+    ("fqan", "pp", "passphrase", "alice-prod", True),
+    ("fqan", "pp", "passphrase", "bob", False),
+    ("fqan", "pp", "passphrase", "carol", False),
+    ("fqan", "ops", "passphrase", "carol-ops", True),
+    ("fqan", "ops", "passphrase", "bob-dteam", False),
+    ("fqan", "short", "passphrase", "bob-dteam", False),
+    ("fqan", "role", "passphrase", "alice-prod", True),
+    ("fqan", "role", "passphrase", "bob-dteam", False),
     # authorized_renewers, and per-credential renewers (-x -R)
     ("renewal", "plain", "renew", "bob", True),
     ("renewal", "plain", "renew", "carol", True),
@@ -199,16 +225,20 @@ class Clients:
     identities: dict[str, tuple[Path, Path]]
     ports: dict[str, int]
     alice_proxy: Path
+    voms_proxies: dict[str, Path] = dataclasses.field(default_factory=dict)
 
     def run(
         self, tool: str, server: str, who: str, *args: str | Path, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        cert, key = self.identities[who]
-        env = {
+        env = {"X509_USER_PROXY": str(self.workdir / "no-such-proxy")}
+        if who in self.voms_proxies:
+            env["X509_USER_PROXY"] = str(self.voms_proxies[who])
+        else:
+            cert, key = self.identities[who]
+            env |= {"X509_USER_CERT": str(cert), "X509_USER_KEY": str(key)}
+        env |= {
             "X509_CERT_DIR": str(self.pki.cert_dir),
-            "X509_USER_CERT": str(cert),
-            "X509_USER_KEY": str(key),
-            "X509_USER_PROXY": str(self.workdir / "no-such-proxy"),
+            "X509_VOMS_DIR": str(self.pki.voms_dir),
             "MYPROXY_SERVER": "localhost",
             "MYPROXY_SERVER_PORT": str(self.ports[server]),
             "HOME": str(self.workdir),
@@ -263,6 +293,37 @@ def proxyd_policy(pki: DevPKI, policy: dict[str, list[str]]) -> PolicyConfig:
     )
 
 
+VOMS_PROXIES = {  # name -> (user, voms-proxy-init --voms argument)
+    "bob-dteam": ("bob", "dteam"),
+    "carol-ops": ("carol", "ops"),
+    "alice-prod": ("alice", "dteam:/dteam/Role=production"),
+}
+
+
+def voms_proxies(pki: DevPKI, workdir: Path, aa_port: int) -> dict[str, Path]:
+    """VOMS proxies made by the real voms-proxy-init, with ACs from proxyd's [aa] endpoint."""
+    vomses = workdir / "vomses"
+    host = host_dn("localhost")
+    vomses.write_text(
+        "".join(f'"{vo}" "localhost" "{aa_port}" "{host}" "{vo}"\n' for vo in ("dteam", "ops"))
+    )
+    made = {}
+    for name, (user, voms) in VOMS_PROXIES.items():
+        cert, key = pki.user(user)
+        out = workdir / f"{name}.pem"
+        argv = ["voms-proxy-init", "--vomses", vomses, "-cert", cert, "-key", key, "-out", out]
+        env = {
+            "X509_CERT_DIR": str(pki.cert_dir),
+            "X509_VOMS_DIR": str(pki.voms_dir),
+            "HOME": str(workdir),
+            "RANDFILE": "/dev/null",
+        }
+        done = run_tool([*argv, "--voms", voms, "--timeout", "20"], env=env, timeout=TIMEOUT)
+        assert done.returncode == 0, output(done)
+        made[name] = out
+    return made
+
+
 @pytest.fixture(scope="module")
 def identities(
     dev_pki: DevPKI, tmp_path_factory: pytest.TempPathFactory
@@ -307,11 +368,16 @@ def setups(
             )
             ours = stack.enter_context(
                 running_server(
-                    dev_pki, base / "proxyd", policy=proxyd_policy(dev_pki, setup.policy)
+                    dev_pki,
+                    base / "proxyd",
+                    policy=proxyd_policy(dev_pki, setup.policy),
+                    aa=name == "fqan",
                 )
             )
             ports = {"myproxy-server": real.port, "proxyd": ours.myproxy_port}
             clients = Clients(dev_pki, base, identities, ports, alice_proxy)
+            if ours.aa_port is not None:
+                clients.voms_proxies = voms_proxies(dev_pki, base, ours.aa_port)
             for credential in setup.credentials:
                 list(both.map(clients.store, SERVERS, [credential] * len(SERVERS)))
             running[name] = clients

@@ -81,6 +81,8 @@ def _config(pki: DevPKI, state: Path, database: str, mp: int, api: int) -> Path:
     default_db = '# database = "sqlite:///state/proxyd.db"   (the default)'
     assert default_db in text and "\n[policy]\n" in text
     text = text.replace(default_db, f'database = "{database}"')
+    # The dev config names its own auditor; carol takes that key (a TOML key appears once).
+    text = re.sub(r"(?m)^auditors = .*\n", "", text)
     text = text.replace("\n[policy]\n", f'\n[policy]\nauditors = ["{CAROL}"]\n', 1)
     path.write_text(text)
     return path

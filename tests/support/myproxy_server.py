@@ -123,6 +123,7 @@ def real_myproxy_server(pki: DevPKI, workdir: Path, config: str) -> Iterator[Rea
     env = {
         **os.environ,
         "X509_CERT_DIR": str(pki.cert_dir),
+        "X509_VOMS_DIR": str(pki.voms_dir),  # to verify the ACs of peers (FQAN: patterns)
         "X509_USER_CERT": str(host_cert),
         "X509_USER_KEY": str(host_key),
     }

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Engine, delete, func, select, text
 from proxyd.audit import AuditEvent, AuditLog, AuditWriteError, StoredEvent
 from proxyd.store import make_engine, migrate
 from proxyd.store.models import AuditHeadRow, AuditRow
+from proxyd.tasklimits import SiteLimits, TaskLimits
 from proxyd.taskqueue import Accounting, TaskState
 from proxyd.taskqueue.sql import SqlTaskQueue
 from proxyd.taskqueue.sql.matcher import MatchRequest
@@ -131,26 +132,36 @@ def _snapshot(eng: Engine) -> dict[str, list[tuple[Any, ...]]]:
         }
 
 
-def _refusing_queue(mode: str, eng: Engine, clock: Clock) -> SqlTaskQueue:
+def _refusing_queue(mode: str, eng: Engine, clock: Clock, **options: Any) -> SqlTaskQueue:
     if mode == "another store":
-        return SqlTaskQueue(eng, audit=RefusingSink(), clock=clock)
+        return SqlTaskQueue(eng, audit=RefusingSink(), clock=clock, **options)
     if mode == "this database, refusing":
-        return SqlTaskQueue(eng, audit=RefusingLog(eng), clock=clock)
+        return SqlTaskQueue(eng, audit=RefusingLog(eng), clock=clock, **options)
     with eng.begin() as conn:  # this database, its append point gone
         conn.execute(delete(AuditHeadRow))
-    return SqlTaskQueue(eng, clock=clock)
+    return SqlTaskQueue(eng, clock=clock, **options)
 
 
+# Issue 20: retries (a failed or stalled attempt queued again in the change's transaction)
+# and the running counts of the limits are effects like any other.
+RETRYING = {
+    "max_attempts": 3,
+    "limits": TaskLimits(max_running_per_owner=10, sites={"site-a": SiteLimits(10)}),
+}
+
+
+@pytest.mark.parametrize("options", [{}, RETRYING], ids=["plain", "retries and limits"])
 @pytest.mark.parametrize(
     "mode", ["another store", "this database, refusing", "this database, no audit head"]
 )
 def test_a_change_whose_events_cannot_be_written_has_no_effect(
     engine: Engine,  # noqa: F811
     mode: str,
+    options: dict[str, Any],
 ) -> None:
     scene = Scene.make(engine)
     before = _snapshot(engine)
-    q = _refusing_queue(mode, engine, scene.clock)
+    q = _refusing_queue(mode, engine, scene.clock, **options)
     for name, (op, own) in OPS.items():
         for decided in ((), (decision(1),)):
             if not own and not decided:

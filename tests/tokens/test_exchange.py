@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxyd.config import Config
-from proxyd.devpki import DevPKI, user_dn
+from proxyd.devpki import PILOT_DN, DevPKI, user_dn
 from proxyd.principal import local_operator
 from proxyd.repository import StoreOptions
 from proxyd.tokens.keys import TokenKeyring
@@ -179,7 +179,9 @@ def test_the_proxy_lives_no_longer_than_the_token_or_the_request(setup: Setup) -
 
 
 def test_a_token_without_groups_gets_a_proxy_without_acs(setup: Setup) -> None:
-    certs = _proxy(setup.exchange(setup.token(**{"wlcg.groups": None})))
+    jwt_type = "urn:ietf:params:oauth:token-type:jwt"  # taken like access_token
+    token = setup.token(**{"wlcg.groups": None})
+    certs = _proxy(setup.exchange(token, subject_token_type=jwt_type))
     result = validate_chain(certs, setup.server.repo.trust)
     assert result.identity == ALICE and result.is_limited and result.fqans == ()
 
@@ -264,6 +266,13 @@ def test_bans_and_missing_credentials_are_refused_and_audited(setup: Setup) -> N
     _rejected(setup, reply, 404, "credential.not_found", "token_exchange")
     reply = setup.exchange(setup.token(), credential="nonesuch")
     _rejected(setup, reply, 404, "credential.not_found", "token_exchange")
+
+
+def test_a_pilot_identity_gets_nothing_for_a_token(setup: Setup) -> None:
+    # I2: a token mapped to a pilot DN is a pilot principal, which never obtains a proxy.
+    setup.server.repo.add_token_mapping(local_operator(), setup.issuer.url, "pilot", PILOT_DN)
+    reply = setup.exchange(setup.token(sub="pilot", **{"wlcg.groups": None}))
+    _rejected(setup, reply, 403, "pilot.restricted", "token_exchange")
 
 
 def test_an_unmapped_owner_after_removal_is_refused_at_once(setup: Setup) -> None:

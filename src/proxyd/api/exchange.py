@@ -31,6 +31,8 @@ from .util import checked, load_csr, pem_chain
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
+# A WLCG access token is a JWT: clients that say so are answered alike.
+SUBJECT_TYPES = (ACCESS_TOKEN, "urn:ietf:params:oauth:token-type:jwt")
 X509_PROXY = "urn:proxyd:params:token-type:x509-proxy"
 # Answered as the rule of the refusal says: an invalid or unknown token is 401, a valid
 # token that maps to no owner 403 (it authenticated someone proxyd has no account for).
@@ -164,8 +166,10 @@ async def token_exchange(request: web.Request) -> web.Response:
         token = _field(form, "subject_token", required=True)
         assert token is not None
         token_type = _field(form, "subject_token_type", required=True)
-        if token_type != ACCESS_TOKEN:
-            raise _BadExchange("invalid_request", f"subject_token_type must be {ACCESS_TOKEN}")
+        if token_type not in SUBJECT_TYPES:
+            raise _BadExchange(
+                "invalid_request", f"subject_token_type must be one of {', '.join(SUBJECT_TYPES)}"
+            )
         wanted = _field(form, "requested_token_type") or X509_PROXY
         if wanted != X509_PROXY:
             raise _BadExchange(

@@ -36,7 +36,10 @@ class IssuerKeys:
     """The key sets of the configured issuers, fetched over HTTPS and cached."""
 
     def __init__(self, ca_file: str | None = None, ca_path: str | None = None) -> None:
-        self._ctx = ssl.create_default_context(cafile=ca_file, capath=ca_path)
+        # The system's CAs (an IAM behind a public web CA) and the grid's (cert_dir).
+        self._ctx = ssl.create_default_context()
+        if ca_file is not None or ca_path is not None:
+            self._ctx.load_verify_locations(cafile=ca_file, capath=ca_path)
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, Mapping[str, Any]]] = {}
 
