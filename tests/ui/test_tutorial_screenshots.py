@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -180,12 +179,11 @@ def _measure(page: Page, png: Path) -> tuple[int, int, int]:
 
 
 @pytest.fixture
-def out_dir(tmp_path: Path) -> Iterator[Path]:
-    if UPDATE:
-        DOCS_IMG.mkdir(exist_ok=True)
-        yield DOCS_IMG
-    else:
-        yield tmp_path / "img"
+def out_dir(tmp_path: Path) -> Path:
+    """docs/img/ when refreshing the tutorial's images, else a scratch directory."""
+    out = DOCS_IMG if UPDATE else tmp_path / "img"
+    out.mkdir(exist_ok=True)
+    return out
 
 
 def test_dashboard_screenshots_for_the_tutorial(
@@ -195,7 +193,6 @@ def test_dashboard_screenshots_for_the_tutorial(
     out_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    out_dir.mkdir(exist_ok=True)
     root = tmp_path / "run"
     root.mkdir(mode=0o700)
     # Playwright's driver (Node) makes the TLS connection that carries the client certificate;
@@ -205,6 +202,7 @@ def test_dashboard_screenshots_for_the_tutorial(
         _seed(server, dev_pki, root)
         origin = f"https://localhost:{server.api_port}"
         with sync_playwright() as pw:
+            # The system browser, no download; no sandbox, as tests run as root in CI containers.
             browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             try:
                 page = _context(browser, origin, dev_pki, "auditor").new_page()
