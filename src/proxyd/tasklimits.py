@@ -12,6 +12,7 @@ slot from the match). A limit left out is no limit.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,29 @@ class TaskLimits:
     max_queued_per_owner: int | None = None
     sites: Mapping[str, SiteLimits] = field(default_factory=dict)  # normalised site names
     priority: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # FQAN or "*"
+
+    def __post_init__(self) -> None:
+        # Names spelt as the queue spells them, however the caller wrote them.
+        if self.sites:
+            from .taskqueue.validation import normalise_site  # the package imports config
+
+            sites = {
+                normalise_site(name, "TaskLimits.sites"): dataclasses.replace(
+                    limits,
+                    max_running_per_group={
+                        _fqan("TaskLimits.sites", g): n
+                        for g, n in limits.max_running_per_group.items()
+                    },
+                )
+                for name, limits in self.sites.items()
+            }
+            object.__setattr__(self, "sites", sites)
+        if self.priority:
+            priority = {
+                k if k == ANY_FQAN else _fqan("TaskLimits.priority", k): v
+                for k, v in self.priority.items()
+            }
+            object.__setattr__(self, "priority", priority)
 
     @property
     def running_limited(self) -> bool:

@@ -311,7 +311,17 @@ def voms_proxies(pki: DevPKI, workdir: Path, aa_port: int) -> dict[str, Path]:
     for name, (user, voms) in VOMS_PROXIES.items():
         cert, key = pki.user(user)
         out = workdir / f"{name}.pem"
-        argv = ["voms-proxy-init", "--vomses", vomses, "-cert", cert, "-key", key, "-out", out]
+        argv: list[str | Path] = [
+            "voms-proxy-init",
+            "--vomses",
+            vomses,
+            "-cert",
+            cert,
+            "-key",
+            key,
+            "-out",
+            out,
+        ]
         env = {
             "X509_CERT_DIR": str(pki.cert_dir),
             "X509_VOMS_DIR": str(pki.voms_dir),
