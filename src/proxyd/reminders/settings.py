@@ -5,10 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # config imports this module; the section type is only needed for checking
-    from ..config import _Section
+from ..configsection import ConfigError, Section
 
 DEFAULT_HORIZONS = (dt.timedelta(days=30), dt.timedelta(days=15), dt.timedelta(days=3))
 
@@ -42,8 +40,7 @@ class RemindersConfig:
         return self.smtp is not None or self.webhook is not None
 
 
-def parse_reminders(r: _Section, smtp_section: _Section | None) -> RemindersConfig:
-    from ..config import ConfigError
+def parse_reminders(r: Section, smtp_section: Section | None) -> RemindersConfig:
 
     horizons = []
     for text in r.strings("horizons", ()):
@@ -86,9 +83,8 @@ def parse_reminders(r: _Section, smtp_section: _Section | None) -> RemindersConf
     )
 
 
-def _duration(r: _Section, key: str, text: str) -> dt.timedelta:
+def _duration(r: Section, key: str, text: str) -> dt.timedelta:
     """One horizon, in the duration syntax of every other key ("30d", "12h")."""
-    from ..config import _Section as Section
 
     probe = Section(r.source, r.name, {key: text})
     return probe.duration(key, dt.timedelta(0))

@@ -19,12 +19,10 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..configsection import ConfigError, Section
 from .profile import MAX_LEEWAY, TrustedIssuer
-
-if TYPE_CHECKING:
-    from ..config import _Section
 
 
 @dataclass(frozen=True)
@@ -41,8 +39,7 @@ class TokensConfig:
         return self.issuer is not None
 
 
-def parse_tokens(t: _Section) -> TokensConfig:
-    from ..config import ConfigError, _Section
+def parse_tokens(t: Section) -> TokensConfig:
 
     issuer = t.str("issuer")
     if issuer is not None and (not issuer.startswith("https://") or issuer.endswith("/")):
@@ -68,7 +65,7 @@ def parse_tokens(t: _Section) -> TokensConfig:
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise ConfigError(f"{t.where('issuers')} entry {index + 1} must be a table")
-        s = _Section(t.source, f"tokens.issuers #{index + 1}", entry)
+        s = Section(t.source, f"tokens.issuers #{index + 1}", entry)
         url = s.str("url", required=True) or ""
         if not url.startswith("https://"):
             raise ConfigError(f"{s.where('url')} must be an https:// URL, got {url!r}")
