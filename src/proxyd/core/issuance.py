@@ -42,13 +42,14 @@ from ..sealing import (
 
 if TYPE_CHECKING:
     from ..taskqueue.base import TaskQueue
+    from ..taskqueue.model import TaskSpec
 from ..vomsaa.upstream import UpstreamAuthority, UpstreamRefusal
 from .checks import (
     check_public_key,
 )
 from .errors import BadRequest
 from .multiple import CredentialChoice
-from .values import DEFAULT_NAME, Retrieval
+from .values import DEFAULT_NAME, Retrieval, StoredCredential
 
 AcPlan = list[tuple[AttributeAuthority | UpstreamAuthority, tuple[str, ...], tuple[str, ...]]]
 
@@ -376,6 +377,63 @@ class Issuance(CredentialChoice):
             acs.append(ac)
         return acs
 
+    def payload_decision(
+        self,
+        principal: Principal,
+        op: Operation,
+        task_id: int,
+        queue: TaskQueue,
+        lifetime: dt.timedelta | None,
+    ) -> tuple[TaskSpec, AcPlan, StoredCredential, Decision]:
+        """Decide a payload proxy's or token's issuance (`op`) for the pilot asking: the task,
+        its AC plan, its stored credential and the allow (a refusal is audited and raised).
+
+        Policy decides with the queue's assignment (which pilot, whether it is live, the
+        task's wall time left) and the facts of the task's stored credential; `lifetime` is
+        what is asked besides (the assignment's time left caps it in any case).
+        """
+        task = queue.get(task_id)
+        if task is None:
+            # Decided like any other: the invariants first, then "not assigned" (there is no
+            # assignment of a task that does not exist).
+            self.gate.decide(
+                principal,
+                policy.Request(op),
+                None,
+                name=None,
+                detail=f"task {task_id}: no such task",
+            )
+            raise AssertionError("policy allowed a payload of no task")  # pragma: no cover
+        spec = task.spec
+        try:
+            plan = self._plan_acs(spec.owner, [VomsRequest(spec.vo, spec.fqans)])
+        except BadRequest as exc:
+            self.gate.refuse(
+                principal,
+                op,
+                Decision(False, exc.rule or "voms.unknown_vo", exc.message),
+                owner=spec.owner,
+                name=spec.credential_name,
+                detail=f"task {task_id}: {exc.message}",
+            )
+            raise
+        row = self._find(spec.credential_username, spec.credential_name)
+        request = policy.Request(
+            op,
+            owner=spec.owner,
+            name=spec.credential_name,
+            lifetime=lifetime,
+            fqans=tuple(f for _, explicit, _ in plan for f in explicit),
+            held_fqans=tuple(f for _, _, held in plan for f in held),
+            assignment=queue.assignment(task_id),
+        )
+        facts = self._facts_in_use(row)[0] if row is not None else None
+        decision = self.gate.decide(
+            principal, request, facts, name=spec.credential_name, detail=f"task {task_id}"
+        )
+        assert row is not None  # policy refuses a task whose credential is missing
+        return spec, plan, row, decision
+
     def payload_proxy(
         self,
         principal: Principal,
@@ -395,50 +453,7 @@ class Issuance(CredentialChoice):
         and deny are audited; the allow with the serial and "task <id>".
         """
         op = Operation.PAYLOAD_PROXY
-        task = queue.get(task_id)
-        if task is None:
-            # Decided like any other: the invariants first, then "not assigned" (there is no
-            # assignment of a task that does not exist).
-            self.gate.decide(
-                principal,
-                policy.Request(op),
-                None,
-                name=None,
-                detail=f"task {task_id}: no such task",
-            )
-            raise AssertionError("policy allowed a payload proxy of no task")  # pragma: no cover
-        spec = task.spec
-        try:
-            plan = self._plan_acs(spec.owner, [VomsRequest(spec.vo, spec.fqans)])
-        except BadRequest as exc:
-            self.gate.refuse(
-                principal,
-                op,
-                Decision(False, exc.rule or "voms.unknown_vo", exc.message),
-                owner=spec.owner,
-                name=spec.credential_name,
-                detail=f"task {task_id}: {exc.message}",
-            )
-            raise
-        row = self._find(spec.credential_username, spec.credential_name)
-        request = policy.Request(
-            op,
-            owner=spec.owner,
-            name=spec.credential_name,
-            lifetime=None,  # the assignment's time left caps it
-            fqans=tuple(f for _, explicit, _ in plan for f in explicit),
-            held_fqans=tuple(f for _, _, held in plan for f in held),
-            assignment=queue.assignment(task_id),
-        )
-        facts = self._facts_in_use(row)[0] if row is not None else None
-        decision = self.gate.decide(
-            principal,
-            request,
-            facts,
-            name=spec.credential_name,
-            detail=f"task {task_id}",
-        )
-        assert row is not None  # policy refuses a task whose credential is missing
+        spec, plan, row, decision = self.payload_decision(principal, op, task_id, queue, None)
         decision = dataclasses.replace(decision, limited=True)  # I2, whatever policy may become
         chain = self._stored_chain(row.chain_pem)
         key = self._open_key(principal, op, row, None)

@@ -20,12 +20,10 @@ from typing import Any
 from voms_ext import parse_fqan
 
 from .. import policy
-from ..issuer import VomsRequest
 from ..policy import Decision, Operation
 from ..principal import Principal
 from ..taskqueue.base import TaskQueue
 from ..tokens.keys import TokenKeyring
-from .errors import BadRequest
 from .issuance import Issuance
 
 WLCG_ANY_AUDIENCE = "https://wlcg.cern.ch/jwt/v1/any"
@@ -98,43 +96,10 @@ class TokenIssuance(Issuance):
                 owner=None,
                 name=None,
             )
-        task = queue.get(task_id)
-        if task is None:
-            self.gate.decide(
-                principal,
-                policy.Request(op),
-                None,
-                name=None,
-                detail=f"task {task_id}: no such task",
-            )
-            raise AssertionError("policy allowed a payload token of no task")  # pragma: no cover
-        spec = task.spec
-        try:
-            plan = self._plan_acs(spec.owner, [VomsRequest(spec.vo, spec.fqans)])
-        except BadRequest as exc:
-            raise self.gate.refuse(
-                principal,
-                op,
-                Decision(False, exc.rule or "voms.unknown_vo", exc.message),
-                owner=spec.owner,
-                name=spec.credential_name,
-                detail=f"task {task_id}: {exc.message}",
-            ) from None
-        row = self._find(spec.credential_username, spec.credential_name)
+        spec, plan, _, decision = self.payload_decision(
+            principal, op, task_id, queue, tokens.max_lifetime
+        )
         fqans = tuple(f for _, explicit, _ in plan for f in explicit)
-        request = policy.Request(
-            op,
-            owner=spec.owner,
-            name=spec.credential_name,
-            lifetime=tokens.max_lifetime,
-            fqans=fqans,
-            held_fqans=tuple(f for _, _, held in plan for f in held),
-            assignment=queue.assignment(task_id),
-        )
-        facts = self._facts_in_use(row)[0] if row is not None else None
-        decision = self.gate.decide(
-            principal, request, facts, name=spec.credential_name, detail=f"task {task_id}"
-        )
         decision = dataclasses.replace(decision, limited=True)
         assert decision.lifetime is not None  # an issuing decision always has one (I4)
         now = self.clock().replace(microsecond=0)
