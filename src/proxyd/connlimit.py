@@ -237,8 +237,12 @@ class LimitedTLSServer(asyncio.AbstractServer):
         *,
         handshake_timeout: float,
         backlog: int = 128,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self.protocol_factory = protocol_factory
+        # Called once when the listener closes (an edge writes its pending failed-login
+        # summaries then).
+        self.on_close = on_close
         self.ssl_context = ssl_context
         self.gate = gate
         self.handshake_timeout = handshake_timeout
@@ -350,6 +354,9 @@ class LimitedTLSServer(asyncio.AbstractServer):
         for task in self._handshakes:
             task.cancel()
         self.gate.close()
+        callback, self.on_close = self.on_close, None
+        if callback is not None:
+            callback()
 
     async def wait_closed(self) -> None:
         if self._handshakes:

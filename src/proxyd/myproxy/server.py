@@ -551,24 +551,12 @@ class MyProxyServer:
             limits.max_connections,
             min(limits.max_connections_per_peer, limits.max_connections),
         )
-        server = _Listener(
+        server = LimitedTLSServer(
             stream_protocol,
             myproxy_context(self.config),
             gate,
             handshake_timeout=HANDSHAKE_TIMEOUT,
             backlog=512,
+            on_close=self.auth_failures.close,
         )
-        server.on_close = self.auth_failures.close
         return await server.start(host, port, reuse_port=reuse_port)
-
-
-class _Listener(LimitedTLSServer):
-    """The MyProxy listener: when it closes, pending failed-authentication summaries are written."""
-
-    on_close: Callable[[], None] | None = None
-
-    def close(self) -> None:
-        super().close()
-        callback, self.on_close = self.on_close, None
-        if callback is not None:
-            callback()

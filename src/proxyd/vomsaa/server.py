@@ -25,7 +25,6 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -323,27 +322,15 @@ class AaServer:
             min(limits.max_connections_per_peer, limits.max_connections),
         )
         # The MyProxy edge's context: client proxy chains verified against the grid trust dir.
-        server = _Listener(
+        server = LimitedTLSServer(
             stream_protocol,
             server_context(self.config.server),
             gate,
             handshake_timeout=HANDSHAKE_TIMEOUT,
             backlog=512,
+            on_close=self.auth_failures.close,
         )
-        server.on_close = self.auth_failures.close
         return await server.start(host, port, reuse_port=reuse_port)
-
-
-class _Listener(LimitedTLSServer):
-    """When it closes, pending failed-authentication summaries are written."""
-
-    on_close: Callable[[], None] | None = None
-
-    def close(self) -> None:
-        super().close()
-        callback, self.on_close = self.on_close, None
-        if callback is not None:
-            callback()
 
 
 def _voms_text(outcome: str, voms: VomsRequest) -> str:
