@@ -422,7 +422,7 @@ def test_known_rules_are_found_where_they_are_made() -> None:
     found, _, _ = source_rules()
     expected = {
         "ban.peer": "policy/decide.py",  # _deny(...)
-        "admin.local_operator": "policy/decide.py",  # Decision(True, ...)
+        "admin.local_operator": "policy/model.py",  # Decision(True, ...)
         "credential.revoked": "policy/decide.py",  # f"credential.{verdict}" under `in (...)`
         "admin.admins": "policy/decide.py",  # policy._listed
         "auth.cannot_unseal": "core/base.py",  # self._auth_failure(..., rule, message)

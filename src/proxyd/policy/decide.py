@@ -17,9 +17,9 @@ from ..config import PolicyConfig
 from ..patterns import any_dn_denied, any_matches, same_dn
 from ..principal import Principal, PrincipalKind, is_pilot_fqan
 from .model import (
+    LOCAL_OPERATOR,
     MIN_LIFETIME,
     NO_BANS,
-    Assignment,
     AuthMethod,
     Bans,
     CredentialFacts,
@@ -27,6 +27,14 @@ from .model import (
     Operation,
     Request,
     current_tally,
+)
+from .tasks import (
+    payload,
+    task_cancel,
+    task_match,
+    task_read,
+    task_submit,
+    task_update,
 )
 from .tokens import token_exchange
 
@@ -421,38 +429,6 @@ def _issue_ac(
     return Decision(True, "voms.member", "member of the VO", limited=False)
 
 
-def _wrong_instance(a: Assignment) -> Decision:
-    return _deny(
-        "payload.wrong_instance",
-        f"task {a.task_id} (attempt {a.attempt}) is assigned to another instance of this "
-        "pilot: the assignment secret of its match is missing or wrong (or an earlier "
-        "attempt's)",
-    )
-
-
-def _payload_proxy(
-    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
-) -> Decision:
-    if principal.kind is not PrincipalKind.PILOT:
-        return _deny("payload.not_pilot", "payload proxies are handed only to pilots")
-    a = request.assignment
-    if a is None or a.pilot != principal.identity:
-        return _deny("payload.not_assigned", "this task is not assigned to the requesting pilot")
-    if credential is None:
-        return _deny("credential.not_found", "the task's credential does not exist")
-    if a.owner != credential.owner or a.credential_name != credential.name:
-        return _deny("payload.not_assigned", "this task is not assigned to the requesting pilot")
-    if not a.instance_ok:
-        return _wrong_instance(a)
-    if not a.live:
-        return _deny(
-            "payload.assignment_ended", f"task {a.task_id} is no longer running on this pilot"
-        )
-    return Decision(
-        True, "payload.assigned", f"payload of task {a.task_id}, attempt {a.attempt}", limited=True
-    )
-
-
 _Handler = Callable[[Request, Principal, CredentialFacts | None, PolicyConfig], Decision]
 
 
@@ -470,111 +446,6 @@ def _listed(patterns_of: str) -> _Handler:
         return _deny(rule, f'"{principal.identity}" is not listed in {patterns_of}')
 
     return handler
-
-
-def _task_submit(
-    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
-) -> Decision:
-    if principal.kind not in (PrincipalKind.USER, PrincipalKind.HOST):
-        return _deny("task.not_owner", "tasks are submitted by users (or services) for themselves")
-    if request.owner != principal.identity:
-        return _deny("task.not_owner", "a task can only be submitted by its owner")
-    if credential is None or credential.owner != principal.identity:
-        return _deny(
-            "task.credential_missing",
-            f'no credential "{request.name}" of yours is stored under username '
-            f'"{request.username}"; delegate one first (proxy-init --store)',
-        )
-    if request.fqans and not all(f in request.held_fqans for f in request.fqans):
-        missing = [f for f in request.fqans if f not in request.held_fqans]
-        return _deny("voms.fqan_not_held", f"the owner does not hold: {', '.join(missing)}")
-    limits = _task_limits(request)
-    if limits is not None:
-        return limits
-    return Decision(True, "task.owner", "the owner submits its own task", limited=False)
-
-
-def _task_limits(request: Request) -> Decision | None:
-    """[taskqueue.limits] at submission: the priority range of the task's FQANs, and the
-    owner's queue (the running limits are the matcher's)."""
-    if request.priority is not None and request.priority_range is not None:
-        low, high = request.priority_range
-        if not low <= request.priority <= high:
-            return _deny(
-                "task.priority_not_allowed",
-                f"priority {request.priority} is outside {low}..{high}, the range "
-                "[taskqueue.limits] priority allows for the task's FQANs",
-            )
-    if (
-        request.queued is not None
-        and request.max_queued is not None
-        and request.queued >= request.max_queued
-    ):
-        return _deny(
-            "task.owner_queue_full",
-            f"the owner has {request.queued} tasks queued, the most [taskqueue.limits] "
-            f"max_queued_per_owner allows is {request.max_queued}",
-        )
-    return None
-
-
-def _task_read(
-    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
-) -> Decision:
-    if request.owner is not None and request.owner == principal.identity:
-        return Decision(True, "task.owner", "the owner reads its own tasks", limited=False)
-    if any_matches((*config.admins, *config.auditors), principal.identity, principal.fqans):
-        return Decision(True, "task.admins", "listed in admins or auditors", limited=False)
-    return _deny("task.not_owner", "only the owner, admins and auditors may read these tasks")
-
-
-def _task_cancel(
-    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
-) -> Decision:
-    # Auditors read tasks but must not change them; a limited proxy (a payload
-    # of the owner's) must not cancel (or reschedule) the owner's other work.
-    verb = "reschedule" if request.operation is Operation.TASK_RESCHEDULE else "cancel"
-    if principal.limited:
-        return _deny("task.limited", f"a limited proxy may not {verb} tasks")
-    if request.owner is not None and request.owner == principal.identity:
-        return Decision(True, "task.owner", f"the owner may {verb} its own task", limited=False)
-    if principal.kind is PrincipalKind.OPERATOR:  # `proxyd admin reschedule` on the server
-        return _LOCAL_OPERATOR
-    if any_matches(config.admins, principal.identity, principal.fqans):
-        return Decision(True, "task.admins", "listed in admins", limited=False)
-    return _deny("task.not_owner", f"only the owner and admins may {verb} a task")
-
-
-def _task_match(
-    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
-) -> Decision:
-    if principal.kind is not PrincipalKind.PILOT:
-        return _deny("task.not_pilot", "only pilots match tasks")
-    # I5: a pilot bound to sites ([taskqueue] pilot_sites) cannot claim another one.
-    if request.allowed_sites is not None and request.site not in request.allowed_sites:
-        allowed = ", ".join(sorted(request.allowed_sites)) or "none"
-        return _deny(
-            "task.site_not_allowed",
-            f'this pilot may claim only the sites {allowed}, not "{request.site}"',
-        )
-    return Decision(True, "task.pilot", "a pilot asks for work", limited=True)
-
-
-def _task_update(
-    request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
-) -> Decision:
-    a = request.assignment
-    if principal.kind is not PrincipalKind.PILOT or a is None or a.pilot != principal.identity:
-        return _deny("task.not_assigned", "only the pilot running a task reports on it")
-    if not a.instance_ok:
-        return _wrong_instance(a)
-    if not a.active:
-        return _deny(
-            "payload.assignment_ended", f"task {a.task_id} is no longer running on this pilot"
-        )
-    if request.state_conflict is not None:
-        return _deny("task.state_conflict", request.state_conflict)
-    return Decision(True, "task.assigned_pilot", f"the pilot of task {a.task_id}", limited=True)
 
 
 _listed_admins = _listed("admins")
@@ -601,14 +472,8 @@ def _admin(
     request: Request, principal: Principal, credential: CredentialFacts | None, config: PolicyConfig
 ) -> Decision:
     if principal.kind is PrincipalKind.OPERATOR:
-        return _LOCAL_OPERATOR
+        return LOCAL_OPERATOR
     return _listed_admins(request, principal, credential, config)
-
-
-# `proxyd admin` and `proxyd-audit --config`: built on the server, never from a network peer.
-_LOCAL_OPERATOR = Decision(
-    True, "admin.local_operator", "the local operator of the server", limited=False
-)
 
 
 def _audit_read(
@@ -616,7 +481,7 @@ def _audit_read(
 ) -> Decision:
     # The operator on the server reads the log its own database holds (proxyd-audit --config).
     if principal.kind is PrincipalKind.OPERATOR:
-        return _LOCAL_OPERATOR
+        return LOCAL_OPERATOR
     return _auditors(request, principal, credential, config)
 
 
@@ -652,20 +517,20 @@ _HANDLERS = {
     Operation.CHANGE_PASSPHRASE: _owner_only,
     Operation.RETRIEVE_KEY: _retrieve_key,
     Operation.ISSUE_AC: _issue_ac,
-    Operation.PAYLOAD_PROXY: _payload_proxy,
-    Operation.PAYLOAD_TOKEN: _payload_proxy,  # a token goes where the payload's proxy may
+    Operation.PAYLOAD_PROXY: payload,
+    Operation.PAYLOAD_TOKEN: payload,  # a token goes where the payload's proxy may
     Operation.AUDIT_READ: _audit_read,
     Operation.METRICS_READ: _metrics_read,
     Operation.ADMIN: _admin,
     Operation.VO_MEMBERS: _admin,  # administration, recorded apart: a VO's membership history
     Operation.REMIND: _remind,
     Operation.SET_CONTACT: _set_contact,
-    Operation.TASK_SUBMIT: _task_submit,
-    Operation.TASK_READ: _task_read,
-    Operation.TASK_CANCEL: _task_cancel,
-    Operation.TASK_RESCHEDULE: _task_cancel,  # who may cancel a task may queue it again
-    Operation.TASK_MATCH: _task_match,
-    Operation.TASK_UPDATE: _task_update,
+    Operation.TASK_SUBMIT: task_submit,
+    Operation.TASK_READ: task_read,
+    Operation.TASK_CANCEL: task_cancel,
+    Operation.TASK_RESCHEDULE: task_cancel,  # who may cancel a task may queue it again
+    Operation.TASK_MATCH: task_match,
+    Operation.TASK_UPDATE: task_update,
     Operation.TOKEN_EXCHANGE: token_exchange,
 }
 

@@ -164,3 +164,9 @@ class DecisionTally:
 current_tally: contextvars.ContextVar[DecisionTally | None] = contextvars.ContextVar(
     "current_tally", default=None
 )
+
+
+# `proxyd admin` and `proxyd-audit --config`: built on the server, never from a network peer.
+LOCAL_OPERATOR = Decision(
+    True, "admin.local_operator", "the local operator of the server", limited=False
+)
