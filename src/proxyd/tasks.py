@@ -303,13 +303,23 @@ class TaskService:
             lambda decided: self.queue.start(task_id, principal.identity, decided=decided),
         )
 
-    def heartbeat(self, principal: Principal, task_id: int, secret: str | None = None) -> Task:
+    def heartbeat(
+        self,
+        principal: Principal,
+        task_id: int,
+        secret: str | None = None,
+        log_tail: str | None = None,
+    ) -> Task:
+        """The pilot is alive; `log_tail`, the end of the running payload's output, is what its
+        owner reads with `log_tail` until the attempt ends."""
         return self._report(
             principal,
             task_id,
             TaskEvent.HEARTBEAT,
             secret,
-            lambda decided: self.queue.heartbeat(task_id, principal.identity, decided=decided),
+            lambda decided: self.queue.heartbeat(
+                task_id, principal.identity, decided=decided, log_tail=log_tail
+            ),
         )
 
     def complete(

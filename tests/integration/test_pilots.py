@@ -580,3 +580,30 @@ def test_without_tokens_configured_the_payload_runs_with_its_proxy_only(
     _finish([bed.pilot("SITE-A", "pilot", "--max-tasks", "1")])
     assert bed.task("alice", task_id)["state"] == "done"
     assert (bed.results / "env").read_text() == "-"
+
+
+def test_the_owner_peeks_at_a_running_payloads_output(bed: Bed, tmp_path: Path) -> None:
+    """Issue 20: GET /v1/tasks/{id}/log while the payload runs shows what it printed so far
+    (the pilot sends the end of the log with every heartbeat); others may not look."""
+    script = tmp_path / "chatty.py"
+    script.write_text(
+        "import sys, time\nprint('step 1 of 2: reading input', flush=True)\ntime.sleep(8)\n"
+        "print('step 2 of 2: done', flush=True)\n"
+    )
+    [task_id] = bed.submit("alice", 1, command=[sys.executable, str(script)], max_wall_s=120)
+    pilot = bed.pilot("SITE-A", "pilot", "--max-tasks", "1")
+    seen = None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        reply = bed.api("alice").request("GET", f"/v1/tasks/{task_id}/log")
+        if reply.status == 200 and "step 1 of 2" in (reply.json["log_tail"] or ""):
+            seen = (bed.task("alice", task_id)["state"], reply.json["log_tail"])
+            break
+        time.sleep(0.3)
+    assert seen is not None, "the running payload's output never showed"
+    state, tail = seen
+    assert state == "running" and "step 2 of 2" not in tail
+    assert bed.api("bob").request("GET", f"/v1/tasks/{task_id}/log").status == 403
+    _finish([pilot])
+    final = bed.api("alice").request("GET", f"/v1/tasks/{task_id}/log").json["log_tail"]
+    assert "step 1 of 2" in final and "step 2 of 2: done" in final

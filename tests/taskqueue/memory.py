@@ -34,6 +34,7 @@ from proxyd.taskqueue.base import (
 from proxyd.taskqueue.fairshare import FairShare, PairUsage, match_key, ranking
 from proxyd.taskqueue.model import (
     ACTIVE,
+    LOG_TAIL_MAX,
     QUEUED,
     SYSTEM_ACTOR,
     Accounting,
@@ -47,6 +48,7 @@ from proxyd.taskqueue.model import (
     TaskState,
     UnknownTask,
     assignment_of,
+    free_text,
     new_assignment_secret,
     next_state,
     normalise_site,
@@ -73,6 +75,7 @@ class MemoryTaskQueue:
     ) -> None:
         self._limits = limits or TaskLimits()
         self._max_attempts = max_attempts
+        self._live: dict[int, str] = {}  # task id -> its running payload's log tail
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._tasks: dict[int, Task] = {}
@@ -272,8 +275,18 @@ class MemoryTaskQueue:
     def start(self, task_id: int, pilot: str, *, decided: Sequence[AuditEvent] = ()) -> Task:
         return self._apply(task_id, TaskEvent.START, pilot=pilot, decided=decided)
 
-    def heartbeat(self, task_id: int, pilot: str, *, decided: Sequence[AuditEvent] = ()) -> Task:
-        return self._apply(task_id, TaskEvent.HEARTBEAT, pilot=pilot, decided=decided)
+    def heartbeat(
+        self,
+        task_id: int,
+        pilot: str,
+        *,
+        decided: Sequence[AuditEvent] = (),
+        log_tail: str | None = None,
+    ) -> Task:
+        task = self._apply(task_id, TaskEvent.HEARTBEAT, pilot=pilot, decided=decided)
+        if log_tail is not None:
+            self._live[task_id] = free_text(log_tail, LOG_TAIL_MAX)
+        return task
 
     def complete(
         self,
@@ -402,6 +415,9 @@ class MemoryTaskQueue:
         return silent
 
     def log_tail(self, task_id: int) -> str | None:
+        task = self._tasks.get(task_id)
+        if task is not None and task.state in ACTIVE and task_id in self._live:
+            return self._live[task_id]
         tails = [acc.log_tail for task, _, acc, _ in self._accounting if task.id == task_id]
         return tails[-1] if tails else None
 

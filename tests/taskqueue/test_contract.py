@@ -249,6 +249,22 @@ class TestContract:
         a = q.assignment(t.id)
         assert a is not None and a.pilot == PILOT and not a.live
 
+    def test_the_running_payloads_log_tail_then_the_attempts(self, harness: Harness) -> None:
+        """Issue 20: the owner peeks at a running payload (the last heartbeat's tail); once the
+        attempt ends, the tail its pilot reported with the end is what stays."""
+        q = harness.queue
+        task = q.submit(spec())
+        assert q.log_tail(task.id) is None
+        q.match(pilot())
+        q.start(task.id, PILOT)
+        q.heartbeat(task.id, PILOT, log_tail="event 1\n")
+        assert q.log_tail(task.id) == "event 1\n"
+        q.heartbeat(task.id, PILOT)  # a beat without output keeps the last one
+        q.heartbeat(task.id, PILOT, log_tail="event 1\nevent 2\x00\n")
+        assert q.log_tail(task.id) == "event 1\nevent 2\ufffd\n"  # NUL: what a database stores
+        q.complete(task.id, PILOT, Accounting(cpu_s=1, wall_s=2, log_tail="all 10 events\n"))
+        assert q.log_tail(task.id) == "all 10 events\n"
+
     def test_stalled_sweep(self, harness: Harness) -> None:
         q, clock = harness.queue, harness.clock
         quiet, chatty, late = q.submit_many([spec(), spec(), spec()])

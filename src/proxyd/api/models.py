@@ -232,6 +232,15 @@ class TaskProxyRequest(PresentSecret, frozen=True, kw_only=True):
     csr: Csr
 
 
+class Heartbeat(PresentSecret, frozen=True, kw_only=True):
+    """The pilot is alive; with the end of the running payload's output, for its owner."""
+
+    log_tail: (
+        Annotated[str, Meta(max_length=LOG_TAIL_MAX, description="the end of the payload's output")]
+        | None
+    ) = None
+
+
 class CompleteReport(PresentSecret, frozen=True, kw_only=True):
     """The payload's accounting, as its pilot measured it."""
 

@@ -33,6 +33,7 @@ from .models import (
     TASK_SECONDS,
     CompleteReport,
     FailReport,
+    Heartbeat,
     OwnerBan,
     PilotOffer,
     PresentSecret,
@@ -273,12 +274,13 @@ async def start_task(request: web.Request) -> web.Response:
 
 
 async def heartbeat_task(request: web.Request) -> web.Response:
-    body = await read_body(request, PresentSecret, optional=True)
+    body = await read_body(request, Heartbeat, optional=True)
     task = await _call(
         _service(request).heartbeat,
         principal_of(request),
         _task_id(request),
         body.assignment_secret,
+        body.log_tail,
     )
     return web.json_response(task_json(task))
 
@@ -432,9 +434,9 @@ TASK_ROUTES: list[ApiRoute] = [
         "POST",
         "/v1/tasks/{id}/heartbeat",
         heartbeat_task,
-        "The pilot is alive",
+        "The pilot is alive (with the running payload's log tail, for GET .../log)",
         response=_TASK,
-        body=PresentSecret,
+        body=Heartbeat,
         body_optional=True,
     ),
     ApiRoute(

@@ -17,6 +17,7 @@ import datetime as dt
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -247,7 +248,9 @@ class PilotAgent:
         self, task_id: int, proxy: Path, uid: int | None, secret: dict[str, Any]
     ) -> None:
         try:
-            self.api.request("POST", f"/v1/tasks/{task_id}/heartbeat", dict(secret))
+            # The end of the payload's output goes with it: its owner may look while it runs.
+            beat = {**secret, "log_tail": _tail(proxy.with_name("payload.log"))}
+            self.api.request("POST", f"/v1/tasks/{task_id}/heartbeat", beat)
         except Exception as exc:
             rule = _task_gone(exc)
             if rule is not None:
@@ -361,14 +364,27 @@ def _failure_reason(outcome: Outcome) -> str:
 
 
 def _tail(path: Path) -> str:
+    """The end of the payload's log. The payload owns its work directory and may have put
+    a symlink (to a file only the pilot can read) or a FIFO in its place: only a regular
+    file reached without following a link is read, and never blocks."""
     try:
-        with open(path, "rb") as fh:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        with os.fdopen(fd, "rb") as fh:
+            fd = -1
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
             fh.seek(max(0, size - LOG_TAIL_BYTES))
             return fh.read().decode("utf-8", "replace")
     except OSError:
         return ""
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 __all__ = ["PilotAgent", "PilotSettings", "Summary"]

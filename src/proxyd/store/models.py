@@ -261,6 +261,8 @@ class TaskRow(Base):
     matched_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # The running payload's log tail from its pilot's last heartbeat (migration 0011).
+    live_log: Mapped[str | None] = mapped_column(Text)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     reason: Mapped[str | None] = mapped_column(Text)
     # SHA-256 (hex) of the current attempt's assignment secret (migration 0005): only the

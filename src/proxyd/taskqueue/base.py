@@ -133,8 +133,19 @@ class TaskQueue(Protocol):
         (progress, not a decision): only `decided` is appended."""
         ...
 
-    def heartbeat(self, task_id: int, pilot: str, *, decided: Sequence[AuditEvent] = ()) -> Task:
-        """The pilot is alive and still on the task. Not audited by itself, as `start`."""
+    def heartbeat(
+        self,
+        task_id: int,
+        pilot: str,
+        *,
+        decided: Sequence[AuditEvent] = (),
+        log_tail: str | None = None,
+    ) -> Task:
+        """The pilot is alive and still on the task. Not audited by itself, as `start`.
+
+        `log_tail`: the end of the running payload's output (at most LOG_TAIL_MAX
+        characters, NUL replaced); `log_tail()` returns it while the
+        attempt runs."""
         ...
 
     def complete(

@@ -167,8 +167,17 @@ class SqlTaskQueue:
     def start(self, task_id: int, pilot: str, *, decided: Sequence[AuditEvent] = ()) -> Task:
         return self._life.apply(task_id, TaskEvent.START, pilot=pilot, decided=decided)
 
-    def heartbeat(self, task_id: int, pilot: str, *, decided: Sequence[AuditEvent] = ()) -> Task:
-        return self._life.apply(task_id, TaskEvent.HEARTBEAT, pilot=pilot, decided=decided)
+    def heartbeat(
+        self,
+        task_id: int,
+        pilot: str,
+        *,
+        decided: Sequence[AuditEvent] = (),
+        log_tail: str | None = None,
+    ) -> Task:
+        return self._life.apply(
+            task_id, TaskEvent.HEARTBEAT, pilot=pilot, decided=decided, log_tail=log_tail
+        )
 
     def complete(
         self,
@@ -288,8 +297,12 @@ class SqlTaskQueue:
         return assignment_of(task, self._clock(), secret) if task is not None else None
 
     def log_tail(self, task_id: int) -> str | None:
-        """The log tail its pilot reported for the task's latest finished attempt."""
+        """The running attempt's log tail (from its last heartbeat), else the one its pilot
+        reported for the task's latest finished attempt."""
         with self._engine.connect() as conn:
+            live = conn.execute(select(T.live_log).where(T.id == task_id)).scalar_one_or_none()
+            if live is not None:
+                return str(live)
             row = conn.execute(
                 select(A.log_tail).where(A.task_id == task_id).order_by(A.attempt.desc()).limit(1)
             ).first()

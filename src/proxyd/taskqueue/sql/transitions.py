@@ -27,6 +27,7 @@ from ..base import RULE_PILOT_REPORT, RULE_REQUEST, RULE_RETRY, queue_event
 from ..fairshare import FairShare
 from ..model import (
     ACTIVE,
+    LOG_TAIL_MAX,
     SYSTEM_ACTOR,
     Accounting,
     NotAssigned,
@@ -69,6 +70,7 @@ class LifeCycle:
         accounting: Accounting | None = None,
         reason: str | None = None,
         decided: Sequence[AuditEvent] = (),
+        log_tail: str | None = None,
     ) -> Task:
         """One life-cycle event on one task; `decided` and its own event commit with it."""
         now = self._clock()
@@ -95,6 +97,10 @@ class LifeCycle:
                 changes.update(started_at=now, heartbeat_at=now)
             elif event is TaskEvent.HEARTBEAT:
                 changes["heartbeat_at"] = now
+                if log_tail is not None:
+                    changes["live_log"] = free_text(log_tail, LOG_TAIL_MAX)
+            if final not in ACTIVE:
+                changes["live_log"] = None  # the attempt's accounting keeps its final tail
             if final in (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED):
                 changes["finished_at"] = now
             if final is TaskState.RESCHEDULED:
