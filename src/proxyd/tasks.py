@@ -156,7 +156,13 @@ class TaskService:
         op = Operation.TASK_CANCEL if event is TaskEvent.CANCEL else Operation.TASK_RESCHEDULE
         task = self.queue.get(task_id)
         owner = task.spec.owner if task is not None else None
-        decision = self.gate.decide(principal, policy.Request(op, owner=owner), None, name=None)
+        decision = self.gate.decide(
+            principal,
+            policy.Request(op, owner=owner),
+            None,
+            name=None,
+            detail=f"task {task_id}: {event.value}",
+        )
         if task is None:
             raise self.gate.refuse(
                 principal,
@@ -171,7 +177,7 @@ class TaskService:
             conflict = str(TaskStateError(task.state, event, task.id))
             self._refuse(principal, op, task, conflict)
             raise TaskConflict(conflict, STATE_CONFLICT)
-        allow = self._allowed(principal, op, decision, task)
+        allow = self._allowed(principal, op, decision, task, event.value)
         change = self.queue.cancel if event is TaskEvent.CANCEL else self.queue.reschedule
         return self._act(
             principal,
@@ -231,26 +237,37 @@ class TaskService:
             state_conflict=conflict,
         )
         try:
-            decision = self.gate.decide(principal, request, None, name=None)
+            decision = self.gate.decide(
+                principal, request, None, name=None, detail=f"task {task_id}: {event.value}"
+            )
         except Denied as exc:
             if exc.rule == STATE_CONFLICT:
                 raise TaskConflict(exc.message, STATE_CONFLICT) from None
             raise
-        allow = self._allowed(principal, Operation.TASK_UPDATE, decision, task)
+        allow = self._allowed(principal, Operation.TASK_UPDATE, decision, task, event.value)
         return self._act(
             principal, Operation.TASK_UPDATE, task, lambda: self._committed(allow, act([allow]))
         )
 
     def _allowed(
-        self, principal: Principal, op: Operation, decision: Decision, task: Task | None
+        self,
+        principal: Principal,
+        op: Operation,
+        decision: Decision,
+        task: Task | None,
+        what: str = "",
     ) -> AuditEvent:
-        """The allow event a queue change commits with (I6)."""
+        """The allow event a queue change commits with (I6); it names the task first, so
+        `proxyd-audit query --task N` finds it."""
         return self.gate.event(
             principal,
             op,
             decision,
             owner=task.spec.owner if task is not None else None,
             name=task.spec.credential_name if task is not None else None,
+            detail=(f"task {task.id}: {what}" if what else f"task {task.id}")
+            if task is not None
+            else None,
         )
 
     @staticmethod

@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -607,3 +608,56 @@ def test_the_owner_peeks_at_a_running_payloads_output(bed: Bed, tmp_path: Path) 
     _finish([pilot])
     final = bed.api("alice").request("GET", f"/v1/tasks/{task_id}/log").json["log_tail"]
     assert "step 1 of 2" in final and "step 2 of 2: done" in final
+
+
+def test_proxyd_audit_lists_every_decision_about_one_task(bed: Bed) -> None:
+    """Issue 21: for one task id, the auditor's `proxyd-audit query --task N` (the real CLI,
+    over HTTPS) gives every decision from submission to the end, and nothing of other tasks."""
+    ids = bed.submit("alice", 2)
+    _finish([bed.pilot("SITE-A", "pilot", "--max-tasks", "2")])
+    task_id = ids[1]
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(bed.workroot),
+        "X509_USER_PROXY": str(bed.creds["carol"]),  # an auditor of the bed
+        "X509_CERT_DIR": str(bed.server.pki.cert_dir),
+    }
+    server = f"https://localhost:{bed.server.api_port}"
+    done = subprocess.run(
+        [
+            str(BIN / "proxyd-audit"),
+            "--server",
+            server,
+            "query",
+            "--task",
+            str(task_id),
+            "--json",
+            "--limit",
+            "0",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    events = sorted((json.loads(line) for line in done.stdout.splitlines()), key=lambda e: e["seq"])
+    named = {int(re.match(r"task (\d+)\b", e["detail"]).group(1)) for e in events}  # type: ignore[union-attr]
+    assert named == {task_id}, events
+    steps = [(e["operation"], e["decision"]) for e in events]
+    assert steps[0] == ("task_submit", "allow")
+    assert ("task_match", "allow") in steps and ("task.match", "allow") in steps
+    assert ("payload_proxy", "allow") in steps
+    updates = [e["detail"] for e in events if e["operation"] == "task_update"]
+    assert updates[0] == f"task {task_id}: start" and updates[-1] == f"task {task_id}: complete"
+    assert steps[-1] == ("task.complete", "allow")
+    bad = subprocess.run(
+        [str(BIN / "proxyd-audit"), "--server", server, "query", "--task", "x1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2 and "is not a task id" in bad.stderr

@@ -29,6 +29,7 @@ from proxyd.taskqueue.base import (
     RULE_TIMEOUT,
     AccountingKey,
     AuditSink,
+    named_task,
     queue_event,
 )
 from proxyd.taskqueue.fairshare import FairShare, PairUsage, match_key, ranking
@@ -99,8 +100,8 @@ class MemoryTaskQueue:
         self, specs: Sequence[TaskSpec], *, decided: Sequence[AuditEvent] = ()
     ) -> list[int]:
         with self._lock:
-            self._log(*decided)
             tasks = [Task(next(self._ids), s, TaskState.WAITING, self._clock()) for s in specs]
+            self._log(*(named_task(decided, tasks[0].id) if len(tasks) == 1 else decided))
             self._tasks.update((t.id, t) for t in tasks)
         return [t.id for t in tasks]
 
@@ -152,7 +153,7 @@ class MemoryTaskQueue:
                 task=task,
                 detail=f"task {task.id}",
             )
-            self._log(*decided, event)
+            self._log(*named_task(decided, task.id), event)
             self._tasks[task.id] = task
         return dataclasses.replace(task, assignment_secret=secret)
 

@@ -250,8 +250,11 @@ async def audit_events(request: web.Request) -> web.Response:
     try:
         limit = min(int(q.get("limit", "100")), 1000)
         after = int(q["after"]) if q.get("after") else None
+        task = int(q["task"]) if q.get("task") else None
     except ValueError:
-        raise Problem(400, "'limit' and 'after' must be integers") from None
+        raise Problem(400, "'limit', 'after' and 'task' must be integers") from None
+    if task is not None and task < 1:
+        raise Problem(400, "'task' must be a task id (a positive integer)")
     decision = q.get("decision")
     if decision not in (None, "allow", "deny"):
         raise Problem(400, "'decision' must be allow or deny")
@@ -268,6 +271,7 @@ async def audit_events(request: web.Request) -> web.Response:
         until=_time_param(request, "until"),
         limit=limit,
         after_seq=after,
+        task=task,
     )
     return web.json_response(
         {
@@ -393,6 +397,7 @@ ROUTE_TABLE: list[ApiRoute] = [
                 "until",
                 "limit",
                 "after",
+                "task",
             )
         ),
     ),

@@ -102,6 +102,7 @@ class AuditLog:
         limit: int = 100,
         after_seq: int | None = None,
         newest_first: bool = True,
+        task: int | None = None,
     ) -> list[StoredEvent]:
         """Matching events, one page of at most `limit`.
 
@@ -122,6 +123,7 @@ class AuditLog:
             limit=limit,
             after_seq=after_seq,
             newest_first=newest_first,
+            task=task,
         )
         try:
             with self._engine.connect() as conn:
@@ -142,6 +144,7 @@ class AuditLog:
         operation: str | None = None,
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
+        task: int | None = None,
     ) -> int:
         """Write matching events oldest first, one JSON object per line; returns the count."""
         count, after = 0, 0
@@ -155,6 +158,7 @@ class AuditLog:
                 operation=operation,
                 since=since,
                 until=until,
+                task=task,
                 limit=_EXPORT_PAGE,
                 after_seq=after,
                 newest_first=False,

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, select
+from sqlalchemy import ColumnElement, Select, or_, select
 
 from .events import DECISIONS
 from .rows import EVENTS
@@ -27,11 +27,14 @@ def page_query(
     limit: int,
     after_seq: int | None,
     newest_first: bool,
+    task: int | None = None,
 ) -> Select[Any]:
     """The SELECT of one page of `AuditLog.query` (arguments as documented there)."""
     if limit < 1:
         raise ValueError(f"limit must be at least 1, not {limit}")
     conditions = _filters(actor, owner, serial, decision, rule, operation, since, until)
+    if task is not None:
+        conditions.append(task_condition(task))
     if after_seq is not None:
         conditions.append(_T.seq < after_seq if newest_first else _T.seq > after_seq)
     return (
@@ -71,3 +74,13 @@ def _filters(
     if until is not None:
         conditions.append(_T.time < until)
     return conditions
+
+
+def task_condition(task: int) -> ColumnElement[bool]:
+    """Events about task `task`: every event the task queue and its payloads write names the
+    task first in its detail ("task 12", "task 12: start", "task 12 (limited)", "task 12 to
+    pilot ...")."""
+    if not isinstance(task, int) or isinstance(task, bool) or task < 1:
+        raise ValueError(f"task must be a task id (a positive integer), not {task!r}")
+    name = f"task {task}"
+    return or_(_T.detail == name, _T.detail.like(f"{name} %"), _T.detail.like(f"{name}:%"))

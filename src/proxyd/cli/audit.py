@@ -62,7 +62,14 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
         "operation": args.operation,
         "since": args.since,
         "until": args.until,
+        "task": args.task,
     }
+
+
+def _task_id(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a task id (a positive integer)")
+    return int(text)
 
 
 class Source:
@@ -377,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--operation", help="e.g. retrieve, renew, store")
         p.add_argument("--since", type=_time, help="ISO 8601 date or time")
         p.add_argument("--until", type=_time, help="ISO 8601 date or time")
+        p.add_argument("--task", type=_task_id, help="every decision about one task, by its id")
 
     p = sub.add_parser("query", help="list matching events, newest first")
     filters(p)

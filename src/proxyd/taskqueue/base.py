@@ -19,6 +19,7 @@ An entry point cannot shadow a built-in name.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib
 import importlib.metadata
@@ -107,7 +108,8 @@ class TaskQueue(Protocol):
     """
 
     def submit(self, spec: TaskSpec, *, decided: Sequence[AuditEvent] = ()) -> Task:
-        """Queue a task (state waiting)."""
+        """Queue a task (state waiting). The `decided` events name the new task first in
+        their detail (`named_task`), as every event about a task does."""
         ...
 
     def submit_many(
@@ -358,3 +360,15 @@ def queue_event(
         fqans=task.spec.fqans if task is not None else (),
         detail=detail[:2000] if detail is not None else None,
     )
+
+
+def named_task(events: Sequence[AuditEvent], task_id: int) -> list[AuditEvent]:
+    """`events` with task `task_id` named first in their detail ("task 12", "task 12: ..."):
+    the allow of a submission is decided before the task has an id, and `proxyd-audit
+    query --task` finds a task's events by that name."""
+    return [
+        dataclasses.replace(
+            e, detail=f"task {task_id}: {e.detail}" if e.detail else f"task {task_id}"
+        )
+        for e in events
+    ]

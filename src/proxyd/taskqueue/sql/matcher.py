@@ -28,6 +28,7 @@ from sqlalchemy import Connection, Row
 from ...audit import AuditEvent
 from ...store.batching import RETRY, LeaderBatcher, Retry
 from ...tasklimits import TaskLimits
+from ..base import named_task
 from ..fairshare import FairShare
 from ..model import PilotCapabilities, Task
 from . import postgres, sqlite
@@ -117,7 +118,7 @@ class Matcher:
                     task, row = claimed.task(), claimed.row
                     claimed_rows.append(row)
                     situation.reserve((row.group_name, row.owner_dn), row.max_wall_s, r.caps.site)
-                    events += [*r.decided, match_event(task, r.caps)]
+                    events += [*named_task(r.decided, task.id), match_event(task, r.caps)]
                     outcomes.append(task)
                 elif seen and r.tries + 1 < _CLAIM_ROUNDS:
                     r.tries += 1
@@ -175,7 +176,9 @@ class Matcher:
                     claimed = sqlite.claim(conn, ranked, caps, now)
                 if claimed is not None:
                     task = claimed.task()
-                    self._writer.audit(conn, [*r.decided, match_event(task, caps)])
+                    self._writer.audit(
+                        conn, [*named_task(r.decided, task.id), match_event(task, caps)]
+                    )
                     return task
             # Others are claiming all we saw, right now: wait a little.
             time.sleep(min(_BACKOFF_S[0] * 2**attempt, _BACKOFF_S[1]))

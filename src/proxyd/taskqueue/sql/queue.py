@@ -24,7 +24,7 @@ from ...policy import Assignment
 from ...store.bans import add_ban, remove_ban
 from ...store.db import make_engine, migrate, require_proxyd_engine
 from ...tasklimits import TaskLimits
-from ..base import RULE_REQUEST, AccountingKey, AuditSink, queue_event
+from ..base import RULE_REQUEST, AccountingKey, AuditSink, named_task, queue_event
 from ..fairshare import FairShare
 from ..model import (
     SYSTEM_ACTOR,
@@ -126,6 +126,7 @@ class SqlTaskQueue:
     # --- submitting -----------------------------------------------------------------------------
 
     def submit(self, spec: TaskSpec, *, decided: Sequence[AuditEvent] = ()) -> Task:
+        """Queue a task; `decided` names it (`named_task`), inserted in one transaction."""
         now = self._clock()
         [task_id] = self._insert([spec], now, decided)
         return Task(id=task_id, spec=spec, state=TaskState.WAITING, submitted_at=now)
@@ -152,6 +153,8 @@ class SqlTaskQueue:
             ensure_pairs(conn, {(s.group, s.owner) for s in specs}, now)
             result = conn.execute(insert(TASKS).returning(T.id, sort_by_parameter_order=True), rows)
             ids = list(result.scalars())
+            if len(ids) == 1:
+                decided = named_task(decided, ids[0])
             self._writer.audit(conn, decided)
         return ids
 
