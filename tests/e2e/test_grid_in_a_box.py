@@ -28,12 +28,10 @@ authdb granted the write to the group /dteam; the log says
 create /dteam/alice-proxy-<id>.out`. Nothing in I3 needs to change for this
 storage element.
 
-What proxyd's audit cannot say yet: the allow events of a task's submission
-(task_submit) and of its pilot's start and heartbeat reports (task_update)
-carry no task id (src/proxyd/tasks.py writes no detail for them), and
-`proxyd-audit query` has no task filter. `_task_trail` therefore attributes
-those events by what is certain in this story (the owner's n-th submission;
-the reports of the pilot that held the task between its match and its end).
+Every audit event about a task names it first in its detail, so the auditor's
+`proxyd-audit query --task N` gives the task's story, from its submission and
+match to the refusals after its end; `_task_trail` adds the store of its
+credential (an event about the credential, not the task).
 """
 
 from __future__ import annotations
@@ -263,35 +261,18 @@ def _query(audit: list[str], env: dict[str, str], owner: str) -> list[dict[str, 
 
 
 def _task_trail(
-    events: list[dict[str, Any]], task_id: int, *, submitted: int
+    audit: list[str], env: dict[str, str], owner_events: list[dict[str, Any]], task_id: int
 ) -> list[tuple[str, str, str, str]]:
-    """(operation, decision, rule, detail) of the events of one task, oldest first.
-
-    Events that name the task in their detail are its own. Three kinds do not name
-    it (proxyd writes no task id into them, see the module docstring): the store of
-    its credential, its submission (the `submitted`-th of the owner's), and the
-    pilot's start and heartbeat reports (task_update), which are the reports of the
-    pilot that held the task between its match and its end (a pilot runs one task at
-    a time).
-    """
+    """(operation, decision, rule, detail) of one task's story, oldest first: the store of
+    its credential (the owner's store events), then every event `proxyd-audit query --task`
+    lists for it (each names the task first in its detail)."""
+    listed = run_tool([*audit, "query", "--task", str(task_id), "--json", "--limit", "0"], env=env)
+    assert listed.returncode == 0, text(listed)
+    own = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
     names = re.compile(rf"^task {task_id}\b")
-    own = [e for e in events if names.match(e.get("detail") or "")]
-    match = next(e for e in own if e["operation"] == "task.match")
-    end = next(e for e in own if e["operation"] in ("task.complete", "task.fail"))
-    submits = [e for e in events if e["operation"] == "task_submit" and e["decision"] == "allow"]
-    chosen = [
-        *(e for e in events if e["operation"] == "store" and e["decision"] == "allow"),
-        submits[submitted - 1],
-        *own,
-        *(
-            e
-            for e in events
-            if e["operation"] == "task_update"
-            and e["actor_dn"] == match["actor_dn"]
-            and int(match["seq"]) < int(e["seq"]) < int(end["seq"])
-        ),
-    ]
-    chosen.sort(key=lambda e: int(e["seq"]))
+    assert own and all(names.match(e.get("detail") or "") for e in own), own
+    stores = [e for e in owner_events if e["operation"] == "store" and e["decision"] == "allow"]
+    chosen = sorted([*stores, *own], key=lambda e: int(e["seq"]))
     return [(e["operation"], e["decision"], e["rule"], e.get("detail") or "") for e in chosen]
 
 
@@ -467,23 +448,26 @@ def test_grid_in_a_box(box: Box) -> None:
         audit_env = box.grid_env(X509_USER_PROXY=str(box.creds["carol"]))  # carol audits
         audit = [str(BIN / "proxyd-audit"), "--server", box.proxyd.url]
         alices = _query(audit, audit_env, ALICE)
-        trail = _task_trail(alices, with_token, submitted=2)
+        trail = _task_trail(audit, audit_env, alices, with_token)
         # From the store to the refusals after the end, in the order they happened.
         assert [(op, rule) for op, _, rule, _ in trail] == [
             ("store", "store.owner"),  # delegation begun: proxyd made the key pair
             ("store", "store.owner"),  # the signed proxy stored
             ("task_submit", "task.owner"),
+            ("task_match", "task.pilot"),  # the pilot's decision, then the queue's record
             ("task.match", "queue.fair_share"),
             ("payload_proxy", "payload.assigned"),
             ("payload_token", "payload.assigned"),
-            *[("task_update", "task.assigned_pilot")] * (len(trail) - 11),  # start, heartbeats
+            *[("task_update", "task.assigned_pilot")] * (len(trail) - 12),  # start, heartbeats
             ("task.complete", "queue.pilot_report"),
             ("payload_proxy", "payload.wrong_instance"),
             ("payload_token", "payload.wrong_instance"),
             ("payload_proxy", "limited.peer"),
             ("payload_token", "limited.peer"),
         ], "\n".join(map(str, trail))
-        assert len(trail) - 11 >= 2, "no start and heartbeat reports: " + "\n".join(map(str, trail))
+        assert len(trail) - 12 >= 2, "no start and heartbeat reports: " + "\n".join(map(str, trail))
+        updates = [d for op, _, _, d in trail if op == "task_update"]
+        assert updates[0] == f"task {with_token}: start", updates
         [match] = [t for t in trail if t[0] == "task.match"]
         assert f"task {with_token} to pilot SITE-B-pilot at site site-b" in match[3], match
         [token] = [t for t in trail if t[0] == "payload_token" and t[1] == "allow"]
