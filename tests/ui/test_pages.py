@@ -297,3 +297,17 @@ def test_accounting_by_owner_group_and_site(seeded: Seeded) -> None:
     assert 'data-key="site-a"' in _page(seeded.get("carol", "/ui/accounting?by=site"))
     bad = _page(seeded.get("carol", "/ui/accounting?by=colour"), 400)
     assert "owner, group or site" in bad
+
+
+def test_the_log_filters_by_task(seeded: Seeded) -> None:
+    """The auditor's task filter (as `proxyd-audit query --task`): one task's events only."""
+    first, second = seeded.task_ids[0], seeded.task_ids[1]
+    text = _page(seeded.get("carol", f"/ui/log?task={first}&limit={LOG_PAGE_MAX}"))
+    rows = _rows(text)
+    assert rows and {r for _, _, r in rows} >= {"task.owner", "queue.fair_share"}
+    details = re.findall(r"<td>(task \d+[^<]*)</td>", text)
+    assert details and all(re.match(rf"task {first}\b", d) for d in details), details
+    assert f'value="{first}"' in text  # the form shows the filter
+    other = _page(seeded.get("carol", f"/ui/log?task={second}&limit={LOG_PAGE_MAX}"))
+    assert not re.search(rf"<td>task {first}\b", other)
+    assert seeded.get("carol", "/ui/log?task=x").status == 400

@@ -137,6 +137,7 @@ class LogFilters:
     rule: str | None = None
     operation: str | None = None
     serial: str | None = None
+    task: int | None = None
     since: dt.datetime | None = None
     until: dt.datetime | None = None
     limit: int = LOG_PAGE
@@ -155,6 +156,7 @@ class LogFilters:
             rule=_text(query, "rule"),
             operation=_text(query, "operation"),
             serial=_text(query, "serial"),
+            task=_int(query, "task", None, 1, 2**62),
             since=_when(query, "since"),
             until=_when(query, "until"),
             limit=_int(query, "limit", LOG_PAGE, 1, LOG_PAGE_MAX) or LOG_PAGE,
@@ -174,6 +176,7 @@ class LogFilters:
             "rule": self.rule,
             "operation": self.operation,
             "serial": self.serial,
+            "task": self.task,
             "since": iso(self.since),
             "until": iso(self.until),
             "limit": self.limit if self.limit != LOG_PAGE else None,
@@ -300,6 +303,7 @@ class Dashboard:
             operation=f.operation,
             since=f.since,
             until=f.until,
+            task=f.task,
             limit=f.limit + 1,  # one more tells whether there is an older page
             after_seq=f.after,
         )
