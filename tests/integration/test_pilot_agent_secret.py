@@ -19,6 +19,7 @@ from tests.support.grid import load_identity
 from voms_ext import ProxyBuilder
 
 SECRET = "s3cr3t-of-this-instance-0123456789abcdefghijk"
+TOKEN = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"  # what the pilot must pass on
 
 
 class FakeProxyd:
@@ -59,6 +60,14 @@ class FakeProxyd:
                 for c in (proxy, *self.owner.certificates)
             )
             return {"chain": pem.decode()}
+        if path.endswith("/token"):
+            ends = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=30)
+            return {
+                "access_token": TOKEN,
+                "token_type": "Bearer",
+                "jti": "j-1",
+                "expires_at": ends.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
         return {"id": 7, "state": "running"}
 
 
@@ -89,11 +98,14 @@ def test_the_pilot_sends_its_secret_on_every_call_and_keeps_it_off_disk(
     assert summary.done == 1, summary.reasons
     task_calls = [(path, body) for _, path, body in api.calls if path.startswith("/v1/tasks/7/")]
     verbs = [path.rsplit("/", 1)[1] for path, _ in task_calls]
-    assert verbs[:2] == ["proxy", "start"] and verbs[-1] == "complete" and "heartbeat" in verbs
+    assert verbs[:3] == ["proxy", "token", "start"], verbs
+    assert verbs[-1] == "complete" and "heartbeat" in verbs, verbs
     assert all(body.get("assignment_secret") == SECRET for _, body in task_calls), task_calls
     assert all("assignment_secret" not in body for _, p, body in api.calls if "match" in p)
     assert SECRET not in caplog.text
     assert SECRET not in (seen / "env").read_text()
     assert SECRET.encode() not in (seen / "files").read_bytes()
     assert b"BEGIN CERTIFICATE" in (seen / "files").read_bytes()  # the proxy was there
+    assert TOKEN.encode() in (seen / "files").read_bytes()  # and the token beside it
+    assert "'BEARER_TOKEN_FILE': " in (seen / "env").read_text()
     assert list(work.iterdir()) == []

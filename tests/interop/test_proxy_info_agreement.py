@@ -20,6 +20,7 @@ import datetime as dt
 import os
 import re
 import shutil
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from proxyd.cli.proxy_info import main
 from proxyd.devpki import DevPKI
 from tests.support.tamper import flip_bit, load_leaf, make_aa_certificate, write_proxy
-from tests.support.tools import run_tool
+from tests.support.tools import require_tool, run_tool
 from voms_ext import Credential, ProxyBuilder, load_credential_file, write_credential_file
 
 pytestmark = [pytest.mark.interop, pytest.mark.usefixtures("no_ambient_grid_identity")]
@@ -356,14 +357,26 @@ def test_unreadable_file_is_no_proxy_to_all_three(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root reads mode 000 files")
     path = tmp_path / "unreadable.pem"
     path.write_bytes(proxies["plain"].path.read_bytes())
     path.chmod(0)
     made = Made(path, {**proxies["plain"].env, "X509_USER_PROXY": str(path)})
-    for check in (CHECKS["vpi_exists"], CHECKS["gpi_exists"], CHECKS["vpi_fqan"]):
-        assert (ours(check, made, monkeypatch, capsys).rc, theirs(check, made).rc) == (1, 1)
+    checks = (CHECKS["vpi_exists"], CHECKS["gpi_exists"], CHECKS["vpi_fqan"])
+    if os.geteuid() != 0:
+        for check in checks:
+            assert (ours(check, made, monkeypatch, capsys).rc, theirs(check, made).rc) == (1, 1)
+        return
+    # Root reads mode-000 files: all three run as nobody instead (CI runs as root).
+    nobody = [require_tool("setpriv"), "--reuid=65534", "--regid=65534", "--clear-groups"]
+    proxy_info = str(Path(sys.executable).parent / "proxy-info")
+    for check in checks:
+        mine = run_tool([*nobody, proxy_info, "-file", str(path), *check.args], env=made.env)
+        their = run_tool([*nobody, check.tool, "-file", str(path), *check.args], env=made.env)
+        assert (mine.returncode, their.returncode) == (1, 1), (check, mine, their)
+        assert "Traceback" not in mine.stderr
+    # proxy-info ran (as nobody) and failed on the file, not on its own installation.
+    said = run_tool([*nobody, proxy_info, "-file", str(path)], env=made.env)
+    assert said.returncode == 1 and "cannot read credential file: Permission denied" in said.stderr
 
 
 # --- controls: the table means what it says ----------------------------------------------

@@ -304,13 +304,21 @@ class PilotAgent:
             ):
                 return None
             raise
+        token = answer.get("access_token") if isinstance(answer, dict) else None
+        try:
+            ends = dt.datetime.fromisoformat(str(answer["expires_at"]).replace("Z", "+00:00"))
+        except (KeyError, TypeError, ValueError):
+            ends = None
+        if not isinstance(token, str) or not token or ends is None or ends.tzinfo is None:
+            log.warning("task %s: the server's token answer is malformed; no token", task_id)
+            return None
         fresh = path.with_name(path.name + ".new")
         fresh.unlink(missing_ok=True)
         fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write(str(answer["access_token"]) + "\n")
+            out.write(token + "\n")
         os.replace(fresh, path)
-        return dt.datetime.fromisoformat(str(answer["expires_at"]).replace("Z", "+00:00"))
+        return ends
 
     def _renew_token(
         self, task_id: int, path: Path, uid: int | None, secret: dict[str, Any]
