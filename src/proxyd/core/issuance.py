@@ -377,7 +377,7 @@ class Issuance(CredentialChoice):
             acs.append(ac)
         return acs
 
-    def payload_decision(
+    def _payload_decision(
         self,
         principal: Principal,
         op: Operation,
@@ -453,7 +453,7 @@ class Issuance(CredentialChoice):
         and deny are audited; the allow with the serial and "task <id>".
         """
         op = Operation.PAYLOAD_PROXY
-        spec, plan, row, decision = self.payload_decision(principal, op, task_id, queue, None)
+        spec, plan, row, decision = self._payload_decision(principal, op, task_id, queue, None)
         decision = dataclasses.replace(decision, limited=True)  # I2, whatever policy may become
         chain = self._stored_chain(row.chain_pem)
         key = self._open_key(principal, op, row, None)

@@ -96,7 +96,7 @@ class TokenIssuance(Issuance):
                 owner=None,
                 name=None,
             )
-        spec, plan, _, decision = self.payload_decision(
+        spec, plan, _, decision = self._payload_decision(
             principal, op, task_id, queue, tokens.max_lifetime
         )
         fqans = tuple(f for _, explicit, _ in plan for f in explicit)
