@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, pkcs12
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from proxyd.config import load_config
 from proxyd.devpki import PKCS12_PASSPHRASE, DevPKI, generate, user_dn
@@ -230,3 +231,26 @@ def test_user_certs_are_end_entities(dev_pki: DevPKI, name: str) -> None:
     assert bc.critical and not bc.value.ca
     ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     assert ku.digital_signature and not ku.key_cert_sign
+
+
+def test_the_pki_issues_more_identities_from_its_ca(dev_pki: DevPKI) -> None:
+    """`DevPKI.issue`: the one place tests make identities the PKI does not have."""
+    from voms_ext import TrustStore, validate_chain
+
+    cert, key = dev_pki.issue("/C=XX/O=proxyd dev/OU=Users/CN=dave")
+    result = validate_chain((cert,), TrustStore.from_dirs(dev_pki.cert_dir))
+    assert result.identity == "/C=XX/O=proxyd dev/OU=Users/CN=dave"
+    assert cert.public_key() == key.public_key()
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    host, _ = dev_pki.issue(
+        "/C=XX/O=proxyd dev/OU=Hosts/CN=se.example.org",
+        server=True,
+        sans=[x509.DNSName("se.example.org")],
+        key=key,
+    )
+    assert host.public_key() == key.public_key()  # a given key is used, not a new one
+    eku = host.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.SERVER_AUTH in list(eku)
+    san = host.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["se.example.org"]

@@ -109,6 +109,18 @@ class DevPKI:
         base = self.root / "pilot" if name == "pilot" else self.root / "users" / name
         return base / "usercert.pem", base / "userkey.pem"
 
+    def issue(
+        self,
+        dn: str,
+        *,
+        server: bool = False,
+        sans: Sequence[x509.GeneralName] = (),
+        key: rsa.RSAPrivateKey | None = None,
+    ) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+        """A new end-entity certificate from this PKI's CA, valid two years (client auth, and
+        server auth when `server`): identities the PKI does not have, for tests and demos."""
+        return _Issuer.load(self).issue(dn, server=server, sans=sans, key=key)
+
     def pkcs12(self, name: str) -> Path:
         """The PKCS#12 file (certificate, key and the dev CA) of `auditor` or `admin`,
         encrypted with PKCS12_PASSPHRASE."""
@@ -117,6 +129,18 @@ class DevPKI:
 
 class _Issuer:
     """The dev CA, issuing end-entity certificates."""
+
+    @classmethod
+    def load(cls, pki: DevPKI) -> _Issuer:
+        """The CA of a PKI `generate` made, read back from its files."""
+        ca = cls.__new__(cls)
+        ca.now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        ca.cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+        key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise TypeError(f"{pki.ca_key}: the dev CA key is not RSA")
+        ca.key = key
+        return ca
 
     def __init__(self) -> None:
         self.now = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -141,9 +165,14 @@ class _Issuer:
         )
 
     def issue(
-        self, dn: str, *, server: bool = False, sans: Sequence[x509.GeneralName] = ()
+        self,
+        dn: str,
+        *,
+        server: bool = False,
+        sans: Sequence[x509.GeneralName] = (),
+        key: rsa.RSAPrivateKey | None = None,
     ) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
-        key = _new_key()
+        key = key or _new_key()
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
         if server:
             usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)

@@ -10,7 +10,6 @@ identities the dev PKI does not have (eve, a second pilot), and the pilots.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
@@ -21,10 +20,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import NameOID
 
 from proxyd.devpki import DevPKI
 from tests.support.grid import spare_key
@@ -40,32 +35,7 @@ STOP_TIMEOUT = 20.0
 def mint_identity(pki: DevPKI, unit: str, name: str, out: Path) -> Path:
     """A certificate and key (one PEM file) for /C=XX/O=proxyd dev/OU=<unit>/CN=<name>,
     issued by the dev CA: people and pilots the dev PKI does not have."""
-    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
-    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
-    key = spare_key(7)
-    now = dt.datetime.now(dt.UTC)
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COUNTRY_NAME, "XX"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "proxyd dev"),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit),
-            x509.NameAttribute(NameOID.COMMON_NAME, name),
-        ]
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, True, True, False, False, False, False, False), critical=True
-        )
-        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-    )
+    cert, key = pki.issue(f"/C=XX/O=proxyd dev/OU={unit}/CN={name}", key=spare_key(7))
     path = out / f"{name}.pem"
     write_credential_file(path, Credential((cert,), key))
     return path

@@ -19,9 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from proxyd.config import Config, load_config
 from proxyd.core.tokens import WLCG_ANY_AUDIENCE
@@ -59,33 +57,7 @@ print("payload of task", os.environ["PROXYD_TASK_ID"], "done")
 
 def _pilot2(dev_pki: DevPKI, out: Path) -> Path:
     """A second pilot identity, issued by the dev CA."""
-    ca = x509.load_pem_x509_certificate(dev_pki.ca_cert.read_bytes())
-    ca_key = serialization.load_pem_private_key(dev_pki.ca_key.read_bytes(), None)
-    key = spare_key(6)
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.COUNTRY_NAME, "XX"),
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "proxyd dev"),
-                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Pilots"),
-                    x509.NameAttribute(NameOID.COMMON_NAME, "pilot2"),
-                ]
-            )
-        )
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, True, True, False, False, False, False, False), critical=True
-        )
-        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-    )
+    cert, key = dev_pki.issue(PILOT2, key=spare_key(6))
     path = out / "pilot2.pem"
     write_credential_file(path, Credential((cert,), key))
     return path

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import datetime as dt
 import os
 import signal
 import socket
@@ -23,17 +22,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.hazmat.primitives import serialization
 
 from proxyd.devpki import DevPKI
 from tests.support.grid import spare_key
 from tests.support.server import free_port
 from tests.support.tools import require_tool
 from tests.support.waiting import eventually
-from voms_ext.names import slash_to_name
 
 BINARY = "myproxy-server"
 _PR_SET_CHILD_SUBREAPER = 36
@@ -167,40 +162,7 @@ def issue(pki: DevPKI, dn: str, out: Path, *, host: bool = False) -> tuple[Path,
     All such certificates share one spare key: key generation is the slow part, and
     nothing here depends on keys being distinct.
     """
-    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
-    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
-    assert isinstance(ca_key, rsa.RSAPrivateKey)
-    key = spare_key(5)
-    now = dt.datetime.now(dt.UTC)
-    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
-    if host:
-        usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(slash_to_name(dn))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=True,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    cert, key = pki.issue(dn, server=host, key=spare_key(5))
     out.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = out / "cert.pem", out / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

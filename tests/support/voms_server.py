@@ -18,7 +18,6 @@ Wire facts and the server's quirks: ../shared/PROTOCOLS.md section 4.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import os
 import re
 import secrets
@@ -36,14 +35,11 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.hazmat.primitives import serialization
 
 from proxyd.devpki import CA_DN, DevPKI, host_dn
 from tests.support.server import free_port
 from tests.support.tools import REQUIRE_INTEROP, require_tool
-from voms_ext.names import slash_to_name
 
 VOMS_BINARY = "/usr/sbin/voms"
 MYSQL_PLUGIN = "/usr/lib/voms/libvomsmysql.so"
@@ -136,53 +132,11 @@ def issue_host_certificate(pki: DevPKI, fqdn: str, out_dir: Path) -> tuple[Path,
     Subject `host_dn(fqdn)`, serverAuth + clientAuth, SAN DNS:fqdn (and
     127.0.0.1 / localhost, so it also serves on loopback).
     """
-    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
-    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
-    if not isinstance(ca_key, rsa.RSAPrivateKey):
-        raise VomsServerError(f"{pki.ca_key}: the dev CA key is not RSA")
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     sans: list[x509.GeneralName] = [x509.DNSName(fqdn)]
     if fqdn != "localhost":
         sans.append(x509.DNSName("localhost"))
     sans.append(x509.IPAddress(IPv4Address("127.0.0.1")))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(slash_to_name(host_dn(fqdn)))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=True,
-                data_encipherment=True,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    cert, key = pki.issue(host_dn(fqdn), server=True, sans=sans)
     out_dir.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = out_dir / "hostcert.pem", out_dir / "hostkey.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
