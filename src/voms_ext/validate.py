@@ -157,10 +157,11 @@ def _understood(oid: str) -> bool:
     return oid in _UNDERSTOOD_CRITICAL
 
 
-def _voms_attributes(
+def verified_voms_attributes(
     chain: Sequence[x509.Certificate], eec: x509.Certificate, trust: TrustStore, at: dt.datetime
 ) -> tuple[VomsAttributes, ...]:
-    """Verified ACs of the first certificate (leaf first) that carries any."""
+    """Verified ACs of the first certificate (leaf first) that carries any, each verified at
+    `at` (validate_chain's step; proxy-info also uses it to judge an expired proxy's ACs now)."""
     oid = x509.ObjectIdentifier(asn1.OID_VOMS_AC_SEQ)
     for cert in chain:
         try:
@@ -279,7 +280,9 @@ def _validate(
             identity = proxy.subject
 
     try:
-        voms = _voms_attributes(certs[: eec_index + 1], eec, trust, at) if check_voms else ()
+        voms = (
+            verified_voms_attributes(certs[: eec_index + 1], eec, trust, at) if check_voms else ()
+        )
     except VomsExtError as exc:
         if isinstance(exc, AttributeCertificateError):
             raise

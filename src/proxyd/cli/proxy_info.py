@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from voms_ext import (
@@ -42,11 +41,9 @@ from voms_ext import (
     VomsExtError,
     dn_to_slash,
     load_credential_file,
-    parse_voms_extension,
     validate_chain,
-    verify_attribute_certificate,
 )
-from voms_ext.asn1 import OID_VOMS_AC_SEQ
+from voms_ext.validate import verified_voms_attributes
 
 from .. import __version__
 from .common import (
@@ -218,7 +215,7 @@ class ProxyInfo:
         verify as long as they (and their AA) are valid themselves, as
         libvomsapi sees it.
         """
-        voms = _verified_acs(self.result.chain, self.result.end_entity, trust, self.now)
+        voms = verified_voms_attributes(self.result.chain, self.result.end_entity, trust, self.now)
         return dataclasses.replace(self, result=dataclasses.replace(self.result, voms=voms))
 
     def ac_timeleft(self, voms: VomsAttributes) -> int:
@@ -319,41 +316,6 @@ class ProxyInfo:
 
 def _iso(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _verified_acs(
-    chain: Sequence[x509.Certificate], eec: x509.Certificate, trust: TrustStore, at: dt.datetime
-) -> tuple[VomsAttributes, ...]:
-    """The ACs of the first certificate (leaf first) that carries any, each verified at `at`.
-
-    What validate_chain does for a chain valid at `at`; done here so that an
-    expired proxy's ACs are still judged as of now.
-    """
-    oid = x509.ObjectIdentifier(OID_VOMS_AC_SEQ)
-    for cert in chain:
-        try:
-            ext = cert.extensions.get_extension_for_oid(oid)
-        except x509.ExtensionNotFound:
-            continue
-        out = []
-        for ac in parse_voms_extension(ext.value.value):  # type: ignore[attr-defined]
-            signer = verify_attribute_certificate(ac, eec, trust, at)
-            out.append(
-                VomsAttributes(
-                    vo=ac.vo,
-                    uri=ac.uri,
-                    fqans=ac.fqans,
-                    generic_attributes=ac.generic_attributes,
-                    issuer=dn_to_slash(signer.subject),
-                    serial_number=ac.serial_number,
-                    not_before=ac.not_before,
-                    not_after=ac.not_after,
-                    targets=ac.targets,
-                    ac=ac,
-                )
-            )
-        return tuple(out)
-    return ()
 
 
 def load_proxy_info(path: Path, *, check_voms: bool, now: dt.datetime | None = None) -> ProxyInfo:
