@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -29,10 +30,39 @@ from proxyd.serve import run_listeners
 from tests.support.grid import make_test_config
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port no one uses now, for a server a test is about to start.
+
+    Not one the kernel picks (bind to port 0): those come from the ephemeral range, from which
+    every outgoing connection (to PostgreSQL, to a peer) also takes its local port, so one may
+    hold it by the time the server binds (CI, stop 24: "address already in use"). Outside that
+    range only servers bind, and this process never hands out the same port twice.
+    """
+    low, high = _ephemeral_range()
+    candidates = range(10_000, low) if low - 10_000 >= 4_000 else range(high + 1, 65_536)
+    for _ in range(1_000):
+        port = random.choice(candidates)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {candidates.start}-{candidates.stop - 1}")
 
 
 @dataclasses.dataclass
@@ -112,6 +142,12 @@ def running_server(
     thread = threading.Thread(target=run, name="proxyd-test-server", daemon=True)
     thread.start()
     if not ready.wait(30) or failure:
+        # The loop (and its self-pipe) closed here, not left to the garbage collector, which
+        # would report it as a ResourceWarning in whichever test runs next (CI, stop 24).
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(15)
+        if not thread.is_alive():
+            loop.close()
         raise RuntimeError(f"test server did not start: {failure[0] if failure else 'timeout'}")
     server = RunningServer(
         config, mp_port, api_port, pki, aa_port=config.aa.listen.port if config.aa.listen else None

@@ -14,11 +14,13 @@ import time
 from collections.abc import Callable
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from proxyd.devpki import DevPKI, host_dn
 from proxyd.vomsaa import wire
 from proxyd.vomsaa.client import UpstreamRefusal, VomsAaClient
-from proxyd.vomsaa.upstream import AC_REUSE, UpstreamAuthority
+from proxyd.vomsaa.upstream import AC_REUSE, UpstreamAuthority, asked_end
 from proxyd.vomsaa.vomses import UpstreamVoConfig, VomsesEntry
 from tests.vomsaa.standin import (
     ALICE,
@@ -147,6 +149,18 @@ def authority(pki: DevPKI, *servers: StandIn, timeout: float = 5) -> UpstreamAut
     return UpstreamAuthority(config, lambda: trust)
 
 
+@given(st.datetimes(min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2100, 1, 1)))
+@example(
+    dt.datetime(2026, 12, 7, 17, 58, 31)
+)  # CI, stop 24: the proxy ended in the hour's last 2 min
+@example(dt.datetime(2026, 12, 7, 17, 0, 0))
+def test_acs_are_asked_to_end_a_minute_before_an_hour_after_the_proxy(naive: dt.datetime) -> None:
+    limit = naive.replace(tzinfo=dt.UTC)
+    end = asked_end(limit)
+    assert (end.minute, end.second, end.microsecond) == (59, 0, 0)
+    assert limit + dt.timedelta(minutes=1) <= end <= limit + dt.timedelta(minutes=61)
+
+
 def test_obtain_authenticates_with_a_proxy_of_the_owner_and_caches(
     dev_pki: DevPKI, stand_in: Callable[..., StandIn], alice: Alice
 ) -> None:
@@ -161,7 +175,7 @@ def test_obtain_authenticates_with_a_proxy_of_the_owner_and_caches(
     assert asked is not None
     end = NOW + dt.timedelta(seconds=asked)
     assert (end.minute, end.second) == (59, 0)
-    assert NOW + dt.timedelta(hours=1, minutes=1) <= end <= NOW + dt.timedelta(hours=2)
+    assert end == asked_end(NOW + dt.timedelta(hours=1))
     leaf = s.peers[0]
     assert classify(leaf).type is ProxyType.RFC_IMPERSONATION
     assert leaf.issuer == chain[0].subject  # signed with the stored key, which stays here

@@ -84,6 +84,12 @@ def _round_up(t: dt.datetime, step: dt.timedelta) -> dt.datetime:
     return epoch + -(-(t - epoch) // step) * step
 
 
+def asked_end(limit: dt.datetime) -> dt.datetime:
+    """When an AC for a proxy ending at `limit` is asked to end: a minute before the first
+    hour that is at least two minutes after `limit`, so between one and 61 minutes after it."""
+    return _round_up(limit + 2 * _SLACK, AC_ROUNDING) - _SLACK
+
+
 class UpstreamAuthority:
     """The VO's VOMS servers as the source of its ACs, for one VO."""
 
@@ -136,7 +142,7 @@ class UpstreamAuthority:
                 return self._verified(cached.ac, holder, now)
             except UpstreamRefusal:
                 pass  # the trust store changed: ask the server again
-        end = _round_up(limit + 2 * _SLACK, AC_ROUNDING) - _SLACK
+        end = asked_end(limit)
         ask = min(end - now, self.config.max_lifetime)
         request = wire.AcRequest(tuple(fqans), max(60, int(ask.total_seconds())))
         servers = select(self.config.servers, vomses_lines)
