@@ -17,7 +17,11 @@ reports for the same window.
    context answers every connection with a canned INFO reply, driven by the
    same client. Its CPU per connection is what any asyncio edge pays before
    proxyd does anything; once with the trust anchors looked up in the
-   hashed CA directory per handshake (as proxyd does), once loaded in memory.
+   hashed CA directory per handshake (as proxyd does), once loaded in memory,
+   and once served the other way a Python edge can: a thread per connection
+   with the ssl module's blocking sockets (the handshake and the records in
+   C, the GIL released), which trades the Python of asyncio's TLS for the
+   kernel's thread switches (docs/performance.md).
 3. py-spy (if installed: `.venv/bin/pip install py-spy`; not a proxyd
    dependency) samples the live server; samples go in buckets by the
    innermost frame that says what the work is. Wall-clock shares of busy
@@ -295,19 +299,54 @@ async def main():
     await asyncio.start_server(handle, "127.0.0.1", port, ssl=context(), backlog=512)
     await asyncio.Event().wait()
 
-asyncio.run(main())
+def serve_threaded():
+    from concurrent.futures import ThreadPoolExecutor
+    ctx = context()
+    def handle_blocking(conn):
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.settimeout(15)
+            try:
+                tls = ctx.wrap_socket(conn, server_side=True)
+                tls.sendall(b"\\x00")
+                data = b""
+                while b"\\0" not in data[1:]:
+                    chunk = tls.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                tls.sendall(REPLY)
+                tls.close()
+            except OSError:
+                pass
+    threads = ThreadPoolExecutor(64)
+    listener = socket.create_server(("127.0.0.1", port), backlog=512)
+    while True:
+        threads.submit(handle_blocking, listener.accept()[0])
+
+if sys.argv[5] == "threads":
+    serve_threaded()
+else:
+    asyncio.run(main())
 """
 
 
 def tls_floor(
-    root: Path, config: Path, alice: Path, cert_dir: str, duration: float, anchors: str
+    root: Path,
+    config: Path,
+    alice: Path,
+    cert_dir: str,
+    duration: float,
+    anchors: str,
+    edge: str = "asyncio",
 ) -> LoadResult:
-    """CPU per connection of a bare asyncio TLS server that answers INFO with a canned reply."""
+    """CPU per connection of a bare TLS server that answers INFO with a canned reply: asyncio's
+    TLS (`edge` "asyncio") or a thread per connection with blocking sockets ("threads")."""
     script = root / "floor_server.py"
     script.write_text(FLOOR_SERVER)
     port = free_port()
     proc = subprocess.Popen(
-        [str(VENV_BIN / "python"), str(script), str(config), str(port), ALICE, anchors],
+        [str(VENV_BIN / "python"), str(script), str(config), str(port), ALICE, anchors, edge],
         stdin=subprocess.DEVNULL,
     )
     try:
@@ -315,7 +354,7 @@ def tls_floor(
         target = Target("floor", port, cert_dir)
         return run_load(
             Info(target, str(alice), "alice"),
-            label=f"floor ({anchors})",
+            label=f"floor ({anchors}, {edge})",
             concurrency=8,
             duration=duration,
             warmup=1.0,
@@ -501,12 +540,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "the floor: a bare asyncio TLS server (proxyd's MyProxy TLS context) answering INFO "
             f"with a canned reply, C={c}"
         )
-        for anchors in ("capath", "memory"):
-            result = tls_floor(root, config, alice, str(pki.cert_dir), duration, anchors)
+        for anchors, edge in (("capath", "asyncio"), ("memory", "asyncio"), ("capath", "threads")):
+            result = tls_floor(root, config, alice, str(pki.cert_dir), duration, anchors, edge)
             say("  " + result.line())
         say(
             "  (capath: trust anchors looked up in the hashed CA directory at every handshake, "
-            "as proxyd's listeners do; memory: loaded once)"
+            "as proxyd's listeners do; memory: loaded once; threads: a thread per connection "
+            "with blocking sockets instead of asyncio)"
         )
         wms_cert = load_credential_file(pki.host("wms")[0]).certificate
         alice_cert = load_credential_file(pki.user("alice")[0]).certificate
