@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from proxyd.devpki import DevPKI, host_dn
 from proxyd.vomsaa import wire
-from proxyd.vomsaa.client import UpstreamRefusal, VomsAaClient
+from proxyd.vomsaa.client import REST_RETRY_AFTER, UpstreamRefusal, VomsAaClient
 from proxyd.vomsaa.upstream import AC_REUSE, UpstreamAuthority, asked_end
 from proxyd.vomsaa.vomses import UpstreamVoConfig, VomsesEntry
 from tests.vomsaa.standin import (
@@ -77,6 +77,52 @@ def test_rest_falls_back_to_legacy(
     assert got.protocol == "legacy" and got.ac.der == der
     assert got.fallback_reason is not None and reason in got.fallback_reason
     assert s.requests[1] == wire.encode_legacy_request(REQUEST)
+
+
+def test_a_server_whose_rest_was_unusable_is_asked_legacy_first_for_a_while(
+    dev_pki: DevPKI, stand_in: Callable[..., StandIn], alice: Alice
+) -> None:
+    der = make_ac(dev_pki, alice[0][0])
+    legacy = wire.encode_legacy_request(REQUEST)
+    rest = wire.encode_rest_request
+    now = [1000.0]
+    # Debian 12's voms-server: REST closes, legacy answers, every time.
+    s = stand_in(silent, legacy_ok(der), legacy_ok(der), legacy_ok(der), silent, legacy_ok(der))
+    client = VomsAaClient(5, clock=lambda: now[0])
+    first = client.fetch([s.entry()], context_for(dev_pki), REQUEST)
+    assert first.protocol == "legacy" and "closed the connection" in (first.fallback_reason or "")
+    assert s.requests == [rest(REQUEST, "127.0.0.1", s.port), legacy]
+
+    # The next AC costs one connection, not two, and says why.
+    second = client.fetch([s.entry()], context_for(dev_pki), REQUEST)
+    assert (second.protocol, second.ac.der) == ("legacy", der)
+    assert "(remembered for this server)" in (second.fallback_reason or "")
+    assert s.requests[2:] == [legacy]
+
+    now[0] += REST_RETRY_AFTER - 1
+    client.fetch([s.entry()], context_for(dev_pki), REQUEST)
+    assert s.requests[3:] == [legacy]
+
+    # Ten minutes on, REST is given another chance.
+    now[0] += 2
+    client.fetch([s.entry()], context_for(dev_pki), REQUEST)
+    assert s.requests[4:] == [rest(REQUEST, "127.0.0.1", s.port), legacy]
+
+
+def test_when_the_remembered_legacy_protocol_fails_rest_is_tried_at_once(
+    dev_pki: DevPKI, stand_in: Callable[..., StandIn], alice: Alice
+) -> None:
+    der = make_ac(dev_pki, alice[0][0])
+    # Upgraded in between: legacy gone (the server closes), REST answers.
+    s = stand_in(silent, legacy_ok(der), silent, rest_ok(der), rest_ok(der))
+    client = VomsAaClient(5)
+    assert client.fetch([s.entry()], context_for(dev_pki), REQUEST).protocol == "legacy"
+    again = client.fetch([s.entry()], context_for(dev_pki), REQUEST)
+    assert (again.protocol, again.fallback_reason) == ("rest", None)
+    assert len(s.requests) == 4
+    # Forgotten: the next AC is asked in REST first.
+    assert client.fetch([s.entry()], context_for(dev_pki), REQUEST).protocol == "rest"
+    assert s.requests[4] == wire.encode_rest_request(REQUEST, "127.0.0.1", s.port)
 
 
 def test_a_rest_refusal_of_the_user_is_final(

@@ -15,6 +15,13 @@ says the user is unknown, suspended or not active. A server that cannot be
 reached, times out or fails internally is followed by the VO's next server;
 a refusal of the user (unknown, suspended, role not held, bad request) is
 the VO's answer and ends the attempt.
+
+Unlike voms-proxy-init, which runs once, proxyd asks the same servers all
+day: a server whose REST answer was unusable while its legacy answer was
+good is asked in the legacy protocol first for the next `REST_RETRY_AFTER`
+seconds (one connection per AC instead of two: Debian 12's voms-server
+answers REST with a close every time). Should the legacy exchange fail in
+that time, REST is tried again at once and the memory forgotten.
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ import contextlib
 import os
 import socket
 import ssl
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -40,6 +48,7 @@ from . import wire
 from .vomses import VomsesEntry
 
 Protocol = Literal["rest", "legacy"]
+REST_RETRY_AFTER = 600.0  # seconds a server whose REST was unusable is asked legacy-first
 # Phrases after which voms-proxy-init does not retry a REST refusal in the legacy protocol.
 _FINAL_REST = ("User unknown to this VO", "suspended", "not active")
 # When every server failed, the most telling failure names the refusal.
@@ -119,8 +128,14 @@ class _Failed(Exception):
 class VomsAaClient:
     """Fetches ACs from a VO's VOMS servers (blocking; call it from a worker thread)."""
 
-    def __init__(self, timeout: float = 10.0) -> None:
+    def __init__(
+        self, timeout: float = 10.0, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.timeout = timeout
+        self._clock = clock
+        # (host, port) -> (until when it is asked legacy-first, why its REST was unusable)
+        self._legacy_first: dict[tuple[str, int], tuple[float, str]] = {}
+        self._lock = threading.Lock()
 
     def fetch(
         self,
@@ -158,6 +173,35 @@ class VomsAaClient:
     def _ask(
         self, server: VomsesEntry, context: ssl.SSLContext, request: wire.AcRequest
     ) -> tuple[wire.AaAnswer, Protocol, str | None]:
+        key = (server.host, server.port)
+        with self._lock:
+            remembered = self._legacy_first.get(key)
+        if remembered is not None and self._clock() < remembered[0]:
+            try:
+                answer = self._legacy(server, context, request)
+            except _Failed:
+                with self._lock:
+                    self._legacy_first.pop(key, None)  # something changed there: REST again
+            else:
+                return answer, "legacy", f"{remembered[1]} (remembered for this server)"
+        answer, protocol, why = self._rest_then_legacy(server, context, request)
+        if protocol == "legacy" and why is not None:
+            with self._lock:
+                self._legacy_first[key] = (self._clock() + REST_RETRY_AFTER, why)
+        return answer, protocol, why
+
+    def _legacy(
+        self, server: VomsesEntry, context: ssl.SSLContext, request: wire.AcRequest
+    ) -> wire.AaAnswer:
+        payload = wire.encode_legacy_request(request)
+        try:
+            return wire.parse_legacy_answer(self._exchange(server, context, payload))
+        except wire.WireError as exc:
+            raise _Failed(wire.RULE_ERROR, str(exc)) from None
+
+    def _rest_then_legacy(
+        self, server: VomsesEntry, context: ssl.SSLContext, request: wire.AcRequest
+    ) -> tuple[wire.AaAnswer, Protocol, str | None]:
         payload = wire.encode_rest_request(request, server.host, server.port)
         try:
             rest = wire.parse_rest_answer(self._exchange(server, context, payload))
@@ -171,11 +215,7 @@ class VomsAaClient:
             why = f"REST answer HTTP/{rest.http_version} {rest.status}"
             if rest.message:
                 why += f": {rest.message}"
-        payload = wire.encode_legacy_request(request)
-        try:
-            return wire.parse_legacy_answer(self._exchange(server, context, payload)), "legacy", why
-        except wire.WireError as exc:
-            raise _Failed(wire.RULE_ERROR, str(exc)) from None
+        return self._legacy(server, context, request), "legacy", why
 
     def _exchange(self, server: VomsesEntry, context: ssl.SSLContext, payload: bytes) -> bytes:
         """One connection: handshake, server DN check, `0` record, request, answer until close."""
