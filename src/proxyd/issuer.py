@@ -86,6 +86,9 @@ def merge_voms_requests(requests: Sequence[VomsRequest]) -> list[VomsRequest]:
 # (VO, DN) -> the FQANs the DN holds in the VO, () for no member: the database's
 # `vo_members` (store.members.MemberReads.held) in a server, the TOML table without one.
 MemberSource = Callable[[str, str], tuple[str, ...]]
+# (VO, DN) -> why a VO admin suspended the DN in the VO, None when not suspended
+# (store.members.MemberReads.suspension); a suspended member holds nothing in MemberSource.
+SuspensionSource = Callable[[str, str], str | None]
 
 
 class AttributeAuthority:
@@ -95,9 +98,15 @@ class AttributeAuthority:
     `proxyd admin vo` applies to the next request); without it, from the TOML table.
     """
 
-    def __init__(self, config: VoConfig, members: MemberSource | None = None) -> None:
+    def __init__(
+        self,
+        config: VoConfig,
+        members: MemberSource | None = None,
+        suspensions: SuspensionSource | None = None,
+    ) -> None:
         self.config = config
         self._members = members
+        self._suspensions = suspensions
         try:
             cred = load_credential_file(config.aa_cert)
             key = serialization.load_pem_private_key(config.aa_key.read_bytes(), password=None)
@@ -121,6 +130,10 @@ class AttributeAuthority:
         if self._members is not None:
             return self._members(self.vo, dn)
         return self.config.members.get(dn, ())
+
+    def suspension(self, dn: str) -> str | None:
+        """Why `dn` is suspended in this VO; None when it is not (the TOML table suspends none)."""
+        return self._suspensions(self.vo, dn) if self._suspensions is not None else None
 
     def default_fqans(
         self, dn: str, requested: Sequence[str] = (), held: Sequence[str] | None = None
@@ -174,9 +187,11 @@ class AttributeAuthority:
 
 
 def load_authorities(
-    vos: Sequence[VoConfig], members: MemberSource | None = None
+    vos: Sequence[VoConfig],
+    members: MemberSource | None = None,
+    suspensions: SuspensionSource | None = None,
 ) -> dict[str, AttributeAuthority]:
-    return {vo.vo: AttributeAuthority(vo, members) for vo in vos}
+    return {vo.vo: AttributeAuthority(vo, members, suspensions) for vo in vos}
 
 
 @dataclass(frozen=True)

@@ -285,6 +285,7 @@ _ALL = (
         "The peer is not a member of the VO (ACs go to users and hosts with a certificate).",
         None,
     ),
+    Rule("voms.member_suspended", "A VO admin suspended the peer or owner in the VO.", None),
     Rule("voms.unknown_vo", "proxyd has no attribute authority for the VO asked for.", None),
     # --- the VO's own VOMS server as the attribute authority (proxyd.vomsaa) -------------------
     Rule(
@@ -442,16 +443,14 @@ _ALL = (
         "Changing or listing the members of a VO needs a DN listed in admins.",
         None,
     ),
-    Rule(
-        "vo.seed",
-        "The first start with a VO copied its [voms.members] table into the database.",
-        None,
-    ),
+    Rule("vo.seed", "The first start with a VO copied its [voms.members] table in.", None),
     Rule("vo.already_member", "add-member named a DN that is a member of the VO already.", None),
     Rule("vo.not_member", "A membership change named a DN that is not a member of the VO.", None),
     Rule("vo.fqan_held", "A grant named an FQAN the member holds already.", None),
     Rule("vo.fqan_not_held", "A revoke named an FQAN the member does not hold.", None),
     Rule("vo.bad_fqan", "An FQAN of a membership change is malformed or of another VO.", None),
+    Rule("vo.not_suspended", "A restore named a member that is not suspended.", None),
+    Rule("vo.bad_reason", "A suspension reason is empty, over 200 characters or unsafe.", None),
     Rule(
         "vo.bad_dn",
         "A member DN is not one /-separated DN of 1 to 1024 printable characters.",

@@ -55,6 +55,7 @@ from proxyd.reminders.settings import RemindersConfig
 from proxyd.repository import PendingStore, Repository, RepositoryError, StoreOptions
 from proxyd.sealing import MasterKeyring
 from proxyd.store.db import make_engine, migrate
+from proxyd.store.members import MemberReads
 from proxyd.store.models import AuditHeadRow, AuditRow, Base, CredentialRow
 from proxyd.taskqueue import Accounting, Payload, PilotCapabilities, TaskFilter, TaskSpec
 from proxyd.taskqueue.base import TaskQueue
@@ -287,6 +288,23 @@ def _ban_eve(world: World) -> None:
 
 def _eve_in_dteam(world: World) -> None:
     world.repo.add_member(world.who("carol"), "dteam", EVE, ["/dteam", "/dteam/x"])
+
+
+def _eve_suspended(world: World) -> None:
+    _eve_in_dteam(world)
+    world.repo.suspend(world.who("carol"), "dteam", EVE, "left the experiment")
+
+
+def _alice_suspended(world: World) -> None:
+    # This world's AAs read the TOML table, which suspends no one: read the database instead.
+    reads = MemberReads(world.repo.engine)
+    world.repo.authorities = {
+        vo: AttributeAuthority(aa.config, reads.held, reads.suspension)
+        for vo, aa in world.repo.authorities.items()
+    }
+    carol, alice = world.who("carol"), world.who("alice").identity
+    world.repo.add_member(carol, "dteam", alice, ["/dteam"])
+    world.repo.suspend(carol, "dteam", alice, "AUP expired")
 
 
 def _lock_alice(world: World) -> None:
@@ -596,6 +614,15 @@ SCENARIOS: list[Scenario] = [
         refused="voms.not_member",
     ),
     Scenario(
+        "Repository.issue_acs-refused-member-suspended",
+        R("issue_acs"),
+        lambda w: w.repo.issue_acs(
+            w.who("alice"), [VomsRequest.parse("dteam")], dt.timedelta(hours=1)
+        ),
+        setup=_alice_suspended,
+        refused="voms.member_suspended",
+    ),
+    Scenario(
         "Repository.payload_proxy",
         R("payload_proxy"),
         lambda w: _payload_via_repo(w, w.state["secret"]),
@@ -770,6 +797,58 @@ SCENARIOS: list[Scenario] = [
         lambda w: w.repo.revoke(w.who("carol"), "dteam", EVE, "/dteam/Role=production"),
         setup=_eve_in_dteam,
         refused="vo.fqan_not_held",
+    ),
+    Scenario(
+        "Repository.suspend",
+        R("suspend"),
+        lambda w: w.repo.suspend(w.who("carol"), "dteam", EVE, "left the experiment"),
+        setup=_eve_in_dteam,
+    ),
+    Scenario(
+        "Repository.suspend-again-new-reason",
+        R("suspend"),
+        lambda w: w.repo.suspend(w.who("carol"), "dteam", EVE, "AUP not signed"),
+        setup=_eve_suspended,
+    ),
+    Scenario(
+        "Repository.suspend-refused-alice",
+        R("suspend"),
+        lambda w: w.repo.suspend(w.who("alice"), "dteam", EVE, "left the experiment"),
+        setup=_eve_in_dteam,
+        refused="vo_members.admins",
+    ),
+    Scenario(
+        "Repository.suspend-refused-not-member",
+        R("suspend"),
+        lambda w: w.repo.suspend(w.who("carol"), "dteam", EVE, "left the experiment"),
+        refused="vo.not_member",
+    ),
+    Scenario(
+        "Repository.suspend-refused-bad-reason",
+        R("suspend"),
+        lambda w: w.repo.suspend(w.who("carol"), "dteam", EVE, "two\nlines"),
+        setup=_eve_in_dteam,
+        refused="vo.bad_reason",
+    ),
+    Scenario(
+        "Repository.restore",
+        R("restore"),
+        lambda w: w.repo.restore(w.who("carol"), "dteam", EVE),
+        setup=_eve_suspended,
+    ),
+    Scenario(
+        "Repository.restore-refused-alice",
+        R("restore"),
+        lambda w: w.repo.restore(w.who("alice"), "dteam", EVE),
+        setup=_eve_suspended,
+        refused="vo_members.admins",
+    ),
+    Scenario(
+        "Repository.restore-refused-not-suspended",
+        R("restore"),
+        lambda w: w.repo.restore(w.who("carol"), "dteam", EVE),
+        setup=_eve_in_dteam,
+        refused="vo.not_suspended",
     ),
     # --- tokens in: mappings (proxyd admin token-map) and the exchange (RFC 8693)
     Scenario(
@@ -1147,6 +1226,7 @@ EXEMPT: dict[str, str] = {
     "Repository.open": "a constructor: opens the database, no request",
     "Repository.readiness": "a health probe for load balancers, not a decision",
     "Repository.has_passphrase": "an internal fact for the edge (which GET dialogue), no decision",
+    "Repository.challenge_facts": "the facts the edge's renewal-challenge choice reads (policy.challenge), no decision",
     "Repository.stored_facts": "the facts policy reads for the task service, no decision",
     "Repository.save_pending": "the second half of begin_store, whose decision is recorded there",
     "Repository.take_pending": "the second half of begin_store, whose decision is recorded there",

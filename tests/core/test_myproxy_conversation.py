@@ -7,6 +7,7 @@ bytes exactly the codec's. Also the renewal-challenge choice (proxyd.policy.chal
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 from collections import deque
@@ -42,6 +43,7 @@ from proxyd.myproxy.conversation import (
     encode,
 )
 from proxyd.policy.challenge import may_need_renewal_challenge, needs_renewal_challenge
+from proxyd.policy.model import CredentialFacts
 from proxyd.principal import Principal, PrincipalKind, anonymous
 
 S, C = Role.SERVER, Role.CLIENT
@@ -446,30 +448,76 @@ def test_the_client_reads_a_refusal_where_a_chain_or_pem_was_due() -> None:
 ALICE = "/DC=org/DC=example/CN=alice"
 WMS = "/DC=org/DC=example/CN=wms.example.org"
 POLICY = PolicyConfig(authorized_renewers=("*",), trusted_retrievers=("*/CN=wms.example.org",))
+T0 = dt.datetime(2026, 12, 7, tzinfo=dt.UTC)
+
+
+def stored(
+    sealed: bool = False,
+    owner: str = ALICE,
+    trusted_retrievers: tuple[str, ...] | None = None,
+    renewers: tuple[str, ...] | None = None,
+) -> CredentialFacts:
+    return CredentialFacts(
+        owner,
+        "default",
+        sealed,
+        T0,
+        dt.timedelta(hours=12),
+        renewers=renewers,
+        trusted_retrievers=trusted_retrievers,
+    )
 
 
 @pytest.mark.parametrize(
-    ("principal", "sealed", "expected"),
+    ("principal", "credential", "expected"),
     [
-        (Principal(ALICE, PrincipalKind.USER), False, True),
-        (Principal(ALICE, PrincipalKind.USER), True, False),  # a passphrase: no proof needed
+        (Principal(ALICE, PrincipalKind.USER), stored(), True),
+        (Principal(ALICE, PrincipalKind.USER), stored(sealed=True), False),  # its passphrase
         (Principal(ALICE, PrincipalKind.USER), None, False),  # no credential: not found
-        (Principal(WMS, PrincipalKind.HOST), False, False),  # a trusted retriever
-        (Principal(ALICE, PrincipalKind.PILOT), False, False),  # I2: pilots never renew
-        (anonymous("127.0.0.1"), False, False),
+        (Principal(WMS, PrincipalKind.HOST), stored(), False),  # a trusted retriever of it
+        (Principal(ALICE, PrincipalKind.PILOT), stored(), False),  # I2: pilots never renew
+        (anonymous("127.0.0.1"), stored(), False),
+        # Trusted by the server, not by the credential (myproxy-init -Z): offered renewal.
+        (Principal(WMS, PrincipalKind.HOST), stored(trusted_retrievers=("*/CN=other",)), True),
+        # Its own credential, allow_self_authorization off: not a trusted retriever of it.
+        (Principal(WMS, PrincipalKind.HOST), stored(owner=WMS), True),
+        # ... but not if the credential's own renewers (myproxy-init -R) leave it out.
+        (
+            Principal(WMS, PrincipalKind.HOST),
+            stored(trusted_retrievers=("*/CN=other",), renewers=("*/CN=other",)),
+            False,
+        ),
+        (Principal(ALICE, PrincipalKind.USER), stored(renewers=("*/CN=bob",)), False),
     ],
 )
-def test_who_is_challenged(principal: Principal, sealed: bool | None, expected: bool) -> None:
-    assert needs_renewal_challenge(principal, POLICY, credential_has_passphrase=sealed) is expected
+def test_who_is_challenged(
+    principal: Principal, credential: CredentialFacts | None, expected: bool
+) -> None:
+    assert needs_renewal_challenge(principal, POLICY, credential=credential) is expected
     if expected:
         assert may_need_renewal_challenge(principal, POLICY)
+
+
+def test_the_servers_default_lists_stand_for_a_credential_without_its_own() -> None:
+    wms = Principal(WMS, PrincipalKind.HOST)
+    strict = dataclasses.replace(POLICY, default_trusted_retrievers=("*/CN=other",))
+    assert needs_renewal_challenge(wms, strict, credential=stored())
+    own = stored(trusted_retrievers=("*/CN=wms.example.org",))
+    assert not needs_renewal_challenge(wms, strict, credential=own)
+    selfish = dataclasses.replace(POLICY, allow_self_authorization=True)
+    assert not needs_renewal_challenge(wms, selfish, credential=stored(owner=WMS))
+    # default_renewers stand for a credential stored without its own renewer list.
+    untrusted = stored(trusted_retrievers=("*/CN=other",))
+    no_renewing = dataclasses.replace(POLICY, default_renewers=("*/CN=other",))
+    assert not needs_renewal_challenge(wms, no_renewing, credential=untrusted)
+    assert needs_renewal_challenge(wms, POLICY, credential=untrusted)
 
 
 def test_only_authorized_renewers_are_challenged() -> None:
     bob = Principal("/DC=org/DC=example/CN=bob", PrincipalKind.USER)
     policy = PolicyConfig(authorized_renewers=("*/CN=alice",))
     assert not may_need_renewal_challenge(bob, policy)
-    assert not needs_renewal_challenge(bob, policy, credential_has_passphrase=False)
+    assert not needs_renewal_challenge(bob, policy, credential=stored())
     alice = Principal(ALICE, PrincipalKind.USER)
-    assert needs_renewal_challenge(alice, policy, credential_has_passphrase=False)
-    assert not needs_renewal_challenge(alice, PolicyConfig(), credential_has_passphrase=False)
+    assert needs_renewal_challenge(alice, policy, credential=stored())
+    assert not needs_renewal_challenge(alice, PolicyConfig(), credential=stored())

@@ -1,6 +1,6 @@
 """Bearer tokens on the API (issue 19 item 3): a trusted issuer's token authenticates its
 mapped owner, who may read its credentials and tasks and submit and cancel tasks, and
-nothing that a certificate is for; a bad token is a 401 (unmapped: 403) with the rule,
+nothing that a certificate is for; a bad token is a 401 (unmapped, scope: 403) with the rule,
 audited; a client certificate, when shown, is who the peer is."""
 
 from __future__ import annotations
@@ -138,7 +138,8 @@ def test_a_bearer_obtains_and_changes_nothing_a_certificate_is_for(
     [
         ({"exp": int(dt.datetime.now(dt.UTC).timestamp()) - 3600}, 401, "token.expired"),
         ({"aud": "elsewhere"}, 401, "token.audience"),
-        ({"scope": "storage.read:/"}, 401, "token.scope"),
+        # RFC 6750 §3.1: a token without the needed scope is a 403 insufficient_scope.
+        ({"scope": "storage.read:/"}, 403, "token.scope"),
         ({"sub": "mallory"}, 403, "token.unmapped"),
     ],
 )

@@ -214,7 +214,8 @@ def test_an_unacceptable_token_is_a_401_with_the_rule_audited(
 ) -> None:
     token = setup.token(**over)
     reply = setup.exchange(token)
-    _rejected(setup, reply, 401, rule, "authenticate")
+    # RFC 6750 §3.1: a token without the needed scope is refused 403 (insufficient_scope).
+    _rejected(setup, reply, 403 if rule == "token.scope" else 401, rule, "authenticate")
     assert all(token not in (e.detail or "") for e in setup.events())
 
 

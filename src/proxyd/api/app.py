@@ -47,7 +47,7 @@ from .exchange import EXCHANGE_ROUTES, bearer_token, token_identity
 from .members import MEMBER_ROUTES
 from .models import AC_LIFETIME_S, AcRequest, DelegationChain, DelegationRequest, ProxyRequest
 from .openapi import BODY_MODELS, ApiRoute, Handler, build_openapi
-from .problems import Problem, from_repository_error, problem_response
+from .problems import Problem, add_challenge, from_repository_error, problem_response
 from .tasks import TASK_ROUTES
 from .tokens import TOKEN_ROUTES
 from .ui import UI_ROUTES, setup_ui
@@ -422,7 +422,7 @@ async def log_and_problems(request: web.Request, handler: Handler) -> web.Stream
         response = await handler(request)
     except Problem as exc:
         rule = exc.rule
-        response = problem_response(exc.status, redact(exc.detail), exc.rule)
+        response = problem_response(exc.status, redact(exc.detail), exc.rule, exc.challenge)
     except RepositoryError as exc:
         rule = exc.rule
         response = from_repository_error(exc, redact)
@@ -435,6 +435,7 @@ async def log_and_problems(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("internal error answering %s %s", request.method, request.path)
         response = problem_response(500, "internal server error; the event is logged")
+    add_challenge(response, bearer=bool(request.app[CONFIG].tokens.issuers))
     elapsed = time.perf_counter() - started
     route = (
         request.match_info.route.resource.canonical

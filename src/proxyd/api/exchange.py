@@ -25,8 +25,8 @@ from ..authfail import AuthFailure
 from ..core.exchange import TokenIdentity
 from ..repository import Repository, RepositoryError
 from ..tokens.profile import TokenRefused
-from .openapi import ApiRoute
-from .problems import Problem, from_repository_error
+from .openapi import ApiRoute, FormField
+from .problems import CHALLENGE, Challenge, Problem, from_repository_error
 from .util import checked, load_csr, pem_chain
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -35,8 +35,9 @@ ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a
 SUBJECT_TYPES = (ACCESS_TOKEN, "urn:ietf:params:oauth:token-type:jwt")
 X509_PROXY = "urn:proxyd:params:token-type:x509-proxy"
 # Answered as the rule of the refusal says: an invalid or unknown token is 401, a valid
-# token that maps to no owner 403 (it authenticated someone proxyd has no account for).
-_TOKEN_STATUS = {"token.unmapped": 403}
+# token that maps to no owner 403 (it authenticated someone proxyd has no account for), a
+# token without the issuer's required scope 403 (RFC 6750 §3.1 insufficient_scope).
+_TOKEN_STATUS = {"token.unmapped": 403, "token.scope": 403}
 
 
 def _repo(request: web.Request) -> Repository:
@@ -77,7 +78,27 @@ async def token_identity(request: web.Request, token: str, where: str) -> TokenI
         await asyncio.to_thread(failures.record, failure)
         failures.schedule_flush(asyncio.get_running_loop())
         status = _TOKEN_STATUS.get(exc.rule, 401)
-        raise Problem(status, f"the token is not accepted: {exc.reason}", exc.rule) from None
+        detail = f"the token is not accepted: {exc.reason}"
+        # RFC 6750 §3.1: invalid_token goes with a 401, insufficient_scope with a 403; a
+        # valid token mapped to no owner is neither (another token would not help).
+        challenge: Challenge | None = None
+        if exc.rule == "token.scope":
+            challenge = Challenge("insufficient_scope", detail, _required_scope(request, token))
+        elif status == 401:
+            challenge = Challenge("invalid_token", detail)
+        raise Problem(status, detail, exc.rule, challenge) from None
+
+
+def _required_scope(request: web.Request, token: str) -> str | None:
+    """The scope the token's (claimed) issuer requires, for the challenge's `scope`."""
+    from .app import CONFIG
+
+    try:
+        iss = jwt.decode(token, options={"verify_signature": False}).get("iss")
+    except (jwt.PyJWTError, AttributeError):
+        return None
+    issuers = request.app[CONFIG].tokens.issuers
+    return next((i.required_scope for i in issuers if i.url == iss), None)
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -197,7 +218,15 @@ async def token_exchange(request: web.Request) -> web.Response:
             lifetime=lifetime,
         )
     except Problem as exc:
-        return _oauth_error(exc.status, "invalid_request", exc.detail, exc.rule)
+        # RFC 8693 §2.2.2 names the error `invalid_request` for a subject_token "invalid for
+        # any reason, or ... unacceptable based on policy"; RFC 6749 §5.2 would answer it 400.
+        # proxyd answers it as it answers the same token as a bearer (issue «Tokens»: 401 for
+        # a token that does not authenticate, 403 for a valid one refused), with the same
+        # RFC 6750 challenge on the 401, so one client sees one status per token everywhere.
+        response = _oauth_error(exc.status, "invalid_request", exc.detail, exc.rule)
+        if exc.challenge is not None:
+            response[CHALLENGE] = exc.challenge
+        return response
     except RepositoryError as exc:
         status = from_repository_error(exc).status
         return _oauth_error(status, "invalid_request", request.app[REDACT](exc.message), exc.rule)
@@ -214,6 +243,21 @@ async def token_exchange(request: web.Request) -> web.Response:
     )
 
 
+# RFC 6749 §5.2 members and the problem members, in one object (_oauth_error).
+_OAUTH_ERROR: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "error": {"type": "string", "enum": ["invalid_request", "unsupported_grant_type"]},
+        "error_description": {"type": "string"},
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "rule": {"type": "string"},
+    },
+    "required": ["error", "error_description", "status", "detail"],
+}
+
 EXCHANGE_ROUTES: list[ApiRoute] = [
     ApiRoute(
         "POST",
@@ -222,6 +266,29 @@ EXCHANGE_ROUTES: list[ApiRoute] = [
         "RFC 8693 token exchange: a trusted issuer's access token (form fields grant_type, "
         "subject_token, subject_token_type, requested_token_type, csr, credential, username, "
         "lifetime) for a limited proxy of its mapped owner's credential",
+        form=(
+            FormField("grant_type", f"must be {GRANT_TYPE}", required=True),
+            FormField("subject_token", "the access token (a JWT) to exchange", required=True),
+            FormField("subject_token_type", f"one of {', '.join(SUBJECT_TYPES)}", required=True),
+            FormField("requested_token_type", f"{X509_PROXY} (the default)"),
+            FormField("csr", "PEM certificate signing request for the proxy's key", required=True),
+            FormField("credential", "name of the owner's stored credential (default: default)"),
+            FormField(
+                "username",
+                "username of the owner's credential (default: the owner's own, else the latest)",
+            ),
+            FormField("lifetime", "requested proxy lifetime in seconds (it only shrinks)"),
+        ),
+        errors=(
+            (400, "invalid_request / unsupported_grant_type: a malformed request"),
+            (
+                401,
+                "invalid_request: a subject_token that does not authenticate (RFC 6750 challenge)",
+            ),
+            (403, "a valid token refused: unmapped subject, missing scope, or by policy"),
+            (404, "the owner has no such credential"),
+        ),
+        error_schema=_OAUTH_ERROR,
         response={
             "type": "object",
             "properties": {

@@ -1,4 +1,4 @@
-"""The admin API of VO members: list, add, remove, grant, revoke (admins).
+"""The admin API of VO members: list, add, remove, grant, revoke, suspend, restore (admins).
 
 Thin handlers over `Repository.add_member` and friends (proxyd.core.members):
 each is decided as an administrative operation and audited; a change applies
@@ -14,7 +14,7 @@ from aiohttp import web
 
 from ..core.members import Member
 from ..repository import Repository
-from .models import VoMemberAdd, VoMemberFqan, VoMemberRemove
+from .models import VoMemberAdd, VoMemberFqan, VoMemberRemove, VoMemberSuspend
 from .openapi import ApiRoute
 from .util import iso, principal_of, read_body
 
@@ -37,6 +37,9 @@ def member_json(m: Member) -> dict[str, Any]:
         "added_by": m.added_by,
         "added_at": iso(m.added_at),
         "changed_at": iso(m.changed_at),
+        "suspended": m.suspended_reason is not None,
+        "suspended_reason": m.suspended_reason,
+        "suspended_at": iso(m.suspended_at) if m.suspended_at else None,
     }
 
 
@@ -85,6 +88,26 @@ async def revoke(request: web.Request) -> web.Response:
     return _held(_vo(request), body.dn, held)
 
 
+async def suspend(request: web.Request) -> web.Response:
+    body = await read_body(request, VoMemberSuspend)
+    reason = await asyncio.to_thread(
+        _repo(request).suspend, principal_of(request), _vo(request), body.dn, body.reason
+    )
+    return web.json_response(
+        {"vo": _vo(request), "dn": body.dn, "suspended": True, "suspended_reason": reason}
+    )
+
+
+async def restore(request: web.Request) -> web.Response:
+    body = await read_body(request, VoMemberRemove)
+    was = await asyncio.to_thread(
+        _repo(request).restore, principal_of(request), _vo(request), body.dn
+    )
+    return web.json_response(
+        {"vo": _vo(request), "dn": body.dn, "suspended": False, "suspended_reason": was}
+    )
+
+
 _STRINGS = {"type": "array", "items": {"type": "string"}}
 _HELD = {
     "type": "object",
@@ -99,6 +122,18 @@ _MEMBER = {
         "added_by": {"type": "string"},
         "added_at": {"type": "string"},
         "changed_at": {"type": "string"},
+        "suspended": {"type": "boolean"},
+        "suspended_reason": {"type": ["string", "null"]},
+        "suspended_at": {"type": ["string", "null"]},
+    },
+}
+_SUSPENSION = {
+    "type": "object",
+    "properties": {
+        "vo": {"type": "string"},
+        "dn": {"type": "string"},
+        "suspended": {"type": "boolean"},
+        "suspended_reason": {"type": "string"},
     },
 }
 
@@ -142,5 +177,22 @@ MEMBER_ROUTES: list[ApiRoute] = [
         "Take a group or role from a member (admins)",
         body=VoMemberFqan,
         response=_HELD,
+    ),
+    ApiRoute(
+        "POST",
+        "/v1/vos/{vo}/members/suspend",
+        suspend,
+        "Suspend a member (admins): it keeps its FQANs but gets no AC until restored; "
+        "suspending again replaces the reason",
+        body=VoMemberSuspend,
+        response=_SUSPENSION,
+    ),
+    ApiRoute(
+        "POST",
+        "/v1/vos/{vo}/members/restore",
+        restore,
+        "End a member's suspension (admins); suspended_reason is what it was",
+        body=VoMemberRemove,
+        response=_SUSPENSION,
     ),
 ]

@@ -320,3 +320,17 @@ class VoMemberFqan(Body, frozen=True, kw_only=True):
 
     dn: MemberDn
     fqan: Fqan
+
+
+class VoMemberSuspend(Body, frozen=True, kw_only=True):
+    """Suspend a member of the VO of the path: it keeps its FQANs but gets no AC."""
+
+    dn: MemberDn
+    reason: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            max_length=200,
+            description="why, 1 to 200 printable characters; the member sees it when refused",
+        ),
+    ]

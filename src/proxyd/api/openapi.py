@@ -22,6 +22,16 @@ SCHEMA_REF = "#/components/schemas/{name}"
 PROBLEM = {"$ref": SCHEMA_REF.format(name="Problem")}
 # The model each body-taking handler was registered with (make_app): read_body checks it.
 BODY_MODELS = web.AppKey("body_models", dict)
+FORM = "application/x-www-form-urlencoded"
+
+
+@dataclass(frozen=True)
+class FormField:
+    """A field of an `application/x-www-form-urlencoded` request body (RFC 8693's form)."""
+
+    name: str
+    description: str
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,9 @@ class ApiRoute:
     query: tuple[tuple[str, str], ...] = ()  # (name, description)
     content_type: str = "application/json"
     body_optional: bool = False  # a request may leave the body out
+    form: tuple[FormField, ...] = ()  # the fields of a form body, instead of a JSON model
+    errors: tuple[tuple[int, str], ...] = ()  # (status, when) answered with error_schema
+    error_schema: Mapping[str, Any] | None = None  # None: the problem details
 
 
 def body_schemas(routes: list[ApiRoute]) -> tuple[dict[type[Body], Any], dict[str, Any]]:
@@ -66,6 +79,8 @@ def build_openapi(routes: list[ApiRoute]) -> dict[str, Any]:
                 },
             },
         }
+        for status, when in r.errors:
+            op["responses"][str(status)] = _error_response(r, when)
         if r.open:
             op["security"] = []
         params = [
@@ -89,6 +104,8 @@ def build_openapi(routes: list[ApiRoute]) -> dict[str, Any]:
                 "required": not r.body_optional,
                 "content": {"application/json": {"schema": bodies[r.body]}},
             }
+        if r.form:
+            op["requestBody"] = {"required": True, "content": {FORM: {"schema": form_schema(r)}}}
         paths.setdefault(r.path, {})[r.method.lower()] = op
     return {
         "openapi": "3.1.0",
@@ -116,6 +133,26 @@ def build_openapi(routes: list[ApiRoute]) -> dict[str, Any]:
             "securitySchemes": {"clientCertificate": {"type": "mutualTLS"}},
         },
         "security": [{"clientCertificate": []}],
+    }
+
+
+def form_schema(route: ApiRoute) -> dict[str, Any]:
+    """The schema of a route's form body: every field a string, the required ones listed."""
+    return {
+        "type": "object",
+        "properties": {
+            f.name: {"type": "string", "description": f.description} for f in route.form
+        },
+        "required": [f.name for f in route.form if f.required],
+    }
+
+
+def _error_response(route: ApiRoute, when: str) -> dict[str, Any]:
+    if route.error_schema is None:
+        return {"description": when, "content": {"application/problem+json": {"schema": PROBLEM}}}
+    return {
+        "description": when,
+        "content": {"application/json": {"schema": dict(route.error_schema)}},
     }
 
 

@@ -43,6 +43,18 @@ def _revoke(args: argparse.Namespace, repo: Repository) -> int:
     return 0
 
 
+def _suspend(args: argparse.Namespace, repo: Repository) -> int:
+    reason = repo.suspend(local_operator(), args.vo, args.dn, args.reason)
+    print(f"suspended {escape(args.dn)} in VO {args.vo}: {escape(reason)}")
+    return 0
+
+
+def _restore(args: argparse.Namespace, repo: Repository) -> int:
+    was = repo.restore(local_operator(), args.vo, args.dn)
+    print(f"restored {escape(args.dn)} in VO {args.vo} (was suspended: {escape(was)})")
+    return 0
+
+
 def _list(args: argparse.Namespace, repo: Repository) -> int:
     members = repo.list_members(local_operator(), args.vo)
     if args.json:
@@ -57,6 +69,11 @@ def _list(args: argparse.Namespace, repo: Repository) -> int:
                     "added_by": m.added_by,
                     "added_at": m.added_at.isoformat(timespec="seconds"),
                     "changed_at": m.changed_at.isoformat(timespec="seconds"),
+                    "suspended": m.suspended_reason is not None,
+                    "suspended_reason": m.suspended_reason,
+                    "suspended_at": (
+                        m.suspended_at.isoformat(timespec="seconds") if m.suspended_at else None
+                    ),
                 }
                 for m in members
             ],
@@ -65,7 +82,10 @@ def _list(args: argparse.Namespace, repo: Repository) -> int:
         return 0
     for m in members:
         # Escaped: a tab or newline in a DN must not shift columns or forge a line.
-        print(f"{m.vo}\t{escape(m.dn)}\t{' '.join(m.fqans)}")
+        line = f"{m.vo}\t{escape(m.dn)}\t{' '.join(m.fqans)}"
+        if m.suspended_reason is not None:
+            line += f"\tSUSPENDED: {escape(m.suspended_reason)}"
+        print(line)
     print(f"{len(members)} member(s)", file=sys.stderr)
     return 0
 
@@ -106,7 +126,16 @@ def add_parser(
     p = action("revoke", "take a group or role from a member (it stays a member)", _revoke)
     member(p)
     p.add_argument("fqan", help="e.g. /dteam/Role=production")
-    p = action("list", "the members and what they hold", _list)
+    p = action("suspend", "suspend a member: it keeps what it holds but gets no AC", _suspend)
+    member(p)
+    p.add_argument(
+        "--reason",
+        required=True,
+        help="why (1 to 200 printable characters); the member sees it when refused",
+    )
+    p = action("restore", "end a member's suspension", _restore)
+    member(p)
+    p = action("list", "the members, what they hold, and who is suspended (why)", _list)
     p.add_argument("vo", nargs="?", help="only this VO")
     p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
 

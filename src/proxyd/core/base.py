@@ -96,10 +96,11 @@ class CoreBase:
         # Without given authorities, membership is read from the database on every
         # issuance (proxyd admin vo changes apply at once), seeded from the TOML below.
         seed = authorities is None
+        reads = MemberReads(engine)
         self.authorities = (
             authorities
             if authorities is not None
-            else load_authorities(config.voms, MemberReads(engine).held)
+            else load_authorities(config.voms, reads.held, reads.suspension)
         )
         # VOs whose ACs come from their own VOMS servers ([[voms]] vomses); the trust store
         # is read at each use, as it is reloaded when the trust directories change.
@@ -440,6 +441,12 @@ class CoreBase:
         """Whether the credential is passphrase-sealed (None: no such credential). No secrets."""
         row = self._find(username, name)
         return None if row is None else row.has_passphrase
+
+    def challenge_facts(self, username: str, name: str = DEFAULT_NAME) -> CredentialFacts | None:
+        """What the MyProxy edge's renewal-challenge choice needs to know of a credential (its
+        passphrase flag, owner and ACL patterns; no secrets); None: no such credential."""
+        row = self._find(username, name)
+        return None if row is None else credential_facts(row, self.config)
 
     def readiness(self) -> str | None:
         """None when the database answers and the audit chain can be appended to; else why not.

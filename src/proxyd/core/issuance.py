@@ -62,6 +62,18 @@ def _fqans(plan: AcPlan) -> tuple[tuple[str, ...], tuple[str, ...]]:
     )
 
 
+def _suspended(plan: AcPlan, owner: str) -> tuple[str, str] | None:
+    """(VO, reason) for the first local VO of `plan` that has `owner` suspended: policy's
+    voms.member_suspended. Read only where the owner holds nothing (a suspended member
+    holds nothing), so a member in good standing costs no read more."""
+    for aa, _, held in plan:
+        if isinstance(aa, AttributeAuthority) and not held:
+            reason = aa.suspension(owner)
+            if reason is not None:
+                return aa.vo, reason
+    return None
+
+
 class Issuance(CredentialChoice):
     """Proxies and attribute certificates issued from stored credentials."""
 
@@ -194,6 +206,7 @@ class Issuance(CredentialChoice):
             fqans=tuple(f for _, explicit, _ in ac_plan for f in explicit),
             held_fqans=tuple(f for _, _, held in ac_plan for f in held),
             proof=proof,
+            suspended=_suspended(ac_plan, row.owner_dn),
         )
         decision = self.gate.decide(principal, request, facts, name=name, bans=bans)
         key = self._open_key(
@@ -360,6 +373,7 @@ class Issuance(CredentialChoice):
                 fqans=explicit or aa.default_fqans(principal.identity, held=held),
                 held_fqans=held,
                 lifetime=lifetime,
+                suspended=_suspended([(aa, explicit, held)], principal.identity),
             )
             decision = self.gate.decide(principal, request, None, name=None)
             fqans = aa.default_fqans(principal.identity, explicit, held)

@@ -1,4 +1,5 @@
-"""VO membership of proxyd's own attribute authority: add, remove, grant, revoke, list, seed.
+"""VO membership of proxyd's own attribute authority: add, remove, grant, revoke, suspend,
+restore, list, seed.
 
 Members live in the database (`proxyd.store.members`) and the attribute
 authorities read them on every issuance, so a change applies to the next
@@ -7,6 +8,8 @@ decided as an administrative operation of its own, `vo_members` (rule
 `vo_members.admins`, or `admin.local_operator`), and commits with its audit event
 (I6); the event's owner is the member's DN and its FQANs what the member
 holds after the change, so an auditor finds a member's history by owner.
+A suspended member (suspend, with a reason, as VOMS-Admin and IAM do) keeps
+what it holds but gets no AC (policy's `voms.member_suspended`) until restored.
 The policy request names no owner: a banned DN can still be removed. Lists
 are audited reads.
 
@@ -31,16 +34,45 @@ from ..store.members import (
     add_member,
     list_members,
     member_fqans,
+    member_suspension,
     remove_member,
+    restore_member,
     seed_vo,
     seeded_vos,
     set_fqans,
+    suspend_member,
 )
 from .base import CoreBase
 from .errors import BadRequest, NotFound
 from .gate import Clock, Gate
 
-__all__ = ["Member", "VoMembership", "normalise_fqans", "seed_configured_members"]
+__all__ = [
+    "MAX_SUSPENSION_REASON",
+    "Member",
+    "VoMembership",
+    "normalise_fqans",
+    "seed_configured_members",
+]
+
+MAX_SUSPENSION_REASON = 200
+# Shown to the member in every refusal (voms-proxy-init prints it) and to operators in lists.
+SUSPENSION_REASON = names.Kind(
+    "suspension_reason",
+    f"a suspension reason is 1 to {MAX_SUSPENSION_REASON} printable characters "
+    "(no control or format characters), not only blanks",
+    1,
+    MAX_SUSPENSION_REASON,
+)
+
+
+def _check_reason(reason: str) -> str:
+    try:
+        names.check(SUSPENSION_REASON, reason, "suspension reason")
+    except names.InvalidField as exc:
+        raise BadRequest(exc.message, "vo.bad_reason") from None
+    if not reason.strip():
+        raise BadRequest(f"suspension reason refused: {SUSPENSION_REASON.rule}", "vo.bad_reason")
+    return reason
 
 
 def normalise_fqans(vo: str, fqans: Iterable[str]) -> tuple[str, ...]:
@@ -160,6 +192,44 @@ class VoMembership(CoreBase):
             set_fqans(act.conn, vo, dn, after, self.clock())
             act.fqans = after
         return after
+
+    def suspend(self, principal: Principal, vo: str, dn: str, reason: str) -> str:
+        """Suspend member `dn` of `vo` for `reason` (it keeps what it holds but gets no AC);
+        suspended already: the reason is replaced. The reason. NotFound if it is no member."""
+        decision = self.gate.decide(
+            principal, policy.Request(Operation.VO_MEMBERS), None, name=None
+        )
+        with self.gate.act(principal, Operation.VO_MEMBERS, decision, owner=dn, name=None) as act:
+            act.detail = f"vo {vo[:100]} suspend"
+            self._vo_of(vo)
+            _check_reason(reason)
+            before = member_suspension(act.conn, vo, dn, for_update=True)
+            if before is None:
+                raise NotFound(f"{names.shown(dn)} is not a member of VO {vo}", "vo.not_member")
+            suspend_member(act.conn, vo, dn, reason, self.clock())
+            again = " (again; it was: " + names.escape(before[0]) + ")" if before[0] else ""
+            act.detail = f"vo {vo} suspend: {names.escape(reason)}{again}"[:500]
+        return reason
+
+    def restore(self, principal: Principal, vo: str, dn: str) -> str:
+        """End the suspension of member `dn` of `vo`; the reason it was suspended for.
+        NotFound if it is no member (`vo.not_member`) or not suspended (`vo.not_suspended`)."""
+        decision = self.gate.decide(
+            principal, policy.Request(Operation.VO_MEMBERS), None, name=None
+        )
+        with self.gate.act(principal, Operation.VO_MEMBERS, decision, owner=dn, name=None) as act:
+            act.detail = f"vo {vo[:100]} restore"
+            self._vo_of(vo)
+            before = member_suspension(act.conn, vo, dn, for_update=True)
+            if before is None:
+                raise NotFound(f"{names.shown(dn)} is not a member of VO {vo}", "vo.not_member")
+            if before[0] is None or not restore_member(act.conn, vo, dn, self.clock()):
+                raise NotFound(
+                    f"{names.shown(dn)} is not suspended in VO {vo} (nothing to restore)",
+                    "vo.not_suspended",
+                )
+            act.detail = f"vo {vo} restore (was suspended: {names.escape(before[0])})"[:500]
+        return before[0]
 
     def list_members(self, principal: Principal, vo: str | None = None) -> list[Member]:
         """The members (of `vo`, or of every VO served), by VO and DN."""

@@ -239,11 +239,12 @@ class Session:
         passphrase = request.passphrase or None
         challenge = False
         # Only a possible renewer needs the credential looked up first; a trusted retriever
-        # (the hot path) goes straight to authorize_retrieval, one thread hop fewer.
+        # that may not renew (the hot path) goes straight to authorize_retrieval, one thread
+        # hop fewer.
         if may_need_renewal_challenge(principal, self.repo.config.policy):
-            sealed = await asyncio.to_thread(self.repo.has_passphrase, request.username, name)
+            facts = await asyncio.to_thread(self.repo.challenge_facts, request.username, name)
             challenge = needs_renewal_challenge(
-                principal, self.repo.config.policy, credential_has_passphrase=sealed
+                principal, self.repo.config.policy, credential=facts
             )
         if challenge:
             try:

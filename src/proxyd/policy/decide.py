@@ -161,6 +161,8 @@ def decide(
     decision = handler(request, principal, credential, config)
     if not decision.allowed or op not in _ISSUING:
         return decision
+    if request.suspended is not None:
+        return _suspended(request.owner, *request.suspended)
     # ACs carry the owner's attributes: asking for one it does not hold is refused, not trimmed.
     missing = [f for f in request.fqans if f not in request.held_fqans]
     if missing:
@@ -301,7 +303,7 @@ def _retrieve(
                 "retrieve.server_acl",
                 f'"{who}" not authorized by server\'s authorized_retrievers policy',
             )
-        refused = _per_credential(
+        refused = per_credential_refusal(
             credential.retrievers, config.default_retrievers, who, principal.fqans
         )
         if refused is not None:
@@ -325,7 +327,7 @@ def _retrieve(
                 "retrieve.server_acl",
                 f'"{who}" not authorized by server\'s authorized_retrievers policy',
             )
-        refused = _per_credential(
+        refused = per_credential_refusal(
             credential.retrievers, config.default_retrievers, who, principal.fqans
         )
         if refused is not None:
@@ -335,7 +337,7 @@ def _retrieve(
                 "retrieve.not_trusted",
                 f'"{who}" not authorized by server\'s trusted_retrievers policy',
             )
-        refused = _per_credential(
+        refused = per_credential_refusal(
             credential.trusted_retrievers, config.default_trusted_retrievers, who, principal.fqans
         )
         if refused is not None:
@@ -355,7 +357,7 @@ def _retrieve(
     )
 
 
-def _per_credential(
+def per_credential_refusal(
     own: Sequence[str] | None, default: Sequence[str] | None, who: str, fqans: Sequence[str]
 ) -> str | None:
     """MyProxy's second check after the server-wide list: the credential's own list when it
@@ -379,7 +381,9 @@ def _renew(
         return _deny(
             "renew.not_authorized", f'"{who}" not authorized by the authorized_renewers policy'
         )
-    refused = _per_credential(credential.renewers, config.default_renewers, who, principal.fqans)
+    refused = per_credential_refusal(
+        credential.renewers, config.default_renewers, who, principal.fqans
+    )
     if refused is not None:
         return _deny("renew.not_authorized", f'"{who}" {refused} renewer policy')
     if request.proof is None or request.proof.identity != credential.owner:
@@ -402,7 +406,7 @@ def _retrieve_key(
         return _deny("credential.not_found", "no such credential")
     who = principal.identity
     if not any_matches(config.key_retrievers, who, principal.fqans) or (
-        _per_credential(
+        per_credential_refusal(
             credential.key_retrievers, config.default_key_retrievers, who, principal.fqans
         )
     ):
@@ -419,6 +423,8 @@ def _issue_ac(
 ) -> Decision:
     if principal.kind not in (PrincipalKind.USER, PrincipalKind.HOST):
         return _deny("voms.not_member", "attribute certificates are issued to users and hosts only")
+    if request.suspended is not None:
+        return _suspended(principal.identity, *request.suspended)
     if not request.held_fqans:
         return _deny(
             "voms.not_member", f'"{principal.identity}" is not a member of the requested VO'
@@ -427,6 +433,11 @@ def _issue_ac(
     if missing:
         return _deny("voms.fqan_not_held", f"not a holder of: {', '.join(missing)}")
     return Decision(True, "voms.member", "member of the VO", limited=False)
+
+
+def _suspended(dn: str | None, vo: str, reason: str) -> Decision:
+    # voms-server's own words ("User is currently suspended!"), with the admin's reason.
+    return _deny("voms.member_suspended", f'"{dn}" is currently suspended in VO {vo}: {reason}')
 
 
 _Handler = Callable[[Request, Principal, CredentialFacts | None, PolicyConfig], Decision]

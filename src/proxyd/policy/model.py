@@ -138,6 +138,9 @@ class Request:
     # token_exchange: the groups the token names in its issuer's VO (normalised); `fqans`
     # is what of them the owner holds (the intersection, issue 19), `held_fqans` all it holds.
     token_groups: tuple[str, ...] = ()
+    # issue_ac and issuing with ACs of a local AA: (VO, why a VO admin suspended the owner
+    # there) for a requested VO the owner is suspended in (`proxyd admin vo suspend`).
+    suspended: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)

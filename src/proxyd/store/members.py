@@ -8,7 +8,9 @@ caller's transaction, so a change commits together with its audit event (I6).
 
 `MemberReads.held` is the request-path read: one indexed SELECT on the
 driver's cursor, run on every issuance, so a change applies to the very next
-request in every worker and instance (nothing is cached).
+request in every worker and instance (nothing is cached). A suspended member
+holds nothing there (every issuing path refuses it as it would a non-member);
+`MemberReads.suspension` tells why, read only when `held` found nothing.
 """
 
 from __future__ import annotations
@@ -31,17 +33,22 @@ __all__ = [
     "add_member",
     "list_members",
     "member_fqans",
+    "member_suspension",
     "remove_member",
+    "restore_member",
     "seed_vo",
     "seeded_vos",
     "set_fqans",
+    "suspend_member",
 ]
 
 _M = VoMemberRow.__table__.c
 _MEMBERS = cast(Table, VoMemberRow.__table__)
 _SEEDS = cast(Table, VoSeedRow.__table__)
 
-_HELD = select(_M.fqans).where(_M.vo == bindparam("vo"), _M.dn == bindparam("dn"))
+_HELD = select(_M.fqans, _M.suspended_reason).where(
+    _M.vo == bindparam("vo"), _M.dn == bindparam("dn")
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +61,8 @@ class Member:
     added_by: str
     added_at: dt.datetime
     changed_at: dt.datetime
+    suspended_reason: str | None = None  # set while suspended, with suspended_at
+    suspended_at: dt.datetime | None = None
 
 
 def _insert(conn: Connection) -> Any:
@@ -84,7 +93,7 @@ def member_fqans(
     conn: Connection, vo: str, dn: str, *, for_update: bool = False
 ) -> tuple[str, ...] | None:
     """The FQANs `dn` holds in `vo`; None when it is no member."""
-    query = _HELD.params(vo=vo, dn=dn)
+    query = select(_M.fqans).where(_M.vo == vo, _M.dn == dn)
     if for_update and conn.dialect.name == "postgresql":
         query = query.with_for_update()
     row = conn.execute(query).first()
@@ -102,15 +111,65 @@ def set_fqans(conn: Connection, vo: str, dn: str, fqans: Sequence[str], now: dt.
     return result.first() is not None
 
 
+def member_suspension(
+    conn: Connection, vo: str, dn: str, *, for_update: bool = False
+) -> tuple[str | None] | None:
+    """(why `dn` is suspended in `vo`, or None when it is not); None when it is no member."""
+    query = select(_M.suspended_reason).where(_M.vo == vo, _M.dn == dn)
+    if for_update and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    return (row[0],) if row is not None else None
+
+
+def suspend_member(conn: Connection, vo: str, dn: str, reason: str, now: dt.datetime) -> bool:
+    """Suspend `dn` in `vo` for `reason` (suspended already: the reason and time are new);
+    False when it is no member. What it holds is kept."""
+    result = conn.execute(
+        update(_MEMBERS)
+        .where(_M.vo == vo, _M.dn == dn)
+        .values(suspended_reason=reason, suspended_at=now, changed_at=now)
+        .returning(_M.id)
+    )
+    return result.first() is not None
+
+
+def restore_member(conn: Connection, vo: str, dn: str, now: dt.datetime) -> bool:
+    """End the suspension of `dn` in `vo`; False when it is no member or not suspended."""
+    result = conn.execute(
+        update(_MEMBERS)
+        .where(_M.vo == vo, _M.dn == dn, _M.suspended_reason.is_not(None))
+        .values(suspended_reason=None, suspended_at=None, changed_at=now)
+        .returning(_M.id)
+    )
+    return result.first() is not None
+
+
 def list_members(conn: Connection, vo: str | None = None) -> list[Member]:
     """Every member (of `vo`, or of every VO), by VO and DN."""
-    query = select(_M.vo, _M.dn, _M.fqans, _M.added_by, _M.added_at, _M.changed_at).order_by(
-        _M.vo, _M.dn
-    )
+    query = select(
+        _M.vo,
+        _M.dn,
+        _M.fqans,
+        _M.added_by,
+        _M.added_at,
+        _M.changed_at,
+        _M.suspended_reason,
+        _M.suspended_at,
+    ).order_by(_M.vo, _M.dn)
     if vo is not None:
         query = query.where(_M.vo == vo)
     return [
-        Member(r.vo, r.dn, tuple(r.fqans), r.added_by, r.added_at, r.changed_at)
+        Member(
+            r.vo,
+            r.dn,
+            tuple(r.fqans),
+            r.added_by,
+            r.added_at,
+            r.changed_at,
+            r.suspended_reason,
+            r.suspended_at,
+        )
         for r in conn.execute(query)
     ]
 
@@ -153,7 +212,13 @@ class MemberReads:
         self._held = DriverStatement(_HELD, engine.dialect)
 
     def held(self, vo: str, dn: str) -> tuple[str, ...]:
-        """The FQANs `dn` holds in `vo`; () when it is no member."""
+        """The FQANs `dn` holds in `vo`; () when it is no member or is suspended."""
         with pooled_cursor(self.engine) as cursor:
             rows = self._held.run(cursor, {"vo": vo, "dn": dn})
-        return tuple(rows[0][0]) if rows else ()
+        return tuple(rows[0][0]) if rows and rows[0][1] is None else ()
+
+    def suspension(self, vo: str, dn: str) -> str | None:
+        """Why `dn` is suspended in `vo`; None when it is not (or is no member)."""
+        with pooled_cursor(self.engine) as cursor:
+            rows = self._held.run(cursor, {"vo": vo, "dn": dn})
+        return rows[0][1] if rows else None

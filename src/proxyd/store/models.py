@@ -391,6 +391,9 @@ class VoMemberRow(Base):
     added_by: Mapped[str] = mapped_column(String(DN_LEN))
     added_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    # Set together while a VO admin has the member suspended (migration 0012), else NULL.
+    suspended_reason: Mapped[str | None] = mapped_column(Text)
+    suspended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class VoSeedRow(Base):

@@ -61,6 +61,7 @@ _INTERNAL = wire.RULE_ERROR
 _OUTCOME_FOR_RULE = {
     "voms.not_member": _UNKNOWN_USER,
     "voms.fqan_not_held": _ROLE_NOT_HELD,
+    "voms.member_suspended": _SUSPENDED,  # proxyd admin vo suspend: 1004 / SuspendedUser
     "ban.peer": _SUSPENDED,
     "ban.owner": _SUSPENDED,
     "voms.unknown_vo": _BAD_REQUEST,
@@ -148,7 +149,11 @@ class AaServer:
             raise _Refused(_INTERNAL, "this attribute authority serves no VO")
         if len(local) == 1:
             return next(iter(local))
-        member_of = [vo for vo, aa in local.items() if aa.held_fqans(principal.identity)]
+        # A suspended member holds nothing but is one: it is told it is suspended.
+        who = principal.identity
+        member_of = [
+            vo for vo, aa in local.items() if aa.held_fqans(who) or aa.suspension(who) is not None
+        ]
         if len(member_of) == 1:
             return member_of[0]
         example = sorted(member_of or local)[0]
