@@ -13,7 +13,7 @@ import dataclasses
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -130,26 +130,35 @@ def output(done: subprocess.CompletedProcess[str]) -> str:
     return f"[exit {done.returncode}] {(done.stdout + done.stderr).strip()[-400:]}"
 
 
+@contextmanager
+def both_servers(pki: DevPKI, workdir: Path, config: str) -> Iterator[dict[str, int]]:
+    """The real myproxy-server run from `config`, and proxyd from the same file through
+    `proxyd admin import-myproxy-config`'s converter: their MyProxy ports, by SERVERS."""
+    conversion = convert(config, "myproxy-server.config")
+    assert conversion.warnings == []
+    completed = conversion.toml.replace("# host_cert = ", "host_cert = ").replace(
+        "# host_key = ", "host_key = "
+    )
+    policy = parse_config(completed, workdir / "proxyd.toml").policy
+    with ExitStack() as stack:
+        real = stack.enter_context(
+            real_myproxy_server(pki, workdir / "real", f"cert_dir {pki.cert_dir}\n{config}")
+        )
+        ours = stack.enter_context(running_server(pki, workdir / "proxyd", policy=policy))
+        yield {SERVERS[0]: real.port, SERVERS[1]: ours.myproxy_port}
+
+
 @pytest.fixture(scope="module")
 def clients(dev_pki: DevPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clients]:
     workdir = tmp_path_factory.mktemp("options-differential")
     identities = {name: dev_pki.user(name) for name in ("alice", "bob", "carol")}
     identities["wms"] = dev_pki.host("wms")
     identities["other"] = issue(dev_pki, OTHER, workdir / "other", host=True)
-    conversion = convert(CONFIG, "myproxy-server.config")
-    assert conversion.warnings == []
-    completed = conversion.toml.replace("# host_cert = ", "host_cert = ").replace(
-        "# host_key = ", "host_key = "
-    )
-    policy = parse_config(completed, workdir / "proxyd.toml").policy
-    with ExitStack() as stack, ThreadPoolExecutor(len(SERVERS)) as both:
-        real = stack.enter_context(
-            real_myproxy_server(dev_pki, workdir / "real", f"cert_dir {dev_pki.cert_dir}\n{CONFIG}")
-        )
-        ours = stack.enter_context(running_server(dev_pki, workdir / "proxyd", policy=policy))
-        c = Clients(
-            dev_pki, workdir, identities, {SERVERS[0]: real.port, SERVERS[1]: ours.myproxy_port}
-        )
+    with (
+        both_servers(dev_pki, workdir, CONFIG) as ports,
+        ThreadPoolExecutor(len(SERVERS)) as both,
+    ):
+        c = Clients(dev_pki, workdir, identities, ports)
         for entry in STORED:
             done = list(both.map(lambda s, e=entry: c.store(s, "alice", *e), SERVERS))
             for server, result in zip(SERVERS, done, strict=True):

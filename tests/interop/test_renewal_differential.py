@@ -12,17 +12,12 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
-from proxyd.cli.myproxy_import import convert
-from proxyd.config import parse_config
 from proxyd.devpki import DevPKI
-from tests.interop.test_myproxy_options_differential import SERVERS, Clients, output
-from tests.support.myproxy_server import real_myproxy_server
-from tests.support.server import running_server
+from tests.interop.test_myproxy_options_differential import SERVERS, Clients, both_servers, output
 
 pytestmark = [pytest.mark.interop, pytest.mark.usefixtures("no_ambient_grid_identity")]
 
@@ -74,20 +69,11 @@ def clients(dev_pki: DevPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     workdir = tmp_path_factory.mktemp("renewal-differential")
     identities = {name: dev_pki.user(name) for name in ("alice", "bob")}
     identities["wms"] = dev_pki.host("wms")
-    conversion = convert(CONFIG, "myproxy-server.config")
-    assert conversion.warnings == []
-    completed = conversion.toml.replace("# host_cert = ", "host_cert = ").replace(
-        "# host_key = ", "host_key = "
-    )
-    policy = parse_config(completed, workdir / "proxyd.toml").policy
-    with ExitStack() as stack, ThreadPoolExecutor(len(SERVERS)) as both:
-        real = stack.enter_context(
-            real_myproxy_server(dev_pki, workdir / "real", f"cert_dir {dev_pki.cert_dir}\n{CONFIG}")
-        )
-        ours = stack.enter_context(running_server(dev_pki, workdir / "proxyd", policy=policy))
-        c = RenewalClients(
-            dev_pki, workdir, identities, {SERVERS[0]: real.port, SERVERS[1]: ours.myproxy_port}
-        )
+    with (
+        both_servers(dev_pki, workdir, CONFIG) as ports,
+        ThreadPoolExecutor(len(SERVERS)) as both,
+    ):
+        c = RenewalClients(dev_pki, workdir, identities, ports)
         for name, flags in STORED:
             done = list(
                 both.map(
