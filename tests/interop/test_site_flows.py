@@ -336,11 +336,13 @@ def test_renewal_of_a_proxy_proxyd_issued(
                  env=as_host(hosts, RENEWER)))  # fmt: skip
         assert_proxy_of(again, ALICE, FULL)
 
-        # A server-wide renewer the credential does not name gets nothing for the same proof.
+        # A server-wide renewer the credential does not name gets nothing for the same proof:
+        # as myproxy-server, proxyd does not even challenge it (it may not renew this
+        # credential), and it is no trusted retriever (tests/interop/test_renewal_differential).
         refused(
             c.run("myproxy-logon", "-a", issued, "-k", "jobs", "-l", "alice",
                   "-o", c.out("by-panda"), env=as_host(hosts, PANDA)),
-            "renew.not_authorized",
+            "retrieve.not_trusted",
         )  # fmt: skip
         # A limited proxy proxyd issued (the WMS's) is no renewal proof (I1).
         limited = c.out("limited")
@@ -360,7 +362,7 @@ def test_renewal_of_a_proxy_proxyd_issued(
         assert jobs == [
             ("renew", "allow", "renew.authorized", renewer),
             ("renew", "allow", "renew.authorized", renewer),
-            ("renew", "deny", "renew.not_authorized", panda),
+            ("retrieve", "deny", "retrieve.not_trusted", panda),
             ("retrieve", "allow", "retrieve.trusted", WMS),
             ("renew", "deny", "limited.peer", renewer),
         ]
