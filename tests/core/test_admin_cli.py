@@ -101,7 +101,7 @@ def test_rotate_list_expire(
     assert "would remove carol/default" in capsys.readouterr().out
     assert admin(config, "expire") == 0
     assert "1 expired credential(s) removed" in capsys.readouterr().err
-    assert repo.has_passphrase("carol") is None
+    assert repo.challenge_facts("carol") is None
 
 
 def _myproxy_store(dev_pki: DevPKI, directory: Path) -> None:

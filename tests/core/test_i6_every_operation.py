@@ -1225,7 +1225,6 @@ SCENARIOS: list[Scenario] = [
 EXEMPT: dict[str, str] = {
     "Repository.open": "a constructor: opens the database, no request",
     "Repository.readiness": "a health probe for load balancers, not a decision",
-    "Repository.has_passphrase": "an internal fact for the edge (which GET dialogue), no decision",
     "Repository.challenge_facts": "the facts the edge's renewal-challenge choice reads (policy.challenge), no decision",
     "Repository.stored_facts": "the facts policy reads for the task service, no decision",
     "Repository.save_pending": "the second half of begin_store, whose decision is recorded there",

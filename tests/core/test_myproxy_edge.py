@@ -200,23 +200,39 @@ def test_unknown_ca_client_is_refused(server: RunningServer, tmp_path: Path) -> 
 
 
 def test_trusted_retrieval_reads_the_credential_once(
-    server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: RunningServer, dev_pki: DevPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The renewal check needs the credential only for possible renewers; a trusted retriever's
-    GET is decided from one lookup (authorize_retrieval), with no extra thread hop before it."""
+    """The renewal check needs the credential only for possible renewers: a trusted retriever
+    that may not renew gets its GET decided from one lookup (authorize_retrieval), with no
+    extra thread hop before it. One that may also renew (`authorized_renewers` "*", as in the
+    module's server) is looked up first, as myproxy-server's rule needs the credential's own
+    trusted-retriever list to know whether to challenge it (policy.challenge)."""
     from proxyd.repository import Repository
 
-    store_alice(server, tmp_path, "alice-trusted", "", trusted_retrievers="*/CN=wms.localhost")
+    lookups: list[str] = []
+    original = Repository.challenge_facts
 
-    def no_lookup(*args: object) -> bool:
-        raise AssertionError("has_passphrase was called for a trusted retriever")
+    def counted(self: Repository, username: str, name: str = "default") -> object:
+        lookups.append(username)
+        return original(self, username, name)
 
-    monkeypatch.setattr(Repository, "has_passphrase", no_lookup)
-    wms = credential_file(tmp_path, load_identity(server.pki, "wms"), "wms-trusted.pem")
-    for _ in range(2):  # the second time from the peer and key memos
-        chain = client(server, wms).get("alice-trusted", "", key=spare_key(3))
-        result = validate_chain(chain, server.repo.trust)
-        assert result.identity == ALICE and result.is_limited
+    monkeypatch.setattr(Repository, "challenge_facts", counted)
+    wms = credential_file(tmp_path, load_identity(dev_pki, "wms"), "wms-trusted.pem")
+    policy = dataclasses.replace(
+        load_config(dev_pki.config).policy, authorized_renewers=("*/CN=bob",)
+    )
+    with running_server(dev_pki, tmp_path / "no-renewing", policy=policy) as no_renewing:
+        for each in (no_renewing, server):
+            store_alice(
+                each, tmp_path, "alice-trusted", "", trusted_retrievers="*/CN=wms.localhost"
+            )
+            for _ in range(2):  # the second time from the peer and key memos
+                chain = client(each, wms).get("alice-trusted", "", key=spare_key(3))
+                result = validate_chain(chain, each.repo.trust)
+                assert result.identity == ALICE and result.is_limited
+            if each is no_renewing:
+                assert lookups == [], "the credential was looked up for a trusted non-renewer"
+    assert lookups == ["alice-trusted", "alice-trusted"]
 
 
 def test_an_anonymous_get_without_passphrase_is_refused_by_policy_and_audited(

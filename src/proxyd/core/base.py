@@ -437,11 +437,6 @@ class CoreBase:
             detail=reason[:500],
         )
 
-    def has_passphrase(self, username: str, name: str = DEFAULT_NAME) -> bool | None:
-        """Whether the credential is passphrase-sealed (None: no such credential). No secrets."""
-        row = self._find(username, name)
-        return None if row is None else row.has_passphrase
-
     def challenge_facts(self, username: str, name: str = DEFAULT_NAME) -> CredentialFacts | None:
         """What the MyProxy edge's renewal-challenge choice needs to know of a credential (its
         passphrase flag, owner and ACL patterns; no secrets); None: no such credential."""
