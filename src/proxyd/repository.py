@@ -28,6 +28,7 @@ from .core.reminders import ExpiryReminders
 from .core.tokens import TokenIssuance
 from .core.values import (
     DEFAULT_NAME,
+    ChallengeFirst,
     CredentialInfo,
     PendingStore,
     Retrieval,
@@ -43,6 +44,7 @@ __all__ = [
     "MIN_RSA_BITS",
     "BadPassphrase",
     "BadRequest",
+    "ChallengeFirst",
     "CredentialInfo",
     "Denied",
     "NotFound",

@@ -52,7 +52,14 @@ from proxyd.issuer import AttributeAuthority, VomsRequest, load_authorities
 from proxyd.policy import DecisionTally, Operation, current_tally
 from proxyd.principal import Principal, PrincipalKind, anonymous, local_operator
 from proxyd.reminders.settings import RemindersConfig
-from proxyd.repository import PendingStore, Repository, RepositoryError, StoreOptions
+from proxyd.repository import (
+    ChallengeFirst,
+    PendingStore,
+    Repository,
+    RepositoryError,
+    Retrieval,
+    StoreOptions,
+)
 from proxyd.sealing import MasterKeyring
 from proxyd.store.db import make_engine, migrate
 from proxyd.store.members import MemberReads
@@ -327,6 +334,13 @@ def _two_step(world: World, who: str, csr_of: Callable[[], x509.CertificateSigni
     return world.repo.complete_retrieval(retrieval, csr_of())
 
 
+def _opened(world: World, who: str) -> Any:
+    """The MyProxy edge's GET: open_retrieval, then (no challenge due) complete it."""
+    opened = world.repo.open_retrieval(world.who(who), "alice")
+    assert isinstance(opened, Retrieval), opened
+    return world.repo.complete_retrieval(opened, csr())
+
+
 def _two_step_abandoned(world: World) -> None:
     retrieval = world.repo.authorize_retrieval(world.who("wms"), "alice")
     world.repo.abandon_retrieval(retrieval, "the client went away")
@@ -584,6 +598,17 @@ SCENARIOS: list[Scenario] = [
         ("Repository.authorize_retrieval", "Repository.complete_retrieval"),
         lambda w: _two_step(w, "wms", weak_csr),
         refused="issue.bad_request",
+    ),
+    Scenario(
+        "Repository.open_retrieval-then-complete",
+        ("Repository.open_retrieval", "Repository.complete_retrieval"),
+        lambda w: _opened(w, "wms"),
+    ),
+    Scenario(
+        "Repository.open_retrieval-refused-anonymous",
+        R("open_retrieval"),
+        lambda w: _opened(w, "anonymous"),
+        refused="anonymous.denied",
     ),
     Scenario(
         "Repository.two-step-GET-abandon",
@@ -1225,7 +1250,7 @@ SCENARIOS: list[Scenario] = [
 EXEMPT: dict[str, str] = {
     "Repository.open": "a constructor: opens the database, no request",
     "Repository.readiness": "a health probe for load balancers, not a decision",
-    "Repository.challenge_facts": "the facts the edge's renewal-challenge choice reads (policy.challenge), no decision",
+    "Repository.challenge_facts": "a credential's policy facts from one lookup (bench.scale), no decision",
     "Repository.stored_facts": "the facts policy reads for the task service, no decision",
     "Repository.save_pending": "the second half of begin_store, whose decision is recorded there",
     "Repository.take_pending": "the second half of begin_store, whose decision is recorded there",
@@ -1499,3 +1524,23 @@ def test_one_decision_one_audit_row(world: World, scenario: Scenario) -> None:
         assert new and (new[-1].decision, new[-1].rule) == ("deny", scenario.refused), (
             f"{scenario.name} should end with a deny by {scenario.refused}: {described}"
         )
+
+
+def test_a_renewal_challenge_is_chosen_before_anything_is_decided(world: World) -> None:
+    """open_retrieval's other answer: bob may renew (the dev config's authorized_renewers
+    "*") but is no trusted retriever of alice's credential, which has no passphrase, so the
+    MyProxy edge must challenge him (policy.challenge) — nothing is decided or recorded until
+    his proof comes back through authorize_retrieval, which decides and records once."""
+    seen = audit_count(world.engine)
+    tally = DecisionTally()
+    token = current_tally.set(tally)
+    try:
+        opened = world.repo.open_retrieval(world.who("bob"), "alice")
+    finally:
+        current_tally.reset(token)
+    assert isinstance(opened, ChallengeFirst)
+    assert (tally.count, audit_count(world.engine)) == (0, seen)
+    with pytest.raises(RepositoryError) as refused:
+        world.repo.authorize_retrieval(world.who("bob"), "alice", renewal_proof=world.proof("bob"))
+    assert refused.value.rule == "renew.proof_mismatch"
+    assert audit_count(world.engine) == seen + 1

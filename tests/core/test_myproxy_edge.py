@@ -202,21 +202,24 @@ def test_unknown_ca_client_is_refused(server: RunningServer, tmp_path: Path) -> 
 def test_trusted_retrieval_reads_the_credential_once(
     server: RunningServer, dev_pki: DevPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The renewal check needs the credential only for possible renewers: a trusted retriever
-    that may not renew gets its GET decided from one lookup (authorize_retrieval), with no
-    extra thread hop before it. One that may also renew (`authorized_renewers` "*", as in the
-    module's server) is looked up first, as myproxy-server's rule needs the credential's own
-    trusted-retriever list to know whether to challenge it (policy.challenge)."""
+    """A trusted retriever's GET reads the credential once, whether or not it may also renew
+    it (`authorized_renewers` "*", as in the module's server): myproxy-server's challenge
+    rule needs the credential's own lists (policy.challenge), and open_retrieval chooses
+    from the same read that authorizes the retrieval. (Session 7's renewal-challenge fix
+    read it twice for a peer that may renew, with a thread hop more per GET.)"""
     from proxyd.repository import Repository
 
-    lookups: list[str] = []
-    original = Repository.challenge_facts
+    reads: list[str] = []
+    lookup, find = Repository._lookup, Repository._find
 
-    def counted(self: Repository, username: str, name: str = "default") -> object:
-        lookups.append(username)
-        return original(self, username, name)
+    def counted_lookup(self: Repository, username: str, name: str) -> object:
+        reads.append(username)
+        return lookup(self, username, name)
 
-    monkeypatch.setattr(Repository, "challenge_facts", counted)
+    def counted_find(self: Repository, username: str, name: str) -> object:
+        reads.append(username)
+        return find(self, username, name)
+
     wms = credential_file(tmp_path, load_identity(dev_pki, "wms"), "wms-trusted.pem")
     policy = dataclasses.replace(
         load_config(dev_pki.config).policy, authorized_renewers=("*/CN=bob",)
@@ -226,13 +229,15 @@ def test_trusted_retrieval_reads_the_credential_once(
             store_alice(
                 each, tmp_path, "alice-trusted", "", trusted_retrievers="*/CN=wms.localhost"
             )
+            monkeypatch.setattr(Repository, "_lookup", counted_lookup)
+            monkeypatch.setattr(Repository, "_find", counted_find)
             for _ in range(2):  # the second time from the peer and key memos
                 chain = client(each, wms).get("alice-trusted", "", key=spare_key(3))
                 result = validate_chain(chain, each.repo.trust)
                 assert result.identity == ALICE and result.is_limited
-            if each is no_renewing:
-                assert lookups == [], "the credential was looked up for a trusted non-renewer"
-    assert lookups == ["alice-trusted", "alice-trusted"]
+            monkeypatch.undo()
+            assert reads == ["alice-trusted", "alice-trusted"], (each is server, reads)
+            reads.clear()
 
 
 def test_an_anonymous_get_without_passphrase_is_refused_by_policy_and_audited(

@@ -438,8 +438,10 @@ class CoreBase:
         )
 
     def challenge_facts(self, username: str, name: str = DEFAULT_NAME) -> CredentialFacts | None:
-        """What the MyProxy edge's renewal-challenge choice needs to know of a credential (its
-        passphrase flag, owner and ACL patterns; no secrets); None: no such credential."""
+        """A credential's policy facts (its passphrase flag, owner and ACL patterns; no
+        secrets) from one lookup, no decision; None: no such credential. The MyProxy edge
+        no longer calls it (open_retrieval chooses the challenge from the lookup that
+        authorizes); bench.scale times the lookup with it."""
         row = self._find(username, name)
         return None if row is None else credential_facts(row, self.config)
 

@@ -30,7 +30,8 @@ from ..issuer import (
     issue_proxy,
     merge_voms_requests,
 )
-from ..policy import AuthMethod, Decision, Operation
+from ..policy import AuthMethod, Bans, Decision, Operation
+from ..policy.challenge import may_need_renewal_challenge, needs_renewal_challenge
 from ..principal import (
     IdentityRefused,
     Principal,
@@ -49,7 +50,7 @@ from .checks import (
 )
 from .errors import BadRequest
 from .multiple import CredentialChoice
-from .values import DEFAULT_NAME, Retrieval, StoredCredential
+from .values import DEFAULT_NAME, ChallengeFirst, Retrieval, StoredCredential, credential_facts
 
 AcPlan = list[tuple[AttributeAuthority | UpstreamAuthority, tuple[str, ...], tuple[str, ...]]]
 
@@ -133,6 +134,76 @@ class Issuance(CredentialChoice):
         `vomses`: the client's VOMSES= lines; they select among an upstream VO's configured
         servers, never add one (vomsaa.vomses.select).
         """
+        return self._authorize(
+            principal,
+            username,
+            name,
+            passphrase,
+            lifetime,
+            voms,
+            want_full,
+            renewal_proof,
+            any_name,
+            vomses,
+            looked=None,
+        )
+
+    def open_retrieval(
+        self,
+        principal: Principal,
+        username: str,
+        *,
+        name: str = DEFAULT_NAME,
+        passphrase: str | None = None,
+        lifetime: dt.timedelta | None = None,
+        voms: Sequence[VomsRequest] = (),
+        any_name: bool = False,
+        vomses: Sequence[str] = (),
+    ) -> Retrieval | ChallengeFirst:
+        """A MyProxy GET's first answer: the renewal challenge, when myproxy-server's rule
+        (policy.challenge) calls for one, or else `authorize_retrieval`'s, from the same
+        lookup of the credential (one read and one thread hop per GET, whatever the peer).
+
+        The challenge is chosen before anything is decided or audited: the client's signed
+        reply then comes back as `authorize_retrieval(renewal_proof=...)`.
+        """
+        looked: tuple[StoredCredential | None, Bans] | None = None
+        if may_need_renewal_challenge(principal, self.config.policy):
+            looked = self._lookup(username, name)
+            row = looked[0]
+            facts = None if row is None else credential_facts(row, self.config)
+            if needs_renewal_challenge(principal, self.config.policy, credential=facts):
+                return ChallengeFirst()
+        return self._authorize(
+            principal,
+            username,
+            name,
+            passphrase,
+            lifetime,
+            voms,
+            False,
+            None,
+            any_name,
+            vomses,
+            looked=looked,
+        )
+
+    def _authorize(
+        self,
+        principal: Principal,
+        username: str,
+        name: str,
+        passphrase: str | None,
+        lifetime: dt.timedelta | None,
+        voms: Sequence[VomsRequest],
+        want_full: bool,
+        renewal_proof: ValidationResult | None,
+        any_name: bool,
+        vomses: Sequence[str],
+        *,
+        looked: tuple[StoredCredential | None, Bans] | None,
+    ) -> Retrieval:
+        """authorize_retrieval; `looked`: the credential `name` and the bans, read already."""
         chosen: tuple[str, int] | None = None
         if any_name and self.config.policy.check_multiple_credentials:
             chosen = self._usable_name(
@@ -144,10 +215,19 @@ class Issuance(CredentialChoice):
                 renewal_proof,
                 lambda owner: _fqans(self._plan_acs(owner, voms)),
             )
-            if chosen is not None:
-                name = chosen[0]
+            if chosen is not None and chosen[0] != name:
+                name, looked = chosen[0], None
         retrieval = self._authorize_one(
-            principal, username, name, passphrase, lifetime, voms, want_full, renewal_proof, vomses
+            principal,
+            username,
+            name,
+            passphrase,
+            lifetime,
+            voms,
+            want_full,
+            renewal_proof,
+            vomses,
+            looked=looked,
         )
         if chosen is None:
             return retrieval
@@ -166,8 +246,10 @@ class Issuance(CredentialChoice):
         want_full: bool,
         renewal_proof: ValidationResult | None,
         vomses: Sequence[str] = (),
+        *,
+        looked: tuple[StoredCredential | None, Bans] | None = None,
     ) -> Retrieval:
-        row, bans = self._lookup(username, name)
+        row, bans = looked if looked is not None else self._lookup(username, name)
         if renewal_proof is not None:
             op, auth = Operation.RENEW, AuthMethod.NONE
         elif passphrase:

@@ -87,6 +87,12 @@ class Retrieval:
 
 
 @dataclass(frozen=True)
+class ChallengeFirst:
+    """A MyProxy GET to be answered with a renewal challenge (policy.challenge) before anything
+    is decided: the peer may renew the credential and is not its trusted retriever."""
+
+
+@dataclass(frozen=True)
 class PendingStore:
     """A delegation in progress: the server's fresh key, sealed already, and the CSR to sign.
 

@@ -35,10 +35,10 @@ from ..connlimit import ConnectionGate, LimitedTLSServer
 from ..issuer import IssueError, VomsRequest
 from ..metrics import REQUEST_SECONDS
 from ..policy import Operation
-from ..policy.challenge import may_need_renewal_challenge, needs_renewal_challenge
 from ..principal import Principal, anonymous
 from ..repository import (
     DEFAULT_NAME,
+    ChallengeFirst,
     CredentialInfo,
     Repository,
     RepositoryError,
@@ -235,50 +235,35 @@ class Session:
         voms = [VomsRequest.parse(v) for v in request.vonames]
         lifetime = dt.timedelta(seconds=request.lifetime) if request.lifetime > 0 else None
         name = request.cred_name or DEFAULT_NAME
-        proof: ValidationResult | None = None
         passphrase = request.passphrase or None
-        challenge = False
-        # Only a possible renewer needs the credential looked up first; a trusted retriever
-        # that may not renew (the hot path) goes straight to authorize_retrieval, one thread
-        # hop fewer.
-        if may_need_renewal_challenge(principal, self.repo.config.policy):
-            facts = await asyncio.to_thread(self.repo.challenge_facts, request.username, name)
-            challenge = needs_renewal_challenge(
-                principal, self.repo.config.policy, credential=facts
-            )
-        if challenge:
-            try:
-                proof = await self._renewal_proof()
-            except (p.ProtocolError, ClientGone) as exc:
-                rule = (
-                    "renew.challenge_unanswered"
-                    if isinstance(exc, ClientGone)
-                    else "renew.challenge_failed"
-                )
-                await asyncio.to_thread(
-                    self.repo.record_failure,
-                    principal,
-                    Operation.RENEW,
-                    request.username,
-                    name,
-                    rule,
-                    str(exc),
-                )
-                raise
-            passphrase = None
         try:
-            retrieval = await asyncio.to_thread(
-                self.repo.authorize_retrieval,
+            # One lookup of the credential answers both: challenge first, or the retrieval.
+            opened = await asyncio.to_thread(
+                self.repo.open_retrieval,
                 principal,
                 request.username,
                 name=name,
                 passphrase=passphrase,
                 lifetime=lifetime,
                 voms=voms,
-                renewal_proof=proof,
                 any_name=not request.cred_name,
                 vomses=request.vomses,
             )
+            if isinstance(opened, ChallengeFirst):
+                proof = await self._renewal_proof_audited(principal, request.username, name)
+                retrieval = await asyncio.to_thread(
+                    self.repo.authorize_retrieval,
+                    principal,
+                    request.username,
+                    name=name,
+                    lifetime=lifetime,
+                    voms=voms,
+                    renewal_proof=proof,
+                    any_name=not request.cred_name,
+                    vomses=request.vomses,
+                )
+            else:
+                retrieval = opened
         except RepositoryError as exc:
             if exc.rule == "anonymous.denied" and passphrase is None:
                 # Decided and audited by policy; said the way myproxy-server says it.
@@ -297,6 +282,23 @@ class Session:
         await self._send(Chain(tuple(issued.certificates)))
         # The real clients close after the chain; the last OK is for everyone else.
         await self._send(p.ok_response())
+
+    async def _renewal_proof_audited(
+        self, principal: Principal, username: str, name: str
+    ) -> ValidationResult:
+        """The renewal proof; a challenge left unanswered or answered wrongly is audited."""
+        try:
+            return await self._renewal_proof()
+        except (p.ProtocolError, ClientGone) as exc:
+            rule = (
+                "renew.challenge_unanswered"
+                if isinstance(exc, ClientGone)
+                else "renew.challenge_failed"
+            )
+            await asyncio.to_thread(
+                self.repo.record_failure, principal, Operation.RENEW, username, name, rule, str(exc)
+            )
+            raise
 
     async def _renewal_proof(self) -> ValidationResult:
         """Challenge the client to sign with the credential it wants renewed."""
