@@ -22,6 +22,7 @@ from tests.support.myproxyclient_venv import myproxyclient_python
 from tests.support.server import RunningServer, running_server
 from tests.support.tools import run_tool
 from tests.support.vomscheck import check_proxy
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.interop, pytest.mark.usefixtures("no_ambient_grid_identity")]
 
@@ -163,6 +164,17 @@ def trail(server: RunningServer, **filters: str) -> list[tuple[str, str, str, st
     return [(e.event.operation, e.event.decision, e.event.rule, e.event.actor_dn) for e in events]
 
 
+def unanswered_recorded(server: RunningServer, owner: str, actor: str) -> None:
+    """Wait until the server has audited `actor`'s renewal challenge of `owner`'s credential as
+    unanswered: it learns that only when the client's connection closes, after the client
+    has exited, so the test cannot read the trail at once."""
+    eventually(
+        lambda: trail(server, owner=owner, rule="renew.challenge_unanswered"),
+        lambda seen: ("renew", "deny", "renew.challenge_unanswered", actor) in seen,
+        f"the unanswered renewal challenge of {actor} audited",
+    )
+
+
 # --- 1. store, list, retrieve, change passphrase, destroy --------------------------------------
 
 
@@ -268,6 +280,9 @@ def test_trusted_wms_retrieval_with_voms(
         bob_plain = c.out("bob-plain")
         refused(c.logon("-n", bob_plain, who="bob"), "No credentials for renewal authorization.")
         assert not bob_plain.exists()
+        # The client just hangs up on the challenge: nothing tells it when the server has
+        # recorded that, so wait for the event before the next request (CI lost this race).
+        unanswered_recorded(server, ALICE, BOB)
         # ...and his own proxy is no proof for alice's credential.
         bob_proof = c.out("bob-proof")
         refused(

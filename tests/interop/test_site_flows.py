@@ -32,6 +32,7 @@ from tests.interop.test_myproxy_clients import (
     refused,
     text,
     trail,
+    unanswered_recorded,
 )
 from tests.support.grid import spare_key
 from tests.support.server import RunningServer, running_server
@@ -254,6 +255,7 @@ def test_panda_server_flow(
                   "-o", c.out("wms"), who="wms"),
             "No credentials for renewal authorization",
         )  # fmt: skip
+        unanswered_recorded(server, ALICE, WMS)
 
         assert trail(server, owner=ALICE) == [
             ("store", "allow", "store.owner", ALICE),
