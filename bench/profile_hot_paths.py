@@ -21,7 +21,9 @@ reports for the same window.
    and once served the other way a Python edge can: a thread per connection
    with the ssl module's blocking sockets (the handshake and the records in
    C, the GIL released), which trades the Python of asyncio's TLS for the
-   kernel's thread switches (docs/performance.md).
+   kernel's thread switches, and the way proxyd's MyProxy edge serves since
+   session 8 (proxyd.tlsstream: OpenSSL on the non-blocking socket, asyncio
+   only asked when it would block) (docs/performance.md).
 3. py-spy (if installed: `.venv/bin/pip install py-spy`; not a proxyd
    dependency) samples the live server; samples go in buckets by the
    innermost frame that says what the work is. Wall-clock shares of busy
@@ -324,8 +326,51 @@ def serve_threaded():
     while True:
         threads.submit(handle_blocking, listener.accept()[0])
 
+async def handle_stream(ctx, conn):
+    from proxyd.tlsstream import TlsStream  # the MyProxy edge's TLS connection
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        stream = await TlsStream.accept(conn, ctx, 15)
+    except OSError:
+        return
+    try:
+        stream.write(b"\\x00")
+        await stream.drain()
+        data = b""
+        while b"\\0" not in data[1:]:
+            chunk = await stream.read(65536)
+            if not chunk:
+                break
+            data += chunk
+        stream.write(REPLY)
+        await stream.drain()
+    except OSError:
+        pass
+    finally:
+        stream.close()
+
+async def serve_sockets():
+    loop = asyncio.get_running_loop()
+    ctx = context()
+    listener = socket.create_server(("127.0.0.1", port), backlog=512)
+    listener.setblocking(False)
+    tasks = set()
+    def accept():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                return
+            task = loop.create_task(handle_stream(ctx, conn))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    loop.add_reader(listener.fileno(), accept)
+    await asyncio.Event().wait()
+
 if sys.argv[5] == "threads":
     serve_threaded()
+elif sys.argv[5] == "sockets":
+    asyncio.run(serve_sockets())
 else:
     asyncio.run(main())
 """
@@ -341,7 +386,8 @@ def tls_floor(
     edge: str = "asyncio",
 ) -> LoadResult:
     """CPU per connection of a bare TLS server that answers INFO with a canned reply: asyncio's
-    TLS (`edge` "asyncio") or a thread per connection with blocking sockets ("threads")."""
+    TLS (`edge` "asyncio"), a thread per connection with blocking sockets ("threads"), or
+    proxyd.tlsstream on the loop ("sockets", the MyProxy edge's way)."""
     script = root / "floor_server.py"
     script.write_text(FLOOR_SERVER)
     port = free_port()
@@ -540,13 +586,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             "the floor: a bare asyncio TLS server (proxyd's MyProxy TLS context) answering INFO "
             f"with a canned reply, C={c}"
         )
-        for anchors, edge in (("capath", "asyncio"), ("memory", "asyncio"), ("capath", "threads")):
+        for anchors, edge in (
+            ("capath", "asyncio"),
+            ("memory", "asyncio"),
+            ("capath", "threads"),
+            ("capath", "sockets"),
+        ):
             result = tls_floor(root, config, alice, str(pki.cert_dir), duration, anchors, edge)
             say("  " + result.line())
         say(
             "  (capath: trust anchors looked up in the hashed CA directory at every handshake, "
             "as proxyd's listeners do; memory: loaded once; threads: a thread per connection "
-            "with blocking sockets instead of asyncio)"
+            "with blocking sockets instead of asyncio; sockets: proxyd.tlsstream, the MyProxy "
+            "edge's, OpenSSL on the non-blocking socket)"
         )
         wms_cert = load_credential_file(pki.host("wms")[0]).certificate
         alice_cert = load_credential_file(pki.user("alice")[0]).certificate

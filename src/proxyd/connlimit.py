@@ -28,13 +28,14 @@ import socket
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from .metrics import CONNECTIONS_OPEN, CONNECTIONS_REFUSED
 from .peers import peer_group
+from .tlsstream import TlsStream
 
 log = logging.getLogger("proxyd.connections")
 
@@ -231,15 +232,21 @@ class LimitedTLSServer(asyncio.AbstractServer):
 
     def __init__(
         self,
-        protocol_factory: Callable[[], asyncio.Protocol],
+        protocol_factory: Callable[[], asyncio.Protocol] | None,
         ssl_context: ssl.SSLContext,
         gate: ConnectionGate,
         *,
         handshake_timeout: float,
         backlog: int = 128,
         on_close: Callable[[], None] | None = None,
+        stream_handler: Callable[[TlsStream], Awaitable[None]] | None = None,
     ) -> None:
+        """Each connection goes to `protocol_factory`'s protocol over asyncio's TLS, or, with
+        `stream_handler`, to that coroutine as a TlsStream (OpenSSL on the socket itself)."""
+        if (protocol_factory is None) == (stream_handler is None):
+            raise ValueError("one of protocol_factory and stream_handler")
         self.protocol_factory = protocol_factory
+        self.stream_handler = stream_handler
         # Called once when the listener closes (an edge writes its pending failed-login
         # summaries then).
         self.on_close = on_close
@@ -250,6 +257,7 @@ class LimitedTLSServer(asyncio.AbstractServer):
         self.sockets: list[socket.socket] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
+        self._sessions: set[asyncio.Task[None]] = set()  # stream mode, after the handshake
         self._serving = False
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> LimitedTLSServer:
@@ -319,9 +327,14 @@ class LimitedTLSServer(asyncio.AbstractServer):
 
     async def _handshake(self, conn: socket.socket, slot: _Slot) -> None:
         assert self._loop is not None
+        if self.stream_handler is not None:
+            await self._serve_stream(conn, slot, self.stream_handler)
+            return
+        assert self.protocol_factory is not None
+        factory = self.protocol_factory
         try:
             await self._loop.connect_accepted_socket(
-                lambda: _Counted(self.protocol_factory(), slot),
+                lambda: _Counted(factory(), slot),
                 conn,
                 ssl=self.ssl_context,
                 ssl_handshake_timeout=self.handshake_timeout,
@@ -339,6 +352,36 @@ class LimitedTLSServer(asyncio.AbstractServer):
             slot.release()
             conn.close()
             raise
+
+    async def _serve_stream(
+        self,
+        conn: socket.socket,
+        slot: _Slot,
+        handler: Callable[[TlsStream], Awaitable[None]],
+    ) -> None:
+        try:
+            try:
+                stream = await TlsStream.accept(conn, self.ssl_context, self.handshake_timeout)
+            except (OSError, asyncio.CancelledError) as exc:  # SSLError, TimeoutError too
+                log.debug(
+                    "%s: TLS handshake with %s failed: %s",
+                    self.gate.interface,
+                    slot.peer,
+                    exc.__class__.__name__,
+                )
+                return
+            # Established: no longer a handshake that close() drops.
+            task = asyncio.current_task()
+            if task is not None:
+                self._handshakes.discard(task)
+                self._sessions.add(task)
+                task.add_done_callback(self._sessions.discard)
+            try:
+                await handler(stream)
+            finally:
+                stream.close()
+        finally:
+            slot.release()
 
     # --- asyncio.AbstractServer -------------------------------------------------------------
 

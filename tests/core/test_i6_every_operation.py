@@ -1250,6 +1250,7 @@ SCENARIOS: list[Scenario] = [
 EXEMPT: dict[str, str] = {
     "Repository.open": "a constructor: opens the database, no request",
     "Repository.readiness": "a health probe for load balancers, not a decision",
+    "Repository.retrieval_is_quick": "where an edge runs a GET (loop or thread), from config only",
     "Repository.challenge_facts": "a credential's policy facts from one lookup (bench.scale), no decision",
     "Repository.stored_facts": "the facts policy reads for the task service, no decision",
     "Repository.save_pending": "the second half of begin_store, whose decision is recorded there",

@@ -148,6 +148,22 @@ class Issuance(CredentialChoice):
             looked=None,
         )
 
+    def retrieval_is_quick(
+        self, *, passphrase: str | None, voms: Sequence[VomsRequest], any_name: bool
+    ) -> bool:
+        """Whether this GET's two halves are short enough for an edge to run them on its event
+        loop instead of a worker thread: no argon2 unseal (no passphrase), no round trip to a
+        VO's own VOMS server, no trial of each of the user's credentials
+        (check_multiple_credentials), and the database in this process (SQLite: a read and
+        one audit commit, ~0.3 ms). Thread hand-offs and GIL contention cost a cert-auth GET
+        more CPU than that (docs/performance.md, "Session 8")."""
+        return (
+            self.database_in_process
+            and not passphrase
+            and not (any_name and self.config.policy.check_multiple_credentials)
+            and not any(request.vo in self.upstreams for request in voms)
+        )
+
     def open_retrieval(
         self,
         principal: Principal,

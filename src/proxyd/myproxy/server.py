@@ -22,7 +22,7 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from cryptography import x509
 
@@ -46,6 +46,7 @@ from ..repository import (
 )
 from ..tlsctx import server_context
 from ..tlspeer import verified_chain_der
+from ..tlsstream import TlsStream
 from . import protocol as p
 from .conversation import (
     NEED_DATA,
@@ -64,11 +65,22 @@ from .renewal import ChallengeError, make_challenges, parse_challenge_reply
 log = logging.getLogger("proxyd.myproxy")
 access_log = logging.getLogger("proxyd.access")
 E = TypeVar("E", bound=Event)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 SESSION_TIMEOUT = 60.0  # a whole GET takes milliseconds; slowloris gets nothing
 HANDSHAKE_TIMEOUT = 15.0  # the TLS handshake, from accept
 IDLE_REQUEST_GAP = 0.2  # a request without its NUL is complete once the client goes quiet
 _TLS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+async def _run(quick: bool, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """A core call: on the event loop's thread when the core says it is quick (no hand-off
+    to a worker thread and back, no GIL contention), else on asyncio's worker threads so
+    that argon2, a VO server's answer or a remote database never stalls the loop."""
+    if quick:
+        return call(*args, **kwargs)
+    return await asyncio.to_thread(call, *args, **kwargs)
 
 
 class ClientGone(Exception):
@@ -94,22 +106,16 @@ def _split_patterns(value: str | None) -> tuple[str, ...] | None:
 class Session:
     """One MyProxy conversation over an established TLS connection."""
 
-    def __init__(
-        self,
-        server: MyProxyServer,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> None:
+    def __init__(self, server: MyProxyServer, stream: TlsStream) -> None:
         self.server = server
         self.repo = server.repo
-        self.reader = reader
-        self.writer = writer
+        self.reader = self.writer = stream
         self.conversation = MyProxyConversation(Role.SERVER)
         self.command: str | None = None
         self.actor: str | None = None
         self.outcome = "closed"
         self.rule: str | None = None
-        peer = writer.get_extra_info("peername")
+        peer = stream.get_extra_info("peername")
         self.address = peer[0] if isinstance(peer, tuple) else str(peer or "")
 
     async def run(self) -> None:
@@ -236,9 +242,13 @@ class Session:
         lifetime = dt.timedelta(seconds=request.lifetime) if request.lifetime > 0 else None
         name = request.cred_name or DEFAULT_NAME
         passphrase = request.passphrase or None
+        quick = self.repo.retrieval_is_quick(
+            passphrase=passphrase, voms=voms, any_name=not request.cred_name
+        )
         try:
             # One lookup of the credential answers both: challenge first, or the retrieval.
-            opened = await asyncio.to_thread(
+            opened = await _run(
+                quick,
                 self.repo.open_retrieval,
                 principal,
                 request.username,
@@ -275,7 +285,7 @@ class Session:
                 p.ok_response(self.server.trustroot_fields() if request.trusted_certs else ())
             )
             csr = (await self._receive(CertificateRequest)).csr
-            issued = await asyncio.to_thread(self.repo.complete_retrieval, retrieval, csr)
+            issued = await _run(quick, self.repo.complete_retrieval, retrieval, csr)
         except (ClientGone, p.ProtocolError, ConnectionError) as exc:
             await asyncio.to_thread(self.repo.abandon_retrieval, retrieval, str(exc))
             raise
@@ -354,7 +364,9 @@ class Session:
         )
 
     async def info(self, request: p.Request, principal: Principal) -> None:
-        creds = await asyncio.to_thread(self.repo.info, principal, request.username)
+        creds = await _run(
+            self.repo.database_in_process, self.repo.info, principal, request.username
+        )
         wanted = request.cred_name
         if wanted:
             creds = [c for c in creds if c.name == wanted]
@@ -493,11 +505,9 @@ class MyProxyServer:
             self._trustroots = [("TRUSTED_CERTS", ",".join(names)), *fields]
         return self._trustroots
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        session = Session(self, reader, writer)
+    async def handle(self, stream: TlsStream) -> None:
+        stream.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        session = Session(self, stream)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(SESSION_TIMEOUT):
@@ -534,20 +544,12 @@ class MyProxyServer:
                     }
                 },
             )
-            writer.close()
-            with contextlib.suppress(TimeoutError, ConnectionError, ssl.SSLError, OSError):
-                await asyncio.wait_for(writer.wait_closed(), 2)
+            stream.close()
 
     async def start(
         self, host: str, port: int, *, reuse_port: bool = False
     ) -> asyncio.AbstractServer:
         """Listen with the connection limits of [myproxy]: over them, closed before TLS."""
-        loop = asyncio.get_running_loop()
-
-        def stream_protocol() -> asyncio.Protocol:  # what asyncio.start_server makes
-            reader = asyncio.StreamReader(limit=p.MAX_REQUEST_BYTES * 2, loop=loop)
-            return asyncio.StreamReaderProtocol(reader, self.handle, loop=loop)
-
         limits = self.config.myproxy
         gate = ConnectionGate(
             "myproxy",
@@ -555,11 +557,12 @@ class MyProxyServer:
             min(limits.max_connections_per_peer, limits.max_connections),
         )
         server = LimitedTLSServer(
-            stream_protocol,
+            None,
             myproxy_context(self.config),
             gate,
             handshake_timeout=HANDSHAKE_TIMEOUT,
             backlog=512,
             on_close=self.auth_failures.close,
+            stream_handler=self.handle,
         )
         return await server.start(host, port, reuse_port=reuse_port)
