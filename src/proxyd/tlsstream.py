@@ -73,12 +73,21 @@ class TlsStream:
         self._pending.append(data)
 
     async def drain(self) -> None:
+        """Send what was written: one record per write, in one TCP segment where they fit
+        (TCP_CORK: loopback delivery and the peer's wake-up cost more than the records)."""
         pending, self._pending = self._pending, []
-        for record in pending:
-            view = memoryview(record)
-            while view:
-                sent = await self._retry(self._tls.send, view)
-                view = view[sent:]
+        corked = len(pending) > 1
+        if corked:
+            self._tls.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        try:
+            for record in pending:
+                view = memoryview(record)
+                while view:
+                    sent = await self._retry(self._tls.send, view)
+                    view = view[sent:]
+        finally:
+            if corked and not self._closed:
+                self._tls.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "ssl_object":

@@ -174,8 +174,11 @@ class Session:
             return
         await self._send(p.error_response(*messages))
 
-    async def _send(self, event: Event) -> None:
-        self.writer.write(self.conversation.send(event))
+    async def _send(self, *events: Event) -> None:
+        """Each event in a TLS record of its own (the Globus clients read one message per
+        record), sent together."""
+        for event in events:
+            self.writer.write(self.conversation.send(event))
         await self.writer.drain()
 
     async def _receive(self, kind: type[E]) -> E:
@@ -289,9 +292,8 @@ class Session:
         except (ClientGone, p.ProtocolError, ConnectionError) as exc:
             await asyncio.to_thread(self.repo.abandon_retrieval, retrieval, str(exc))
             raise
-        await self._send(Chain(tuple(issued.certificates)))
         # The real clients close after the chain; the last OK is for everyone else.
-        await self._send(p.ok_response())
+        await self._send(Chain(tuple(issued.certificates)), p.ok_response())
 
     async def _renewal_proof_audited(
         self, principal: Principal, username: str, name: str
