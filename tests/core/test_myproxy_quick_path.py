@@ -100,3 +100,25 @@ def test_on_postgresql_every_get_runs_on_a_worker(
         client(srv, wms).get("alice-pg", "", key=spare_key(3))
     assert threads_of["complete_retrieval"]
     assert all(map(_on_worker, threads_of["open_retrieval"] + threads_of["complete_retrieval"]))
+
+
+def test_with_many_sessions_in_progress_quick_calls_go_to_workers(
+    server: RunningServer,
+    dev_pki: DevPKI,
+    tmp_path: Path,
+    threads_of: dict[str, list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past INLINE_SESSIONS sessions in progress the audit appends of concurrent GETs share
+    commits on worker threads, and the loop is never held up by an fsync: here the limit
+    is 0, so this one GET (a session in progress) already counts as many."""
+    import proxyd.myproxy.server as edge
+
+    monkeypatch.setattr(edge, "INLINE_SESSIONS", 0)
+    store_alice(server, tmp_path, "alice-busy", "", trusted_retrievers="*/CN=wms.localhost")
+    threads_of["open_retrieval"].clear()
+    threads_of["complete_retrieval"].clear()
+    wms = credential_file(tmp_path, load_identity(dev_pki, "wms"), "wms.pem")
+    client(server, wms).get("alice-busy", "", key=spare_key(3))
+    assert threads_of["open_retrieval"] and threads_of["complete_retrieval"]
+    assert all(map(_on_worker, threads_of["open_retrieval"] + threads_of["complete_retrieval"]))

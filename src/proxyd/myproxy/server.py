@@ -70,14 +70,17 @@ R = TypeVar("R")
 
 SESSION_TIMEOUT = 60.0  # a whole GET takes milliseconds; slowloris gets nothing
 HANDSHAKE_TIMEOUT = 15.0  # the TLS handshake, from accept
+# Sessions in progress up to which quick core calls run on the loop (measured: at 8 clients
+# the loop is cheaper, at 32 group commit wins on latency; docs/performance.md, "Session 8").
+INLINE_SESSIONS = 8
 IDLE_REQUEST_GAP = 0.2  # a request without its NUL is complete once the client goes quiet
 _TLS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
 async def _run(quick: bool, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-    """A core call: on the event loop's thread when the core says it is quick (no hand-off
-    to a worker thread and back, no GIL contention), else on asyncio's worker threads so
-    that argon2, a VO server's answer or a remote database never stalls the loop."""
+    """A core call: on the event loop's thread when it is quick (no hand-off to a worker
+    thread and back, no GIL contention), else on asyncio's worker threads so that argon2, a
+    VO server's answer or a remote database never stalls the loop (Session._quick)."""
     if quick:
         return call(*args, **kwargs)
     return await asyncio.to_thread(call, *args, **kwargs)
@@ -155,6 +158,13 @@ class Session:
         except IssueError as exc:
             self.outcome = "error"
             await self._refuse(str(exc))
+
+    def _quick(self) -> bool:
+        """Whether the loop may run this session's short core calls itself: while few sessions
+        are in progress. Under more, they go to worker threads, where concurrent audit
+        appends share one commit (group commit) and the loop goes on with other handshakes
+        during its fsync; on the loop each append would commit alone, the loop waiting."""
+        return self.server.sessions <= INLINE_SESSIONS
 
     # --- I/O helpers -------------------------------------------------------------------
 
@@ -245,7 +255,7 @@ class Session:
         lifetime = dt.timedelta(seconds=request.lifetime) if request.lifetime > 0 else None
         name = request.cred_name or DEFAULT_NAME
         passphrase = request.passphrase or None
-        quick = self.repo.retrieval_is_quick(
+        quick = self._quick() and self.repo.retrieval_is_quick(
             passphrase=passphrase, voms=voms, any_name=not request.cred_name
         )
         try:
@@ -367,7 +377,10 @@ class Session:
 
     async def info(self, request: p.Request, principal: Principal) -> None:
         creds = await _run(
-            self.repo.database_in_process, self.repo.info, principal, request.username
+            self._quick() and self.repo.database_in_process,
+            self.repo.info,
+            principal,
+            request.username,
         )
         wanted = request.cred_name
         if wanted:
@@ -492,6 +505,7 @@ class MyProxyServer:
         self._trustroots: list[tuple[str, str]] | None = None
         self.auth_failures = for_repository(repo)
         self.redact = Redactor.for_config(repo.config)
+        self.sessions = 0  # in progress on this process's loop
 
     def trustroot_fields(self) -> list[tuple[str, str]]:
         """TRUSTED_CERTS=<files> and FILEDATA_<file>=<base64>, for `myproxy-logon -T`."""
@@ -511,6 +525,7 @@ class MyProxyServer:
         stream.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session = Session(self, stream)
         started = time.perf_counter()
+        self.sessions += 1
         try:
             async with asyncio.timeout(SESSION_TIMEOUT):
                 await session.run()
@@ -528,6 +543,7 @@ class MyProxyServer:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await session._send_error("internal server error; the event is logged")
         finally:
+            self.sessions -= 1
             elapsed = time.perf_counter() - started
             REQUEST_SECONDS.labels("myproxy", session.command or "none").observe(elapsed)
             access_log.info(
