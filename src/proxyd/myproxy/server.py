@@ -4,10 +4,13 @@ Each connection carries one request. The edge turns the TLS peer into a
 Principal, moves bytes between the socket and the conversation's state
 machine (conversation.py: framing, message order, the GSI flag byte, the
 TLS 1.3 0x00 byte), and leaves every decision to the Repository (policy +
-audit) and to proxyd.policy.challenge. Blocking work (database, argon2, RSA)
-runs in asyncio's default thread pool so one slow request does not stall the
-loop. Left here: TLS 1.3 with no session tickets, the idle gap that ends a
-request sent without its NUL, TCP_NODELAY.
+audit) and to proxyd.policy.challenge. TLS is proxyd.tlsstream (OpenSSL on
+the non-blocking socket). A GET or INFO the core calls quick (SQLite, no
+passphrase, no VO server to ask) runs on the loop's thread while few sessions
+are in progress; all other core work (argon2, key generation, a remote
+database, a VO server's answer) runs in asyncio's default thread pool so one
+slow request does not stall the loop. Left here: TLS 1.3 with no session
+tickets, the idle gap that ends a request sent without its NUL, TCP_NODELAY.
 """
 
 from __future__ import annotations
