@@ -151,6 +151,22 @@ def cpu_between(before: dict[int, float], after: dict[int, float], *, reaped: bo
     return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
 
 
+def thread_switches(pid: int) -> int:
+    """Context switches so far (voluntary + involuntary) of all live threads of `pid`: each is
+    a sleep and a wake-up, the kernel cost of thread hand-offs and GIL contention. Threads
+    that have exited are not counted, so read it around a window where none do."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                total += int(line.split()[1])
+    return total
+
+
 def tree_cpu_seconds(roots: Sequence[int]) -> float:
     """CPU seconds (user + system) used so far by `roots` and all their descendants.
 

@@ -71,6 +71,7 @@ from bench.common import (
     run_load,
     running,
     say,
+    thread_switches,
     wait_for_port,
     write_keys,
 )
@@ -567,8 +568,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if perf_ok:
                     out = root / f"perf{i}.data"
                     proc = perf_record([server.pid], duration + 1.5, out)
+                    switches = thread_switches(server.pid)
                     result, err = load_while(proc, make, label)
+                    switches = thread_switches(server.pid) - switches
                     say("  " + result.line())
+                    if result.ops:
+                        say(
+                            f"  context switches of the server's threads: "
+                            f"{switches / result.ops:.1f} per request (the 1 s warm-up's "
+                            "switches included, its requests not: an upper bound)"
+                        )
                     if proc.returncode != 0 or not out.exists():
                         say(f"  perf failed: {err.decode(errors='replace')[-300:]}")
                     else:
