@@ -115,7 +115,7 @@ class Session:
     def __init__(self, server: MyProxyServer, stream: TlsStream) -> None:
         self.server = server
         self.repo = server.repo
-        self.reader = self.writer = stream
+        self.stream = stream
         self.conversation = MyProxyConversation(Role.SERVER)
         self.command: str | None = None
         self.actor: str | None = None
@@ -125,7 +125,7 @@ class Session:
         self.address = peer[0] if isinstance(peer, tuple) else str(peer or "")
 
     async def run(self) -> None:
-        ssl_object = self.writer.get_extra_info("ssl_object")
+        ssl_object = self.stream.get_extra_info("ssl_object")
         if ssl_object is not None and ssl_object.version() == "TLSv1.3":
             # The Globus clients wait for application data before they send theirs.
             await self._send(ServerReady())
@@ -191,8 +191,8 @@ class Session:
         """Each event in a TLS record of its own (the Globus clients read one message per
         record), sent together."""
         for event in events:
-            self.writer.write(self.conversation.send(event))
-        await self.writer.drain()
+            self.stream.write(self.conversation.send(event))
+        await self.stream.drain()
 
     async def _receive(self, kind: type[E]) -> E:
         """The client's next message, which the conversation's state makes a `kind` (or, before
@@ -218,7 +218,7 @@ class Session:
         self.conversation.receive_data(chunk)
 
     async def _read(self) -> bytes:
-        chunk = await self.reader.read(65536)
+        chunk = await self.stream.read(65536)
         if not chunk:
             raise ClientGone("connection closed by the client")
         return chunk
