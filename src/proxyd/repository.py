@@ -21,8 +21,8 @@ from .core.checks import (
 from .core.delegation import Delegation
 from .core.errors import BadPassphrase, BadRequest, Denied, NotFound, RepositoryError
 from .core.exchange import TokenExchange
-from .core.issuance import Issuance
 from .core.members import VoMembership
+from .core.myproxy_get import MyProxyGet
 from .core.owner import OwnerOperations
 from .core.reminders import ExpiryReminders
 from .core.tokens import TokenIssuance
@@ -64,7 +64,7 @@ class Repository(
     OwnerOperations,
     TokenIssuance,
     TokenExchange,
-    Issuance,
+    MyProxyGet,
     Administration,
     VoMembership,
     ExpiryReminders,

@@ -166,7 +166,7 @@ class CoreBase:
     @property
     def database_in_process(self) -> bool:
         """SQLite: a read or a commit is a few tenths of a millisecond of this process's own
-        work, never a network round trip (see Issuance.retrieval_is_quick)."""
+        work, never a network round trip (see MyProxyGet.retrieval_is_quick)."""
         return self.engine.dialect.name == "sqlite"
 
     def _find(self, username: str, name: str) -> StoredCredential | None:
