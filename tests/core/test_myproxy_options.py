@@ -15,6 +15,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -391,6 +392,29 @@ def test_the_default_credential_is_tried_first(bed: Bed) -> None:
             "full; check_multiple_credentials took 'default' of 1 tried",
         )
     ]
+
+
+def test_the_chosen_credentials_passphrase_is_derived_once(
+    bed: Bed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trial that chose the credential opened its key: the GET uses that key instead of
+    paying argon2 again (it paid it twice before). Each wrong credential tried costs one."""
+    import proxyd.core.base as core_base
+
+    derived: list[bool] = []
+    original = core_base.unseal
+
+    def counted(sealed: Any, **kw: Any) -> bytes:
+        derived.append(sealed.has_passphrase)
+        return original(sealed, **kw)
+
+    monkeypatch.setattr(core_base, "unseal", counted)
+    get(bed, principal(bed.repo, None), PASS, any_name=True)  # "default" opens at once
+    assert derived == [True]
+    derived.clear()
+    get(bed, principal(bed.repo, None), OTHER_PASS, any_name=True)  # "default", then "batch"
+    assert derived == [True, True]
+    assert [e[2] for e in bed.events("retrieve")] == ["default", "batch"]
 
 
 def test_when_none_is_usable_the_default_credentials_refusal_is_recorded(bed: Bed) -> None:

@@ -68,6 +68,7 @@ from .values import (
     DEFAULT_NAME,
     StoredCredential,
     StoreOptions,
+    TrialKey,
     credential_aad,
     credential_facts,
     sealed_key_of,
@@ -342,7 +343,12 @@ class CoreBase:
         return row
 
     def _open_key(
-        self, principal: Principal, op: Operation, row: StoredCredential, passphrase: str | None
+        self,
+        principal: Principal,
+        op: Operation,
+        row: StoredCredential,
+        passphrase: str | None,
+        trial: TrialKey | None = None,
     ) -> PrivateKeyTypes:
         """Unseal a stored key. Wrong or missing passphrases are audited and refused.
 
@@ -361,6 +367,11 @@ class CoreBase:
             if passphrase:
                 self.limiter.success([("credential", row.username, row.name)])
             return cached  # type: ignore[return-value]
+        if trial is not None and trial.sealed_key == row.sealed_key:
+            # Opened by this request's trial of the very same sealed bytes (_trial_key).
+            if passphrase:
+                self.limiter.success([("credential", row.username, row.name)])
+            return trial.key
         sealed = sealed_key_of(row)
         try:
             key_pem = unseal(
@@ -408,11 +419,14 @@ class CoreBase:
             self.limiter.success([("credential", row.username, row.name)])
         return key
 
-    def _key_opens(self, row: StoredCredential, passphrase: str | None) -> bool:
-        """Whether `_open_key` would open the key, without recording or counting anything
-        (check_multiple_credentials tries several credentials with one passphrase)."""
-        if self._keys.get(row.username, row.name, row.sealed_key) is not None:
-            return True
+    def _trial_key(self, row: StoredCredential, passphrase: str | None) -> TrialKey | None:
+        """The key `_open_key` would open, opened without recording or counting anything
+        (check_multiple_credentials tries several credentials with one passphrase); None
+        when it would not open. The chosen one's goes on to `_open_key`, so that a
+        passphrase costs one argon2 derivation, not two."""
+        cached = self._keys.get(row.username, row.name, row.sealed_key)
+        if cached is not None:
+            return TrialKey(row.sealed_key, cached)  # type: ignore[arg-type]
         sealed = sealed_key_of(row)
         try:
             key_pem = unseal(
@@ -423,11 +437,15 @@ class CoreBase:
             )
             if b"ENCRYPTED" in key_pem.split(b"\n-----END", 1)[0]:
                 if not passphrase:
-                    return False
-                serialization.load_pem_private_key(key_pem, password=passphrase.encode())
+                    return None
+                key = serialization.load_pem_private_key(key_pem, password=passphrase.encode())
+            else:
+                key = serialization.load_pem_private_key(
+                    key_pem, password=None, unsafe_skip_rsa_key_validation=True
+                )
         except (WrongPassphrase, SealingError, ValueError, TypeError):
-            return False
-        return True
+            return None
+        return TrialKey(row.sealed_key, key)
 
     def record_failure(
         self, principal: Principal, op: Operation, username: str, name: str, rule: str, reason: str

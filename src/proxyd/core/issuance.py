@@ -49,7 +49,7 @@ from .checks import (
 )
 from .errors import BadRequest
 from .multiple import CredentialChoice
-from .values import DEFAULT_NAME, Retrieval, StoredCredential
+from .values import DEFAULT_NAME, Retrieval, StoredCredential, TrialKey
 
 AcPlan = list[tuple[AttributeAuthority | UpstreamAuthority, tuple[str, ...], tuple[str, ...]]]
 
@@ -163,7 +163,7 @@ class Issuance(CredentialChoice):
         looked: tuple[StoredCredential | None, Bans] | None,
     ) -> Retrieval:
         """authorize_retrieval; `looked`: the credential `name` and the bans, read already."""
-        chosen: tuple[str, int] | None = None
+        chosen: tuple[str, int, TrialKey] | None = None
         if any_name and self.config.policy.check_multiple_credentials:
             chosen = self._usable_name(
                 principal,
@@ -187,6 +187,7 @@ class Issuance(CredentialChoice):
             renewal_proof,
             vomses,
             looked=looked,
+            trial=None if chosen is None else chosen[2],
         )
         if chosen is None:
             return retrieval
@@ -207,6 +208,7 @@ class Issuance(CredentialChoice):
         vomses: Sequence[str] = (),
         *,
         looked: tuple[StoredCredential | None, Bans] | None = None,
+        trial: TrialKey | None = None,
     ) -> Retrieval:
         row, bans = looked if looked is not None else self._lookup(username, name)
         if renewal_proof is not None:
@@ -251,7 +253,7 @@ class Issuance(CredentialChoice):
         )
         decision = self.gate.decide(principal, request, facts, name=name, bans=bans)
         key = self._open_key(
-            principal, op, row, passphrase if auth is AuthMethod.PASSPHRASE else None
+            principal, op, row, passphrase if auth is AuthMethod.PASSPHRASE else None, trial
         )
         upstream = self._upstream_acs(
             principal, op, row.owner_dn, name, chain, key, ac_plan, decision, vomses

@@ -14,7 +14,7 @@ from ..principal import classify as classify_principal
 from ..store.credentials import bans_of
 from .base import CoreBase
 from .errors import BadRequest
-from .values import DEFAULT_NAME, StoredCredential
+from .values import DEFAULT_NAME, StoredCredential, TrialKey
 
 # owner -> (the FQANs asked for explicitly, those the owner holds); BadRequest for an
 # unknown VO. The issuing core's plan of ACs, as policy sees it.
@@ -33,10 +33,10 @@ class CredentialChoice(CoreBase):
         want_full: bool,
         renewal_proof: ValidationResult | None,
         fqans_of: FqanPlan,
-    ) -> tuple[str, int] | None:
+    ) -> tuple[str, int, TrialKey] | None:
         """The first of `username`'s credentials (the default one, then the others by name,
-        as myproxy-server tries them) that policy allows this GET and whose key opens, and
-        how many were tried; None when none does.
+        as myproxy-server tries them) that policy allows this GET and whose key opens, how
+        many were tried, and its opened key; None when none does.
 
         Trials are not audited and count no failure: the chosen credential is then decided
         again through the gate (and recorded), and when none is usable the request goes on
@@ -52,10 +52,11 @@ class CredentialChoice(CoreBase):
         token = policy.current_tally.set(None)  # trials are not decisions of this request
         try:
             for tried, row in enumerate(rows, start=1):
-                if self._usable(
+                key = self._usable(
                     principal, row, bans, passphrase, lifetime, want_full, renewal_proof, fqans_of
-                ):
-                    return row.name, tried
+                )
+                if key is not None:
+                    return row.name, tried, key
         finally:
             policy.current_tally.reset(token)
         return None
@@ -70,10 +71,11 @@ class CredentialChoice(CoreBase):
         want_full: bool,
         renewal_proof: ValidationResult | None,
         fqans_of: FqanPlan,
-    ) -> bool:
-        """Whether the GET would succeed on `row`: policy allows it and the key opens."""
+    ) -> TrialKey | None:
+        """The opened key when the GET would succeed on `row` (policy allows it and the key
+        opens); else None."""
         if passphrase and self.limiter.locked(self._lock_keys(principal, row.username, row.name)):
-            return False
+            return None
         try:
             facts, _ = self._facts_in_use(row)
             fqans, held = fqans_of(row.owner_dn)
@@ -83,7 +85,7 @@ class CredentialChoice(CoreBase):
                 else None
             )
         except (BadRequest, IdentityRefused):
-            return False
+            return None
         if proof is not None:
             op, auth = Operation.RENEW, AuthMethod.NONE
         elif passphrase:
@@ -103,5 +105,5 @@ class CredentialChoice(CoreBase):
             now=self.clock(),
         )
         if not policy.decide(request, principal, facts, self.config.policy, bans).allowed:
-            return False
-        return self._key_opens(row, passphrase if auth is AuthMethod.PASSPHRASE else None)
+            return None
+        return self._trial_key(row, passphrase if auth is AuthMethod.PASSPHRASE else None)

@@ -87,6 +87,18 @@ class Retrieval:
 
 
 @dataclass(frozen=True)
+class TrialKey:
+    """A stored key opened while trying a user's credentials (check_multiple_credentials),
+    bound to the sealed bytes it came from; handed to the real opening of the same request."""
+
+    sealed_key: bytes
+    key: PrivateKeyTypes
+
+    def __repr__(self) -> str:
+        return "TrialKey(<key>)"
+
+
+@dataclass(frozen=True)
 class ChallengeFirst:
     """A MyProxy GET to be answered with a renewal challenge (policy.challenge) before anything
     is decided: the peer may renew the credential and is not its trusted retriever."""
