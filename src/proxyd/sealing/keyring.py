@@ -135,7 +135,7 @@ class MasterKeyring:
         The file is re-read under an exclusive lock and replaced atomically,
         so two rotations at once cannot lose a key that records depend on.
         """
-        with _locked(self._path):
+        with exclusive_lock(self._path):
             on_disk = type(self).load(self._path) if self._path.exists() else self
             keys = {**on_disk._keys, **self._keys}
             key_id = _new_key_id(set(keys))
@@ -215,7 +215,9 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on `.<name>.lock` beside `path`, across processes (the workers of
+    `serve --workers N`, an admin command) for as long as the block runs."""
     lock = path.with_name(f".{path.name}.lock")
     fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:

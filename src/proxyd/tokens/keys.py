@@ -31,6 +31,8 @@ from jwt.algorithms import ECAlgorithm
 
 from voms_ext.files import write_atomic
 
+from ..sealing.keyring import exclusive_lock
+
 ALGORITHM = "ES256"
 INDEX = "keys.json"
 
@@ -70,9 +72,13 @@ class TokenKeyring:
     def load_or_create(cls, directory: Path, now: dt.datetime | None = None) -> TokenKeyring:
         ring = cls(directory)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not (directory / INDEX).exists():
-            ring._write_new_key(now or dt.datetime.now(dt.UTC), retire=False)
-        ring._load()
+        # The workers of `serve --workers N` get here at once on first use: one makes the
+        # keys, the others load them (unlocked, each made its own and all but one signed
+        # with a key the index no longer published).
+        with exclusive_lock(directory / INDEX):
+            if not (directory / INDEX).exists():
+                ring._write_new_key(now or dt.datetime.now(dt.UTC), retire=False)
+            ring._load()
         return ring
 
     # --- files ----------------------------------------------------------------------------------
@@ -160,7 +166,7 @@ class TokenKeyring:
 
     def rotate(self, now: dt.datetime) -> str:
         """Make a new current key; the old one is retired now (still published a while)."""
-        with self._lock:
+        with self._lock, exclusive_lock(self.directory / INDEX):
             kid = self._write_new_key(now, retire=True)
             self._load()
             return kid
